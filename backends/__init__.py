@@ -1,0 +1,38 @@
+"""The backend interface: the handful of ops the model calls, and choosing a backend by name.
+
+A backend is an object with these members (shapes use T tokens, D hidden, H query heads,
+Hkv key/value heads, Dh head dim, S cached positions):
+
+    dtype                          the compute dtype (float32; float64 for oracle work)
+    asarray(x)                     a host array -> the backend's array type, in `dtype`
+    to_numpy(x)                    the backend's array -> a NumPy array
+    zeros(shape)                   a zero array of `dtype` on the backend (KV cache storage)
+    embed(table, ids)              [V, D] table, [T] ids            -> [T, D]
+    linear(x, w, bias=None)        [T, in] x, w [out, in]           -> [T, out]  (x @ w.T + bias)
+    rms_norm(x, w, eps)            [..., n] x, [n] w                -> [..., n]
+    rope(x, positions, inv_freq)   [T, h, Dh] x, [T] positions      -> [T, h, Dh] (rotate-half)
+    attention(q, k, v, start)      q [T, H, Dh], k/v [S, Hkv, Dh]; query t sits at position
+                                   start + t and sees keys 0..start+t (causal, GQA)
+                                                                    -> [T, H, Dh]
+    silu_mul(gate, up)             [T, F], [T, F]                   -> [T, F]  silu(gate) * up
+
+Weights are passed as the loader produced them (memory-mapped, in their file dtype); an op
+converts what it reads. The NumPy backend is the definition of every op.
+"""
+
+from __future__ import annotations
+
+from qwen_np.errors import BackendUnavailable
+
+BACKENDS = ("numpy",)
+
+
+def get_backend(name: str = "numpy", dtype: str = "float32"):
+    """A backend object by name; `dtype` is "float32" or "float64"."""
+    if dtype not in ("float32", "float64"):
+        raise BackendUnavailable(f"dtype {dtype!r} is not supported (float32 or float64)")
+    if name == "numpy":
+        from .numpy_backend import NumpyBackend
+        return NumpyBackend(dtype)
+    raise BackendUnavailable(f"backend {name!r} is not available "
+                             f"(available: {', '.join(BACKENDS)})")

@@ -1,0 +1,76 @@
+"""The reference ops, in plain NumPy. Every other backend is checked against these.
+
+Each op computes in `self.dtype` throughout (float32, or float64 for oracle work); weights are
+converted from their file dtype as they are read.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qwen_np.dense import as_compute, rows_as_compute
+
+
+class NumpyBackend:
+    name = "numpy"
+
+    def __init__(self, dtype: str = "float32"):
+        self.dtype = np.dtype(dtype)
+
+    # -- placement -------------------------------------------------------------------------
+    def asarray(self, x):
+        return np.asarray(x, dtype=self.dtype)
+
+    def to_numpy(self, x):
+        return np.asarray(x)
+
+    def zeros(self, shape):
+        return np.zeros(shape, dtype=self.dtype)
+
+    # -- ops -------------------------------------------------------------------------------
+    def embed(self, table, ids):
+        return rows_as_compute(table, np.asarray(ids), self.dtype)  # [T, D]
+
+    def linear(self, x, w, bias=None):
+        y = x @ as_compute(w, self.dtype).T  # [T, out]
+        return y if bias is None else y + bias
+
+    def rms_norm(self, x, w, eps):
+        # x / sqrt(mean(x^2) + eps) * w, over the last axis (Qwen2RMSNorm)
+        mean_sq = np.mean(x * x, axis=-1, keepdims=True)
+        return x / np.sqrt(mean_sq + self.dtype.type(eps)) * w
+
+    def rope(self, x, positions, inv_freq):
+        """Rotate-half ("NeoX") RoPE: element i pairs with element i + Dh/2.
+
+        angle[t, j] = positions[t] * inv_freq[j]           j < Dh/2
+        x'[..., :Dh/2] = x1 * cos - x2 * sin
+        x'[..., Dh/2:] = x2 * cos + x1 * sin
+        The angles and their cos/sin are computed in float64, then rounded to the compute dtype.
+        """
+        angle = np.asarray(positions, np.float64)[:, None] * np.asarray(inv_freq, np.float64)
+        cos = np.cos(angle).astype(self.dtype)[:, None, :]  # [T, 1, Dh/2]
+        sin = np.sin(angle).astype(self.dtype)[:, None, :]
+        half = x.shape[-1] // 2
+        x1, x2 = x[..., :half], x[..., half:]
+        return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+    def attention(self, q, k, v, start):
+        T, H, Dh = q.shape
+        S, Hkv, _ = k.shape
+        rep = H // Hkv  # query heads per KV head; query head h reads KV head h // rep
+        qg = q.reshape(T, Hkv, rep, Dh).transpose(1, 2, 0, 3)        # [Hkv, rep, T, Dh]
+        kg = k.transpose(1, 2, 0)[:, None]                            # [Hkv, 1, Dh, S]
+        vg = v.transpose(1, 0, 2)[:, None]                            # [Hkv, 1, S, Dh]
+        scores = (qg @ kg) * self.dtype.type(1.0 / np.sqrt(Dh))       # [Hkv, rep, T, S]
+        visible = np.arange(S)[None, :] <= (start + np.arange(T))[:, None]   # [T, S]
+        scores = np.where(visible, scores, -np.inf)
+        scores = scores - scores.max(axis=-1, keepdims=True)
+        p = np.exp(scores)
+        p = p / p.sum(axis=-1, keepdims=True)                         # softmax over keys
+        out = p @ vg                                                  # [Hkv, rep, T, Dh]
+        return out.transpose(2, 0, 1, 3).reshape(T, H, Dh)
+
+    def silu_mul(self, gate, up):
+        with np.errstate(over="ignore"):  # exp(-g) -> inf for very negative g gives silu -> -0
+            return gate / (1 + np.exp(-gate)) * up

@@ -1,0 +1,42 @@
+"""The generation loop: prefill the prompt into the KV cache, then one token at a time."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .cache import new_kv_cache
+from .model import forward
+from .sampling import sample_next
+
+
+def generate(cfg, weights, be, ids, max_new_tokens: int = 64, temperature: float = 0.0,
+             top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
+             seed: int | None = None, stop_ids=(), stream: Callable[[int], None] | None = None,
+             cache=None) -> list[int]:
+    """New token ids only. Stops after max_new_tokens or on a stop id (which is included).
+
+    `cache` may hold earlier turns (chat): `ids` are then the tokens that follow them.
+    """
+    ids = [int(i) for i in ids]
+    if not ids:
+        raise ValueError("generate needs at least one prompt token")
+    if cache is None:
+        cache = new_kv_cache(cfg, len(ids) + max_new_tokens, be)
+    rng = np.random.default_rng(seed)
+    stop = set(int(i) for i in stop_ids)
+    history = list(ids)
+    new: list[int] = []
+    logits = forward(cfg, weights, be, ids, cache, last_only=True)     # prefill
+    for _ in range(max_new_tokens):
+        last = be.to_numpy(logits)[-1]                                 # [V]
+        token = sample_next(last, rng, temperature, top_k, top_p, repetition_penalty, history)
+        new.append(token)
+        history.append(token)
+        if stream is not None:
+            stream(token)
+        if token in stop or len(new) == max_new_tokens:
+            break
+        logits = forward(cfg, weights, be, [token], cache, last_only=True)  # decode one
+    return new

@@ -1,0 +1,1 @@
+"""Readers: files on disk -> (config, named tensors). Tensors stay memory-mapped."""

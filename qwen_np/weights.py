@@ -1,0 +1,126 @@
+"""Named tensors -> the weights of one model, checked against its config.
+
+The names are Hugging Face's (other formats rename to these first). Matrices are [out, in] as
+in `nn.Linear` and stay as the reader gave them (memory-mapped, file dtype); the small vectors
+(norm weights, biases) are converted to the compute dtype here, once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import QwenConfig
+from .dense import as_compute
+from .errors import FormatError
+
+# Buffers some older checkpoints carry; they are recomputed, never read.
+IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
+
+
+@dataclass
+class LayerWeights:
+    attn_norm: np.ndarray            # [D]
+    q: object                        # [H*Dh, D]
+    k: object                        # [Hkv*Dh, D]
+    v: object                        # [Hkv*Dh, D]
+    o: object                        # [D, H*Dh]
+    q_bias: np.ndarray | None        # [H*Dh]    (Qwen2)
+    k_bias: np.ndarray | None        # [Hkv*Dh]
+    v_bias: np.ndarray | None        # [Hkv*Dh]
+    o_bias: np.ndarray | None        # [D]       (Qwen3 with attention_bias)
+    q_norm: np.ndarray | None        # [Dh]      (Qwen3)
+    k_norm: np.ndarray | None        # [Dh]
+    mlp_norm: np.ndarray             # [D]
+    gate: object                     # [F, D]
+    up: object                       # [F, D]
+    down: object                     # [D, F]
+
+
+@dataclass
+class ModelWeights:
+    embed: object                    # [V, D]
+    layers: list[LayerWeights]
+    norm: np.ndarray                 # [D]
+    lm_head: object                  # [V, D]; the same object as `embed` when tied
+
+
+def expected_shapes(cfg: QwenConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor name the config implies, with its [out, in] shape."""
+    D, F, V, Dh = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.head_dim
+    q_out, kv_out = cfg.num_attention_heads * Dh, cfg.num_key_value_heads * Dh
+    shapes = {"model.embed_tokens.weight": (V, D), "model.norm.weight": (D,)}
+    if not cfg.tie_word_embeddings:
+        shapes["lm_head.weight"] = (V, D)
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}."
+        shapes.update({
+            p + "input_layernorm.weight": (D,),
+            p + "self_attn.q_proj.weight": (q_out, D),
+            p + "self_attn.k_proj.weight": (kv_out, D),
+            p + "self_attn.v_proj.weight": (kv_out, D),
+            p + "self_attn.o_proj.weight": (D, q_out),
+            p + "post_attention_layernorm.weight": (D,),
+            p + "mlp.gate_proj.weight": (F, D),
+            p + "mlp.up_proj.weight": (F, D),
+            p + "mlp.down_proj.weight": (D, F),
+        })
+        if cfg.qkv_bias:
+            shapes.update({p + "self_attn.q_proj.bias": (q_out,),
+                           p + "self_attn.k_proj.bias": (kv_out,),
+                           p + "self_attn.v_proj.bias": (kv_out,)})
+        if cfg.o_bias:
+            shapes[p + "self_attn.o_proj.bias"] = (D,)
+        if cfg.qk_norm:
+            shapes.update({p + "self_attn.q_norm.weight": (Dh,),
+                           p + "self_attn.k_norm.weight": (Dh,)})
+    return shapes
+
+
+def check_tensors(cfg: QwenConfig, tensors: dict, source: str) -> None:
+    """Missing, extra or mis-shaped tensors are errors that name the tensor."""
+    shapes = expected_shapes(cfg)
+    for name, shape in shapes.items():
+        if name not in tensors:
+            raise FormatError(f"{source}: missing tensor {name}")
+        if tuple(tensors[name].shape) != shape:
+            raise FormatError(f"{source}: tensor {name} has shape {list(tensors[name].shape)}, "
+                              f"the config implies {list(shape)}")
+    for name in tensors:
+        if name in shapes or name.endswith(IGNORED_SUFFIXES):
+            continue
+        if name == "lm_head.weight" and cfg.tie_word_embeddings:
+            continue  # tied: transformers ignores a stored copy too, and so do we
+        raise FormatError(f"{source}: unexpected tensor {name} (not used by a "
+                          f"{cfg.model_type} model with this config)")
+
+
+def build_weights(cfg: QwenConfig, tensors: dict, dtype, source: str) -> ModelWeights:
+    check_tensors(cfg, tensors, source)
+
+    def vec(name):  # small vectors: converted once to the compute dtype
+        return as_compute(tensors[name], dtype).copy() if name in tensors else None
+
+    layers = []
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}."
+        a = p + "self_attn."
+        layers.append(LayerWeights(
+            attn_norm=vec(p + "input_layernorm.weight"),
+            q=tensors[a + "q_proj.weight"], k=tensors[a + "k_proj.weight"],
+            v=tensors[a + "v_proj.weight"], o=tensors[a + "o_proj.weight"],
+            q_bias=vec(a + "q_proj.bias"), k_bias=vec(a + "k_proj.bias"),
+            v_bias=vec(a + "v_proj.bias"), o_bias=vec(a + "o_proj.bias"),
+            q_norm=vec(a + "q_norm.weight"), k_norm=vec(a + "k_norm.weight"),
+            mlp_norm=vec(p + "post_attention_layernorm.weight"),
+            gate=tensors[p + "mlp.gate_proj.weight"], up=tensors[p + "mlp.up_proj.weight"],
+            down=tensors[p + "mlp.down_proj.weight"],
+        ))
+    embed = tensors["model.embed_tokens.weight"]
+    return ModelWeights(
+        embed=embed,
+        layers=layers,
+        norm=vec("model.norm.weight"),
+        lm_head=embed if cfg.tie_word_embeddings else tensors["lm_head.weight"],
+    )
