@@ -1,0 +1,225 @@
+"""The `qwen-np` command: run | chat | inspect.
+
+Every user error (missing file, unsupported model, truncated tensor ...) is printed as one
+line, `qwen-np: error: <file>: <problem>`, and the command exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections import defaultdict
+
+import numpy as np
+
+from .errors import FormatError, QwenNpError
+
+BACKEND_CHOICES = ("numpy", "numba", "cupy")
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args) or 0
+    except QwenNpError as e:
+        print(f"qwen-np: error: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as e:
+        print(f"qwen-np: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qwen-np",
+        description="Qwen-family LLM inference in plain NumPy (Qwen2, Qwen2.5, Qwen3).")
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    run = sub.add_parser("run", help="complete a prompt and stream the text to stdout",
+                         description="Complete a prompt (raw text, or one chat turn with --chat) "
+                                     "and stream the new text to stdout.")
+    add_model_args(run)
+    run.add_argument("-p", "--prompt", required=True, help="the prompt text")
+    run.add_argument("--chat", action="store_true",
+                     help="wrap the prompt as a user turn in Qwen's ChatML format")
+    run.add_argument("--system", default=None,
+                     help="system prompt for --chat (default: the model family's own)")
+    add_sampling_args(run)
+    run.set_defaults(func=cmd_run)
+
+    chat = sub.add_parser("chat", help="multi-turn chat in the terminal (ChatML)",
+                          description="Multi-turn chat. Type a message and press Enter; "
+                                      "/reset starts over, /exit (or Ctrl-D) quits. The KV cache "
+                                      "is kept between turns.")
+    add_model_args(chat)
+    chat.add_argument("--system", default=None,
+                      help="system prompt (default: the model family's own)")
+    chat.add_argument("--context", type=int, default=4096,
+                      help="maximum tokens in the conversation (KV cache size; default 4096)")
+    add_sampling_args(chat, default_max_new=512)
+    chat.set_defaults(func=cmd_chat)
+
+    ins = sub.add_parser("inspect", help="print a model's config and its tensors by dtype",
+                         description="Print the config and the tensors grouped by dtype, "
+                                     "with their count and bytes.")
+    ins.add_argument("path", help="a Hugging Face model folder")
+    ins.add_argument("--tensors", action="store_true", help="also list every tensor")
+    ins.set_defaults(func=cmd_inspect)
+    return p
+
+
+def add_model_args(p):
+    p.add_argument("-m", "--model", required=True, help="a Hugging Face model folder")
+    p.add_argument("--backend", default="numpy", choices=BACKEND_CHOICES,
+                   help="compute backend (default numpy, the reference)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"),
+                   help="compute dtype (float64 is the oracle mode; default float32)")
+
+
+def add_sampling_args(p, default_max_new=64):
+    p.add_argument("-n", "--max-new-tokens", type=int, default=default_max_new,
+                   help=f"stop after this many new tokens (default {default_max_new})")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="0 = greedy (default); higher = more random")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely (0 = all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="divide logits of tokens already seen (1 = off)")
+    p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+
+
+def sampling_kwargs(args) -> dict:
+    return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                repetition_penalty=args.repetition_penalty, seed=args.seed)
+
+
+def load_model(args):
+    from .api import load
+    return load(args.model, backend=args.backend, dtype=args.dtype)
+
+
+class TextStream:
+    """Prints tokens as text as they arrive, holding back bytes of an unfinished UTF-8 char."""
+
+    def __init__(self, tokenizer, hide_ids=(), out=sys.stdout):
+        self.tokenizer, self.hide, self.out = tokenizer, set(hide_ids), out
+        self.pending: list[int] = []
+
+    def __call__(self, token: int):
+        if token in self.hide:
+            return
+        self.pending.append(token)
+        # a UTF-8 character can span tokens: wait (up to 4 tokens) until it is complete
+        if not self.tokenizer.decode(self.pending).endswith("\ufffd") or len(self.pending) >= 4:
+            self.flush()
+
+    def flush(self):
+        self.out.write(self.tokenizer.decode(self.pending))
+        self.out.flush()
+        self.pending = []
+
+
+def cmd_run(args) -> int:
+    from .tokenizer import DEFAULT_SYSTEM_BY_MODEL_TYPE, format_chatml
+    model = load_model(args)
+    tok = model.tokenizer
+    text = args.prompt
+    if args.chat:
+        system = args.system if args.system is not None else \
+            DEFAULT_SYSTEM_BY_MODEL_TYPE.get(model.config.model_type)
+        text = format_chatml([{"role": "user", "content": text}], system)
+    ids = tok.encode(text)
+    if not args.chat:
+        sys.stdout.write(args.prompt)
+    stream = TextStream(tok, model.stop_ids())
+    model.generate(ids, max_new_tokens=args.max_new_tokens, stream=stream, **sampling_kwargs(args))
+    stream.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from .cache import new_kv_cache
+    from .tokenizer import DEFAULT_SYSTEM_BY_MODEL_TYPE, format_chatml
+    model = load_model(args)
+    tok, cfg = model.tokenizer, model.config
+    system = args.system if args.system is not None else \
+        DEFAULT_SYSTEM_BY_MODEL_TYPE.get(cfg.model_type)
+    im_end = tok.token_id("<|im_end|>")
+    if im_end is None or tok.token_id("<|im_start|>") is None:
+        raise FormatError(f"{tok.source}: no <|im_start|>/<|im_end|> tokens; chat needs ChatML")
+    stop = model.stop_ids()
+    cache, last = None, None
+    interactive = sys.stdin.isatty()
+    while True:
+        try:
+            line = input("> " if interactive else "")
+        except EOFError:
+            break
+        msg = line.strip()
+        if msg in ("/exit", "/quit"):
+            break
+        if msg == "/reset":
+            cache, last = None, None
+            continue
+        if not msg:
+            continue
+        if cache is None:  # first turn: the whole ChatML prefix
+            cache = new_kv_cache(cfg, args.context, model.backend)
+            ids = tok.encode(format_chatml([{"role": "user", "content": msg}], system))
+        else:  # later turns: close the last answer, then only the new user turn
+            ids = [last] if last == im_end else [last, im_end]
+            ids += tok.encode("\n" + format_chatml([{"role": "user", "content": msg}], None))
+        room = cache.max_tokens - cache.length - len(ids)
+        if room < 1:
+            print("(the conversation fills the context; /reset to start over)", file=sys.stderr)
+            continue
+        stream = TextStream(tok, stop)
+        new = model.generate(ids, max_new_tokens=min(args.max_new_tokens, room), cache=cache,
+                             stream=stream, **sampling_kwargs(args))
+        stream.flush()
+        last = new[-1]
+        print()
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from .dense import dtype_name
+    from .io.hf_dir import read_hf_dir
+    path = args.path
+    if not os.path.exists(path):
+        raise FormatError(f"{path}: no such file or folder")
+    config, tensors, tok = read_hf_dir(path)
+    print(f"{path}")
+    print("config:")
+    for k, v in config.__dict__.items():
+        print(f"  {k:<26} {v}")
+    print(f"tokenizer: {tok or 'none'}")
+    by_dtype = defaultdict(lambda: [0, 0, 0])
+    for name, t in tensors.items():
+        d = by_dtype[dtype_name(t)]
+        d[0] += 1
+        d[1] += int(t.nbytes)
+        d[2] += int(np.prod(t.shape))
+    print("tensors by dtype:")
+    print(f"  {'dtype':<10} {'count':>6} {'params':>14} {'bytes':>14}")
+    for dt, (n, b, p) in sorted(by_dtype.items()):
+        print(f"  {dt:<10} {n:>6} {p:>14,} {b:>14,}")
+    total = sum(v[1] for v in by_dtype.values())
+    print(f"  {'total':<10} {len(tensors):>6} {sum(v[2] for v in by_dtype.values()):>14,} {total:>14,}")
+    if args.tensors:
+        for name, t in sorted(tensors.items()):
+            print(f"  {name:<60} {dtype_name(t):<9} {list(t.shape)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

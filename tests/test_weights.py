@@ -1,0 +1,70 @@
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import qwen_np
+from conftest import fixture_path
+from qwen_np.config import read_hf_config
+from qwen_np.errors import FormatError
+from qwen_np.io.hf_dir import read_hf_tensors
+from qwen_np.weights import build_weights, expected_shapes
+
+NAME = "qwen2-tied-f32"
+
+
+def tensors_and_config():
+    d = fixture_path(NAME)
+    return read_hf_config(d), dict(read_hf_tensors(d))
+
+
+def test_expected_names_are_exactly_the_files_tensors():
+    for name in ("qwen2-tied-f32", "qwen2-untied-f16", "qwen3-headdim12-f32",
+                 "qwen3-bias-bf16-sharded"):
+        d = fixture_path(name)
+        assert set(expected_shapes(read_hf_config(d))) == set(read_hf_tensors(d))
+
+
+def test_missing_tensor_is_named():
+    cfg, t = tensors_and_config()
+    del t["model.layers.1.self_attn.k_proj.bias"]
+    with pytest.raises(FormatError, match="missing tensor model.layers.1.self_attn.k_proj.bias"):
+        build_weights(cfg, t, np.float32, "m")
+
+
+def test_extra_tensor_is_named():
+    cfg, t = tensors_and_config()
+    t["model.layers.0.mlp.extra.weight"] = np.zeros((2, 2), np.float32)
+    with pytest.raises(FormatError, match="unexpected tensor model.layers.0.mlp.extra.weight"):
+        build_weights(cfg, t, np.float32, "m")
+
+
+def test_misshaped_tensor_is_named():
+    cfg, t = tensors_and_config()
+    t["model.layers.0.mlp.up_proj.weight"] = np.zeros((80, 47), np.float32)
+    with pytest.raises(FormatError, match=r"model.layers.0.mlp.up_proj.weight has shape \[80, 47\], "
+                                          r"the config implies \[80, 48\]"):
+        build_weights(cfg, t, np.float32, "m")
+
+
+def test_tied_head_is_the_embedding_and_stays_mapped():
+    m = qwen_np.load(fixture_path(NAME))
+    assert m.weights.lm_head is m.weights.embed
+    assert not m.weights.layers[0].q.flags.writeable  # still the read-only file mapping
+
+
+def test_missing_tokenizer_is_a_clear_error(tmp_path):
+    d = tmp_path / "m"
+    shutil.copytree(fixture_path(NAME), d)
+    os.remove(d / "tokenizer.json")
+    m = qwen_np.load(str(d))
+    assert m.logits([1, 2, 3]).shape == (3, m.config.vocab_size)  # logits need no tokenizer
+    with pytest.raises(FormatError, match="no tokenizer.json"):
+        m.tokenizer.encode("hi")
+
+
+def test_bad_ids_are_rejected():
+    m = qwen_np.load(fixture_path(NAME))
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        m.logits([1, m.config.vocab_size])
