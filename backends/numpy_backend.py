@@ -9,6 +9,11 @@ from __future__ import annotations
 import numpy as np
 
 from qwen_np.dense import as_compute, rows_as_compute
+from qwen_np.quant import QuantizedTensor, dequantize_rows
+
+# A quantized matrix is dequantized this many floats at a time (4 MiB in float32), so a
+# product never holds more than one tile of a layer in float.
+TILE_ELEMENTS = 1 << 20
 
 
 class NumpyBackend:
@@ -29,11 +34,28 @@ class NumpyBackend:
 
     # -- ops -------------------------------------------------------------------------------
     def embed(self, table, ids):
+        if isinstance(table, QuantizedTensor):  # only the looked-up rows are dequantized
+            return dequantize_rows(table, np.asarray(ids), self.dtype)
         return rows_as_compute(table, np.asarray(ids), self.dtype)  # [T, D]
 
     def linear(self, x, w, bias=None):
-        y = x @ as_compute(w, self.dtype).T  # [T, out]
+        if isinstance(w, QuantizedTensor):
+            y = self.linear_quantized(x, w)
+        else:
+            y = x @ as_compute(w, self.dtype).T  # [T, out]
         return y if bias is None else y + bias
+
+    def linear_quantized(self, x, w: QuantizedTensor):
+        """x @ W.T with W dequantized one tile of output rows at a time."""
+        out, n_in = w.shape
+        if w.perm is not None:       # codes are in group order: gather x the same way
+            x = x[:, w.perm]
+        y = np.empty((x.shape[0], out), dtype=self.dtype)
+        rows = max(1, TILE_ELEMENTS // n_in)
+        for o in range(0, out, rows):
+            tile = dequantize_rows(w, slice(o, o + rows), self.dtype, reorder=False)  # [rows, in]
+            y[:, o:o + rows] = x @ tile.T
+        return y
 
     def rms_norm(self, x, w, eps):
         # x / sqrt(mean(x^2) + eps) * w, over the last axis (Qwen2RMSNorm)

@@ -67,6 +67,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_args(chat, default_max_new=512)
     chat.set_defaults(func=cmd_chat)
 
+    qz = sub.add_parser("quantize", help="quantize a float model to a GPTQ int4/int8 checkpoint",
+                        description="Round-to-nearest quantization of every decoder projection, "
+                                    "written as a standard GPTQ (v1) checkpoint that GPTQModel, "
+                                    "transformers and qwen-np load.")
+    qz.add_argument("src", help="a float Hugging Face model folder")
+    qz.add_argument("dst", help="the output folder")
+    qz.add_argument("--bits", type=int, default=4, choices=(4, 8), help="code width (default 4)")
+    qz.add_argument("--group-size", type=int, default=128,
+                    help="inputs per scale/zero (default 128; -1 = one group per output channel)")
+    sym = qz.add_mutually_exclusive_group()
+    sym.add_argument("--sym", dest="sym", action="store_true", default=True,
+                     help="symmetric grid, zero point 2^(bits-1) (default)")
+    sym.add_argument("--asym", dest="sym", action="store_false",
+                     help="asymmetric grid with a zero point per group")
+    qz.set_defaults(func=cmd_quantize)
+
     ins = sub.add_parser("inspect", help="print a model's config and its tensors by dtype",
                          description="Print the config and the tensors grouped by dtype, "
                                      "with their count and bytes.")
@@ -188,6 +204,27 @@ def cmd_chat(args) -> int:
         stream.flush()
         last = new[-1]
         print()
+    return 0
+
+
+def progress_bar(label: str):
+    """A one-line text progress bar on stderr: `label [#####.....] 12/28`."""
+    def show(done: int, total: int):
+        filled = 30 * done // max(total, 1)
+        sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}")
+        if done == total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+    return show
+
+
+def cmd_quantize(args) -> int:
+    from .quantize import quantize_folder
+    stats = quantize_folder(args.src, args.dst, args.bits, args.group_size, args.sym,
+                            progress=progress_bar("quantizing"))
+    print(f"{args.dst}: {stats['quantized']} matrices quantized to {args.bits} bits "
+          f"(group {args.group_size}, {'sym' if args.sym else 'asym'}); tensors "
+          f"{stats['bytes_in'] / 2**20:.1f} MiB -> {stats['bytes_out'] / 2**20:.1f} MiB")
     return 0
 
 

@@ -40,7 +40,8 @@ def bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
 
 
 def dtype_name(w) -> str:
-    return w.dtype_name if isinstance(w, BFloat16Array) else str(w.dtype)
+    """bfloat16 and quantized tensors name themselves; NumPy arrays by their dtype."""
+    return getattr(w, "dtype_name", None) or str(w.dtype)
 
 
 def as_compute(w, dtype) -> np.ndarray:

@@ -8,6 +8,8 @@ import os
 
 from ..config import QwenConfig, read_hf_config
 from ..errors import FormatError
+from ..weights import expected_shapes
+from .hf_quantized import convert_quantized_tensors, read_quantization_config
 from .safetensors import open_safetensors
 
 SINGLE_FILE = "model.safetensors"
@@ -47,10 +49,16 @@ def read_hf_tensors(model_dir: str) -> dict:
 
 
 def read_hf_dir(model_dir: str) -> tuple[QwenConfig, dict, str | None]:
-    """(config, tensors, path of tokenizer.json or None)."""
+    """(config, tensors, path of tokenizer.json or None).
+
+    Quantized modules (GPTQ, AWQ) come back as canonical QuantizedTensors under `.weight`.
+    """
     if not os.path.isdir(model_dir):
         raise FormatError(f"{model_dir}: no such model folder")
     config = read_hf_config(model_dir)
     tensors = read_hf_tensors(model_dir)
+    quant = read_quantization_config(model_dir)
+    if quant is not None:
+        tensors = convert_quantized_tensors(tensors, quant, expected_shapes(config), model_dir)
     tok = os.path.join(model_dir, "tokenizer.json")
     return config, tensors, (tok if os.path.isfile(tok) else None)

@@ -76,3 +76,33 @@ def open_safetensors(path: str) -> dict[str, np.ndarray | BFloat16Array]:
         arr = raw.view(dtype).reshape(shape)
         tensors[name] = BFloat16Array(arr) if dtype_code == "BF16" else arr
     return tensors
+
+
+SAFETENSORS_CODES = {np.dtype(v): k for k, v in NUMPY_DTYPES.items() if k != "BF16"}
+
+
+def write_safetensors(path: str, tensors: dict, metadata: dict | None = None) -> None:
+    """Write tensors (NumPy arrays, or BFloat16Array kept as BF16) in the layout above."""
+    header, chunks, offset = {}, [], 0
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    for name, t in tensors.items():
+        if isinstance(t, BFloat16Array):
+            code, arr = "BF16", np.ascontiguousarray(t.bits)
+        else:
+            arr = np.ascontiguousarray(t)
+            if arr.dtype not in SAFETENSORS_CODES:
+                raise ValueError(f"tensor {name}: dtype {arr.dtype} cannot be written")
+            code = SAFETENSORS_CODES[arr.dtype]
+        raw = arr.tobytes()
+        header[name] = {"dtype": code, "shape": list(arr.shape),
+                        "data_offsets": [offset, offset + len(raw)]}
+        chunks.append(raw)
+        offset += len(raw)
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)  # keep the data section 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(head)))
+        f.write(head)
+        for raw in chunks:
+            f.write(raw)

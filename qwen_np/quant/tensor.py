@@ -1,0 +1,93 @@
+"""The canonical quantized tensor: what every quantized format on disk converts into, and the
+only quantized form a kernel has to understand.
+
+A float matrix W [out, in] (an nn.Linear weight, or an embedding table [V, D]) is held as
+    codes   uint8 [out, packed_length(in)]  integer codes packed along the input dimension
+                                             (4-bit: two per byte, low nibble first; 8-bit: bytes)
+    scale   [out, G] float16 or float32      one per group of `group_size` consecutive codes
+    offset  [out, G] float16 or float32      (the last group may be shorter)
+    perm    [in] or None                     code column c holds input column perm[c]
+
+and means
+    W[o, perm[c]] = scale[o, c // group_size] * codes[o, c] + offset[o, c // group_size]
+
+`perm` exists for GPTQ's act-order (desc_act) checkpoints, whose groups are scattered over the
+input; the converter sorts the columns so that groups are contiguous, and `linear` gathers x
+by `perm` before the product. scale/offset are stored in float16 when that is exact, else
+float32, so that the form costs little more than the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .packing import packed_length, unpack_codes
+
+
+@dataclass(frozen=True, repr=False)
+class QuantizedTensor:
+    shape: tuple[int, int]          # (out, in) of the float matrix it stands for
+    bits: int                       # 4 or 8
+    group_size: int                 # codes per (scale, offset); == in for per-channel
+    codes: np.ndarray               # uint8 [out, packed_length(in)]
+    scale: np.ndarray               # [out, G]
+    offset: np.ndarray              # [out, G]
+    perm: np.ndarray | None = None  # [in] or None (identity)
+
+    def __post_init__(self):
+        out, n_in = self.shape
+        groups = -(-n_in // self.group_size)
+        if self.codes.shape != (out, packed_length(n_in, self.bits)) or self.codes.dtype != np.uint8:
+            raise ValueError(f"codes {self.codes.dtype}{list(self.codes.shape)} do not hold "
+                             f"{self.bits}-bit codes for shape {list(self.shape)}")
+        if self.scale.shape != (out, groups) or self.offset.shape != (out, groups):
+            raise ValueError(f"scale/offset must be [{out}, {groups}]")
+
+    def __repr__(self):
+        return (f"QuantizedTensor(shape={self.shape}, bits={self.bits}, group_size={self.group_size}, "
+                f"scale={self.scale.dtype}, offset={self.offset.dtype}, "
+                f"perm={'yes' if self.perm is not None else 'no'}, nbytes={self.nbytes})")
+
+    @property
+    def n_groups(self) -> int:
+        return self.scale.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        perm = 0 if self.perm is None else self.perm.nbytes
+        return self.codes.nbytes + self.scale.nbytes + self.offset.nbytes + perm
+
+    @property
+    def dtype_name(self) -> str:
+        return f"q{self.bits}g{self.group_size}"
+
+
+def dequantize_rows(qt: QuantizedTensor, rows, dtype=np.float32, reorder: bool = True) -> np.ndarray:
+    """Rows of W (a slice or an index array) as floats [n_rows, in].
+
+    With reorder=False the columns stay in code order (perm applied to x instead, by linear).
+    """
+    n_in = qt.shape[1]
+    q = unpack_codes(qt.codes[rows], qt.bits, n_in).astype(dtype)          # [r, in]
+    group = np.arange(n_in) // qt.group_size                                # [in]
+    scale = qt.scale[rows].astype(dtype)[:, group]                          # [r, in]
+    offset = qt.offset[rows].astype(dtype)[:, group]
+    w = scale * q + offset
+    if reorder and qt.perm is not None:
+        unsorted = np.empty_like(w)
+        unsorted[:, qt.perm] = w
+        return unsorted
+    return w
+
+
+def dequantize(qt: QuantizedTensor, dtype=np.float32) -> np.ndarray:
+    """The whole float matrix [out, in] (the reference; never needed by the model itself)."""
+    return dequantize_rows(qt, slice(None), dtype)
+
+
+def smallest_exact_float(x32: np.ndarray) -> np.ndarray:
+    """x in float16 if every value survives the round trip, else float32 (x32 unchanged)."""
+    x16 = x32.astype(np.float16)
+    return x16 if np.array_equal(x16.astype(np.float32), x32) else x32

@@ -1,0 +1,85 @@
+"""`qwen-np quantize`: a float Hugging Face folder -> a GPTQ (v1) folder, by round-to-nearest.
+
+Every projection of every decoder layer (q, k, v, o, gate, up, down) is quantized with
+`quant.rtn.quantize_rtn`; embeddings, norms, biases and the LM head stay as they are, as in
+GPTQ checkpoints. The output is an ordinary GPTQ checkpoint (`qweight`, `qzeros` holding
+zero - 1, `scales`, `g_idx`; `quantization_config` in config.json and quantize_config.json),
+which GPTQModel and transformers (with optimum) load like any other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+
+from . import __version__
+from .dense import as_compute
+from .errors import FormatError, UnsupportedModel
+from .io.hf_dir import read_hf_config, read_hf_tensors
+from .io.hf_quantized import read_quantization_config
+from .io.safetensors import write_safetensors
+from .quant.gptq import canonical_codes_to_gptq
+from .quant.rtn import quantize_rtn
+
+QUANTIZED = re.compile(r"model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.weight$")
+COPIED_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json",
+                "special_tokens_map.json", "vocab.json", "merges.txt")
+
+
+def gptq_quantization_config(bits: int, group_size: int, sym: bool) -> dict:
+    return {"quant_method": "gptq", "bits": bits, "group_size": group_size, "desc_act": False,
+            "sym": sym, "static_groups": False, "true_sequential": True, "damp_percent": 0.01,
+            "checkpoint_format": "gptq", "format": "gptq", "pack_dtype": "int32",
+            "meta": {"quantizer": [f"qwen-np:{__version__}"], "method": "rtn"}}
+
+
+def quantize_folder(src: str, dst: str, bits: int = 4, group_size: int = 128, sym: bool = True,
+                    progress=None) -> dict:
+    """Quantize src into dst. Returns {"quantized": n, "bytes_in": .., "bytes_out": ..}."""
+    if bits not in (4, 8):
+        raise UnsupportedModel(f"--bits {bits}: GPTQ output supports 4 or 8 bits")
+    if not os.path.isdir(src):
+        raise FormatError(f"{src}: no such model folder")
+    read_hf_config(src)  # validates the architecture first
+    if read_quantization_config(src) is not None:
+        raise FormatError(f"{src}: already quantized")
+    if os.path.abspath(src) == os.path.abspath(dst):
+        raise FormatError(f"{dst}: the output folder must differ from the input")
+    tensors = read_hf_tensors(src)
+    names = [n for n in tensors if QUANTIZED.match(n)]
+    per_word = 32 // bits
+    out, stats = {}, {"quantized": 0, "bytes_in": 0, "bytes_out": 0}
+    for name, t in tensors.items():
+        stats["bytes_in"] += int(t.nbytes)
+        if name not in names:
+            out[name] = t
+            continue
+        rows, cols = t.shape
+        if rows % per_word or cols % per_word:
+            raise FormatError(f"{src}: tensor {name} {list(t.shape)}: GPTQ needs both sizes to be "
+                              f"multiples of {per_word}")
+        q, zero, scale = quantize_rtn(as_compute(t, "float32"), bits, group_size, sym)
+        module = name[: -len(".weight")]
+        for part, arr in canonical_codes_to_gptq(q, zero, scale, bits, group_size).items():
+            out[f"{module}.{part}"] = arr
+        stats["quantized"] += 1
+        if progress is not None:
+            progress(stats["quantized"], len(names))
+    os.makedirs(dst, exist_ok=True)
+    write_safetensors(os.path.join(dst, "model.safetensors"), out, {"format": "pt"})
+    stats["bytes_out"] = sum(int(a.nbytes) for a in out.values())
+
+    qcfg = gptq_quantization_config(bits, group_size, sym)
+    with open(os.path.join(src, "config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    config["quantization_config"] = qcfg
+    with open(os.path.join(dst, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2)
+    with open(os.path.join(dst, "quantize_config.json"), "w", encoding="utf-8") as f:
+        json.dump({k: v for k, v in qcfg.items() if k != "quant_method"}, f, indent=2)
+    for fname in COPIED_FILES:
+        if os.path.isfile(os.path.join(src, fname)):
+            shutil.copyfile(os.path.join(src, fname), os.path.join(dst, fname))
+    return stats
