@@ -6,7 +6,8 @@ Hkv key/value heads, Dh head dim, S cached positions):
     dtype                          the compute dtype (float32; float64 for oracle work)
     asarray(x)                     a host array -> the backend's array type, in `dtype`
     to_numpy(x)                    the backend's array -> a NumPy array
-    zeros(shape)                   a zero array of `dtype` on the backend (KV cache storage)
+    zeros(shape, dtype=None)       a zero array (of `dtype` unless given) on the backend, its
+                                   memory really held (KV cache storage)
     embed(table, ids)              [V, D] table, [T] ids            -> [T, D]
     linear(x, w, bias=None)        [T, in] x, w [out, in]           -> [T, out]  (x @ w.T + bias)
     rms_norm(x, w, eps)            [..., n] x, [n] w                -> [..., n]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qwen_np.dense import as_compute, rows_as_compute
+from qwen_np.dense import rows_as_compute
 from qwen_np.quant import QuantizedTensor, dequantize_rows
 
 # A quantized matrix is dequantized this many floats at a time (4 MiB in float32), so a
@@ -29,8 +29,10 @@ class NumpyBackend:
     def to_numpy(self, x):
         return np.asarray(x)
 
-    def zeros(self, shape):
-        return np.zeros(shape, dtype=self.dtype)
+    def zeros(self, shape, dtype=None):
+        a = np.zeros(shape, dtype=self.dtype if dtype is None else dtype)
+        a.fill(0)  # touch every page now: preallocated memory is really held (a predictable peak)
+        return a
 
     # -- ops -------------------------------------------------------------------------------
     def embed(self, table, ids):
@@ -40,21 +42,23 @@ class NumpyBackend:
 
     def linear(self, x, w, bias=None):
         if isinstance(w, QuantizedTensor):
-            y = self.linear_quantized(x, w)
-        else:
-            y = x @ as_compute(w, self.dtype).T  # [T, out]
+            y = self.linear_tiled(x[:, w.perm] if w.perm is not None else x, w.shape,
+                                  lambda rows: dequantize_rows(w, rows, self.dtype, reorder=False))
+        elif isinstance(w, np.ndarray) and w.dtype == self.dtype:
+            y = x @ w.T                                                  # [T, out]
+        else:  # float16 / bfloat16 / another float: converted a tile at a time
+            y = self.linear_tiled(x, w.shape, lambda rows: rows_as_compute(w, rows, self.dtype))
         return y if bias is None else y + bias
 
-    def linear_quantized(self, x, w: QuantizedTensor):
-        """x @ W.T with W dequantized one tile of output rows at a time."""
-        out, n_in = w.shape
-        if w.perm is not None:       # codes are in group order: gather x the same way
-            x = x[:, w.perm]
+    def linear_tiled(self, x, shape, rows_as_float):
+        """x @ W.T, where rows_as_float(slice) gives a tile of W's rows as floats: never more
+        than TILE_ELEMENTS of W exist in float at once. For GPTQ act-order x arrives gathered
+        by the codes' column order."""
+        out, n_in = shape
         y = np.empty((x.shape[0], out), dtype=self.dtype)
-        rows = max(1, TILE_ELEMENTS // n_in)
-        for o in range(0, out, rows):
-            tile = dequantize_rows(w, slice(o, o + rows), self.dtype, reorder=False)  # [rows, in]
-            y[:, o:o + rows] = x @ tile.T
+        step = max(1, TILE_ELEMENTS // n_in)
+        for o in range(0, out, step):
+            y[:, o:o + step] = x @ rows_as_float(slice(o, o + step)).T   # [T, rows]
         return y
 
     def rms_norm(self, x, w, eps):

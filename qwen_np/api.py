@@ -11,6 +11,7 @@ from .config import QwenConfig
 from .errors import FormatError
 from .generate import generate as generate_loop
 from .io.hf_dir import read_hf_dir
+from .memory import release_free_heap
 from .model import forward
 from .tokenizer import Tokenizer
 from .weights import ModelWeights, build_weights
@@ -79,4 +80,5 @@ def load(path: str, backend: str = "numpy", dtype: str = "float32") -> Model:
                           f"with config.json and safetensors)")
     config, tensors, tokenizer_path = read_hf_dir(path)
     weights = build_weights(config, tensors, be.dtype, path)
+    release_free_heap()  # the temporaries of converting quantized tensors
     return Model(config, weights, be, tokenizer_path, path)

@@ -16,10 +16,12 @@ class KVCache:
     max_tokens: int
 
 
-def new_kv_cache(cfg: QwenConfig, max_tokens: int, be) -> KVCache:
+def new_kv_cache(cfg: QwenConfig, max_tokens: int, be, dtype=None) -> KVCache:
+    """Storage for max_tokens positions, in the compute dtype or `dtype` (e.g. float16, which
+    halves the cache; attention then reads the rounded keys and values)."""
     shape = (max_tokens, cfg.num_key_value_heads, cfg.head_dim)
-    return KVCache(k=[be.zeros(shape) for _ in range(cfg.num_hidden_layers)],
-                   v=[be.zeros(shape) for _ in range(cfg.num_hidden_layers)],
+    return KVCache(k=[be.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers)],
+                   v=[be.zeros(shape, dtype) for _ in range(cfg.num_hidden_layers)],
                    length=0, max_tokens=max_tokens)
 
 

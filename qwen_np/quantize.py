@@ -1,8 +1,9 @@
 """`qwen-np quantize`: a float Hugging Face folder -> a GPTQ (v1) folder, by round-to-nearest.
 
 Every projection of every decoder layer (q, k, v, o, gate, up, down) is quantized with
-`quant.rtn.quantize_rtn`; embeddings, norms, biases and the LM head stay as they are, as in
-GPTQ checkpoints. The output is an ordinary GPTQ checkpoint (`qweight`, `qzeros` holding
+`quant.rtn.quantize_rtn`; embeddings, norms, biases and the LM head stay unquantized, in
+float16 when the source holds float32 (as GPTQ checkpoints store them; bfloat16 stays
+bfloat16). The output is an ordinary GPTQ checkpoint (`qweight`, `qzeros` holding
 zero - 1, `scales`, `g_idx`; `quantization_config` in config.json and quantize_config.json),
 which GPTQModel and transformers (with optimum) load like any other.
 """
@@ -13,6 +14,8 @@ import json
 import os
 import re
 import shutil
+
+import numpy as np
 
 from . import __version__
 from .dense import as_compute
@@ -26,6 +29,14 @@ from .quant.rtn import quantize_rtn
 QUANTIZED = re.compile(r"model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.weight$")
 COPIED_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json",
                 "special_tokens_map.json", "vocab.json", "merges.txt")
+
+
+def to_float16_if_float32(t, name: str, src: str):
+    if not (isinstance(t, np.ndarray) and t.dtype == np.float32):
+        return t
+    if np.abs(t).max(initial=0) > np.finfo(np.float16).max:
+        raise FormatError(f"{src}: tensor {name} holds values beyond float16's range")
+    return t.astype(np.float16)
 
 
 def gptq_quantization_config(bits: int, group_size: int, sym: bool) -> dict:
@@ -54,7 +65,7 @@ def quantize_folder(src: str, dst: str, bits: int = 4, group_size: int = 128, sy
     for name, t in tensors.items():
         stats["bytes_in"] += int(t.nbytes)
         if name not in names:
-            out[name] = t
+            out[name] = to_float16_if_float32(t, name, src)
             continue
         rows, cols = t.shape
         if rows % per_word or cols % per_word:
@@ -75,6 +86,8 @@ def quantize_folder(src: str, dst: str, bits: int = 4, group_size: int = 128, sy
     with open(os.path.join(src, "config.json"), encoding="utf-8") as f:
         config = json.load(f)
     config["quantization_config"] = qcfg
+    if any(getattr(t, "dtype", None) == np.float16 for t in out.values()):
+        config["torch_dtype"] = "float16"
     with open(os.path.join(dst, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2)
     with open(os.path.join(dst, "quantize_config.json"), "w", encoding="utf-8") as f:

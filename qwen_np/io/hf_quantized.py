@@ -12,6 +12,7 @@ import numpy as np
 from ..errors import FormatError, UnsupportedModel
 from ..quant.awq import awq_to_canonical
 from ..quant.gptq import gptq_to_canonical
+from .mapped import drop_pages
 
 SUPPORTED_METHODS = ("gptq", "awq")
 
@@ -75,13 +76,16 @@ def convert_quantized_tensors(tensors: dict, q: dict, expected: dict, source: st
                               f"with this config)")
         shape = expected[weight_name]
         qweight, qzeros, scales = (tensors.pop(f"{m}.{p}") for p in ("qweight", "qzeros", "scales"))
+        g_idx = tensors.pop(f"{m}.g_idx", None)
         if method == "gptq":
-            g_idx = tensors.pop(f"{m}.g_idx", None)
             tensors[weight_name] = gptq_to_canonical(f"{source}: {m}", qweight, qzeros, scales,
                                                      g_idx, bits, group, v2, shape)
         else:
             tensors[weight_name] = awq_to_canonical(f"{source}: {m}", qweight, qzeros, scales,
                                                     bits, group, shape)
+        for packed in (qweight, qzeros, scales, g_idx):  # the file's copy is not needed again
+            if isinstance(packed, np.ndarray):
+                drop_pages(packed)
         bias = m + ".bias"
         if bias in tensors and bias not in expected:
             if np.any(np.asarray(getattr(tensors[bias], "bits", tensors[bias])) != 0):

@@ -6,7 +6,7 @@ File layout (little-endian):
                              "__metadata__": {...}}
     bytes 8+N..       the data; tensor `name` is bytes [8+N+b, 8+N+e), row-major
 
-Every tensor comes back as a read-only view into one `np.memmap` of the file, so loading reads
+Every tensor comes back as a read-only view into one memory map of the file (io/mapped.py), so loading reads
 only the header; pages of weights are read when an op touches them. BF16 comes back as a
 `BFloat16Array` of the raw bits (NumPy has no bfloat16; the `safetensors` package cannot give
 one to NumPy either).
@@ -22,6 +22,7 @@ import numpy as np
 
 from ..dense import BFloat16Array
 from ..errors import FormatError
+from .mapped import map_file
 
 NUMPY_DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16,
@@ -56,7 +57,7 @@ def open_safetensors(path: str) -> dict[str, np.ndarray | BFloat16Array]:
     """All tensors of one file, as memory-mapped views (nothing is copied)."""
     header, data_start = read_safetensors_header(path)
     data_bytes = os.path.getsize(path) - data_start
-    mm = np.memmap(path, dtype=np.uint8, mode="r") if data_bytes > 0 else np.zeros(0, np.uint8)
+    mm = map_file(path)
     tensors = {}
     for name, info in header.items():
         dtype_code = info.get("dtype")

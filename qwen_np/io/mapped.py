@@ -1,0 +1,48 @@
+"""Files mapped into memory read-only, and giving mapped pages back.
+
+Weights are read through a shared, read-only mapping: loading costs nothing, and the kernel
+pages bytes in when an op touches them. Pages of a quantized tensor that has been converted
+to the canonical form are not needed again; `drop_pages` tells the kernel so (MADV_DONTNEED),
+and they leave the process's resident set instead of counting twice.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+
+import numpy as np
+
+
+def map_file(path: str) -> np.ndarray:
+    """The whole file as a read-only uint8 array backed by an mmap (empty files: a 0-array)."""
+    if os.path.getsize(path) == 0:
+        return np.zeros(0, np.uint8)
+    with open(path, "rb") as f:
+        m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    return np.frombuffer(m, dtype=np.uint8)
+
+
+def mapping_of(view: np.ndarray):
+    """The mmap object under an array from map_file (None for any other array)."""
+    root = view
+    while isinstance(getattr(root, "base", None), np.ndarray):
+        root = root.base
+    m = getattr(root, "base", None)
+    m = m.obj if isinstance(m, memoryview) else m
+    return m if isinstance(m, mmap.mmap) else None
+
+
+def drop_pages(view: np.ndarray) -> None:
+    """Release the whole pages that `view` (an array into a map_file array) occupies."""
+    m = mapping_of(view)
+    if m is None or not hasattr(m, "madvise"):
+        return
+    root = view
+    while isinstance(getattr(root, "base", None), np.ndarray):
+        root = root.base
+    start = view.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+    first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE          # whole pages inside the view only
+    last = (start + view.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+    if last > first:
+        m.madvise(mmap.MADV_DONTNEED, first, last - first)

@@ -1,0 +1,192 @@
+"""Where the bytes go: the memory of a model in qwen-np, component by component.
+
+For a loaded model every figure is read off the tensors it holds (packed codes, scales and
+offsets, float matrices, vectors); for a preset (the published shapes of a Qwen model) the
+same figures are computed from the shapes. Weights are memory-mapped, and generation reads
+every matrix each token, so all of them end up resident (an untied embedding table is the
+exception: only looked-up rows are read, so its figure is an upper bound).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .config import QwenConfig
+from .quant import QuantizedTensor
+
+GiB = 1 << 30
+MiB = 1 << 20
+
+# Published shapes (config.json of each model; Qwen-7B from its v1 config: 4096 hidden,
+# 32 layers, 32 heads without GQA, SwiGLU width 11008 = intermediate_size / 2, untied head).
+PRESETS = {
+    "Qwen-7B": dict(model_type="qwen", vocab_size=151936, hidden_size=4096, intermediate_size=11008,
+                    num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+                    head_dim=128, tie_word_embeddings=False, qkv_bias=True),
+    "Qwen2.5-0.5B": dict(model_type="qwen2", vocab_size=151936, hidden_size=896,
+                         intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                         num_key_value_heads=2, head_dim=64, tie_word_embeddings=True, qkv_bias=True),
+    "Qwen2.5-1.5B": dict(model_type="qwen2", vocab_size=151936, hidden_size=1536,
+                         intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                         num_key_value_heads=2, head_dim=128, tie_word_embeddings=True, qkv_bias=True),
+    "Qwen2.5-7B": dict(model_type="qwen2", vocab_size=152064, hidden_size=3584,
+                       intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                       num_key_value_heads=4, head_dim=128, tie_word_embeddings=False, qkv_bias=True),
+    "Qwen3-0.6B": dict(model_type="qwen3", vocab_size=151936, hidden_size=1024,
+                       intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+                       num_key_value_heads=8, head_dim=128, tie_word_embeddings=True, qkv_bias=False,
+                       qk_norm=True),
+    "Qwen3-8B": dict(model_type="qwen3", vocab_size=151936, hidden_size=4096,
+                     intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+                     num_key_value_heads=8, head_dim=128, tie_word_embeddings=False, qkv_bias=False,
+                     qk_norm=True),
+}
+
+
+def preset_config(name: str) -> QwenConfig:
+    d = dict(rms_norm_eps=1e-6, rope_theta=1e6, max_position_embeddings=32768, o_bias=False,
+             qk_norm=False)
+    d.update(PRESETS[name])
+    return QwenConfig(**d)
+
+
+def linear_shapes(cfg: QwenConfig) -> list[tuple[int, int]]:
+    """[out, in] of the seven projections of one layer."""
+    D, F, Dh = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+    q, kv = cfg.num_attention_heads * Dh, cfg.num_key_value_heads * Dh
+    return [(q, D), (kv, D), (kv, D), (D, q), (F, D), (F, D), (D, F)]
+
+
+def vector_params(cfg: QwenConfig) -> int:
+    """Norm weights and biases, all layers."""
+    D, Dh = cfg.hidden_size, cfg.head_dim
+    q, kv = cfg.num_attention_heads * Dh, cfg.num_key_value_heads * Dh
+    per_layer = 2 * D + (q + 2 * kv if cfg.qkv_bias else 0) + (D if cfg.o_bias else 0) \
+        + (2 * Dh if cfg.qk_norm else 0)
+    return cfg.num_hidden_layers * per_layer + D
+
+
+def kv_cache_bytes(cfg: QwenConfig, context: int, itemsize: int) -> int:
+    return 2 * cfg.num_hidden_layers * context * cfg.num_key_value_heads * cfg.head_dim * itemsize
+
+
+def working_bytes(cfg: QwenConfig, tokens: int, context: int, itemsize: int,
+                  tile_elements: int) -> int:
+    # tile_elements: the largest float tile a tiled product makes (0 if none is tiled)
+    """Transient arrays of one forward pass over `tokens` new tokens with `context` cached
+    positions: the residual stream and its copies, q/k/v, the MLP's [T, F] arrays, the
+    attention scores (three [H, T, S] arrays: scores, exp, probabilities), a few dequantized
+    tiles, and the sampler's float64 copies of one logits row."""
+    D, F, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    H, Hkv, Dh = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    T = tokens
+    acts = T * (6 * D + 2 * (H + 2 * Hkv) * Dh + 4 * F) * itemsize
+    scores = 3 * H * T * context * itemsize
+    tiles = 6 * tile_elements * itemsize
+    return acts + scores + tiles + 4 * V * 8
+
+
+def preset_components(cfg: QwenConfig, bits: int | None, group_size: int, context: int,
+                      kv_itemsize: int, compute_itemsize: int = 4,
+                      embed_itemsize: int = 2, prompt_tokens: int = 16) -> dict[str, int]:
+    """Component bytes of a preset: float32 (bits=None) or GPTQ-style int4/int8 (codes, float16
+    scales and offsets per group, embedding and head in float16 as GPTQ checkpoints keep them)."""
+    linear = sum(o * i for o, i in linear_shapes(cfg)) * cfg.num_hidden_layers
+    groups = sum(o * -(-i // group_size) for o, i in linear_shapes(cfg)) * cfg.num_hidden_layers
+    embed_item = 4 if bits is None else embed_itemsize
+    embed = cfg.vocab_size * cfg.hidden_size * embed_item
+    c = {
+        "quantized codes": 0 if bits is None else linear * bits // 8,
+        "scales + offsets": 0 if bits is None else groups * 2 * 2,
+        "float matrices": linear * 4 if bits is None else 0,
+        "embedding": embed,
+        "LM head": 0 if cfg.tie_word_embeddings else embed,
+        "norms + biases": vector_params(cfg) * compute_itemsize,
+        "KV cache": kv_cache_bytes(cfg, context, kv_itemsize),
+        "working buffers": working_bytes(cfg, prompt_tokens, context, compute_itemsize,
+                                         0 if bits is None else 1 << 20),
+    }
+    return c
+
+
+def model_components(cfg: QwenConfig, weights, context: int, kv_itemsize: int,
+                     compute_itemsize: int, prompt_tokens: int, tile_elements: int) -> dict[str, int]:
+    """Component bytes of a loaded model, read off the arrays it holds."""
+    c = dict.fromkeys(["quantized codes", "scales + offsets", "float matrices", "embedding",
+                       "LM head", "norms + biases"], 0)
+    largest_tile = 0  # matrices not already in the compute dtype are converted a tile at a time
+
+    def add_matrix(t, key_if_float):
+        nonlocal largest_tile
+        if key_if_float != "embedding" and getattr(t, "dtype", None) != np.dtype(
+                "float32" if compute_itemsize == 4 else "float64"):
+            largest_tile = max(largest_tile, min(tile_elements, t.shape[0] * t.shape[1]))
+        if isinstance(t, QuantizedTensor):
+            c["quantized codes"] += t.codes.nbytes
+            c["scales + offsets"] += t.nbytes - t.codes.nbytes
+        else:
+            c[key_if_float] += int(t.nbytes)
+
+    for layer in weights.layers:
+        for name, t in vars(layer).items():
+            if t is None:
+                continue
+            if name in ("q", "k", "v", "o", "gate", "up", "down"):
+                add_matrix(t, "float matrices")
+            else:
+                c["norms + biases"] += int(t.nbytes)
+    c["norms + biases"] += int(weights.norm.nbytes)
+    add_matrix(weights.embed, "embedding")
+    if weights.lm_head is not weights.embed:
+        add_matrix(weights.lm_head, "LM head")
+    elif getattr(weights.embed, "dtype", None) != np.dtype("float32" if compute_itemsize == 4
+                                                          else "float64"):
+        largest_tile = max(largest_tile, min(tile_elements, weights.embed.shape[0]
+                                             * weights.embed.shape[1]))
+    c["KV cache"] = kv_cache_bytes(cfg, context, kv_itemsize)
+    c["working buffers"] = working_bytes(cfg, prompt_tokens, context, compute_itemsize, largest_tile)
+    return c
+
+
+def total(components: dict[str, int]) -> int:
+    return sum(components.values())
+
+
+def rss_bytes(field: str = "VmRSS") -> int | None:
+    """This process's resident set (VmRSS) or its peak (VmHWM), from /proc; None elsewhere."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux: write 5 to /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def release_free_heap() -> None:
+    """Give memory that Python has freed back to the OS (glibc's malloc_trim).
+
+    Converting a quantized checkpoint frees many large temporaries; glibc raises its mmap
+    threshold after such frees and keeps later ones in the heap, where they would sit in the
+    process's RSS as if still used. No-op where there is no glibc.
+    """
+    import ctypes
+    import ctypes.util
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
