@@ -77,12 +77,15 @@ def convert_quantized_tensors(tensors: dict, q: dict, expected: dict, source: st
         shape = expected[weight_name]
         qweight, qzeros, scales = (tensors.pop(f"{m}.{p}") for p in ("qweight", "qzeros", "scales"))
         g_idx = tensors.pop(f"{m}.g_idx", None)
-        if method == "gptq":
-            tensors[weight_name] = gptq_to_canonical(f"{source}: {m}", qweight, qzeros, scales,
-                                                     g_idx, bits, group, v2, shape)
-        else:
-            tensors[weight_name] = awq_to_canonical(f"{source}: {m}", qweight, qzeros, scales,
-                                                    bits, group, shape)
+        try:
+            if method == "gptq":
+                tensors[weight_name] = gptq_to_canonical(m, qweight, qzeros, scales, g_idx, bits,
+                                                         group, v2, shape)
+            else:
+                tensors[weight_name] = awq_to_canonical(m, qweight, qzeros, scales, bits, group,
+                                                        shape)
+        except FormatError as e:
+            raise FormatError(f"{source}: {e}") from None
         for packed in (qweight, qzeros, scales, g_idx):  # the file's copy is not needed again
             if isinstance(packed, np.ndarray):
                 drop_pages(packed)

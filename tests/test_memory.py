@@ -1,0 +1,39 @@
+import subprocess
+import sys
+
+from conftest import fixture_path
+from qwen_np.memory import GiB, preset_components, preset_config, total
+
+
+def test_qwen_7b_float32_is_28_8_gib_of_weights():
+    """Qwen-7B has 7,721,324,544 parameters (hand count: 2 x 151936 x 4096 for the embedding
+    and the untied head; per layer c_attn 4096 x 12288 + 12288, c_proj 4096 x 4096, w1/w2
+    2 x 11008 x 4096, mlp c_proj 4096 x 11008, two norms of 4096; 32 layers; final norm)."""
+    c = preset_components(preset_config("Qwen-7B"), None, 128, 2048, kv_itemsize=4)
+    weights = c["float matrices"] + c["embedding"] + c["LM head"] + c["norms + biases"]
+    assert weights == 7_721_324_544 * 4
+    assert 28.7 < weights / GiB < 28.9
+
+
+def test_qwen_7b_int4_at_2048_is_about_8_gb():
+    c = preset_components(preset_config("Qwen-7B"), 4, 128, 2048, kv_itemsize=2)
+    # 6,476,005,376 projection weights at 4 bits
+    assert c["quantized codes"] == 6_476_005_376 // 2
+    # per group of 128: a float16 scale and a float16 offset
+    assert c["scales + offsets"] == 6_476_005_376 // 128 * 4
+    # KV cache: 2 (k, v) x 32 layers x 2048 positions x 4096 x 2 bytes
+    assert c["KV cache"] == 2 * 32 * 2048 * 4096 * 2
+    assert 6.0 < total(c) / GiB < 8.5
+
+
+def test_memory_cli_preset_and_measure():
+    r = subprocess.run([sys.executable, "-m", "qwen_np", "memory", "Qwen2.5-0.5B", "--context",
+                        "512"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "int4 g128" in r.stdout and "predicted peak" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "qwen_np", "memory", fixture_path("qwen2-tied-f32"),
+                        "--context", "64", "--measure"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "measured peak RSS" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "qwen_np", "memory", "NoSuchModel"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "NoSuchModel" in r.stderr
