@@ -52,6 +52,26 @@ def measure(path: str, context: int) -> tuple[float, float, str]:
     return pred / 2**20, peak / 2**20, r.stdout
 
 
+TRANSFORMERS_PEAK = r"""
+import sys, torch, transformers
+model = transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32)
+ids = torch.randint(0, model.config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(0))
+with torch.no_grad():
+    model.generate(ids, max_new_tokens=16, do_sample=False, attention_mask=torch.ones_like(ids),
+                   pad_token_id=0)
+print([l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1])
+"""
+
+
+def transformers_peak(path: str) -> float | None:
+    """Peak RSS (MiB) of transformers running the same float32 folder (None if not installed)."""
+    r = subprocess.run([sys.executable, "-c", TRANSFORMERS_PEAK, path], capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        return None
+    return int(r.stdout.strip().splitlines()[-1]) / 1024
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--workdir", default="/tmp/qwen-np-bench")
@@ -74,6 +94,11 @@ def main():
         print(f"| {name} | {pred:.1f} | {peak:.1f} | {peak / pred:.3f} |")
     (pf, mf), (pq, mq) = rows.values()
     print(f"\nint4 measured peak / float32 measured peak = {mq / mf:.3f}")
+    tf = transformers_peak(f32)
+    if tf is not None:
+        print(f"transformers (torch) float32, same folder, 16 + 16 tokens: peak RSS {tf:.1f} MiB; "
+              f"qwen-np float32 / transformers = {mf / tf:.3f}, qwen-np int4 / transformers = "
+              f"{mq / tf:.3f}")
 
 
 if __name__ == "__main__":
