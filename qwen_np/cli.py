@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="symmetric grid, zero point 2^(bits-1) (default)")
     sym.add_argument("--asym", dest="sym", action="store_false",
                      help="asymmetric grid with a zero point per group")
+    qz.add_argument("--checkpoint-format", default="gptq", choices=("gptq", "gptq_v2"),
+                    help="gptq (v1, zeros stored minus one; the default) or gptq_v2 (true zeros: "
+                         "what GPTQModel wants for --asym checkpoints it did not write itself)")
     qz.set_defaults(func=cmd_quantize)
 
     mem = sub.add_parser("memory", help="bytes of every component and the predicted peak",
@@ -246,7 +249,8 @@ def progress_bar(label: str):
 def cmd_quantize(args) -> int:
     from .quantize import quantize_folder
     stats = quantize_folder(args.src, args.dst, args.bits, args.group_size, args.sym,
-                            progress=progress_bar("quantizing"))
+                            progress=progress_bar("quantizing"),
+                            checkpoint_format=args.checkpoint_format)
     print(f"{args.dst}: {stats['quantized']} matrices quantized to {args.bits} bits "
           f"(group {args.group_size}, {'sym' if args.sym else 'asym'}); tensors "
           f"{stats['bytes_in'] / 2**20:.1f} MiB -> {stats['bytes_out'] / 2**20:.1f} MiB")

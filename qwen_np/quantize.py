@@ -39,16 +39,23 @@ def to_float16_if_float32(t, name: str, src: str):
     return t.astype(np.float16)
 
 
-def gptq_quantization_config(bits: int, group_size: int, sym: bool) -> dict:
+def gptq_quantization_config(bits: int, group_size: int, sym: bool, fmt: str = "gptq") -> dict:
     return {"quant_method": "gptq", "bits": bits, "group_size": group_size, "desc_act": False,
             "sym": sym, "static_groups": False, "true_sequential": True, "damp_percent": 0.01,
-            "checkpoint_format": "gptq", "format": "gptq", "pack_dtype": "int32",
+            "checkpoint_format": fmt, "format": fmt, "pack_dtype": "int32",
             "meta": {"quantizer": [f"qwen-np:{__version__}"], "method": "rtn"}}
 
 
 def quantize_folder(src: str, dst: str, bits: int = 4, group_size: int = 128, sym: bool = True,
-                    progress=None) -> dict:
-    """Quantize src into dst. Returns {"quantized": n, "bytes_in": .., "bytes_out": ..}."""
+                    progress=None, checkpoint_format: str = "gptq") -> dict:
+    """Quantize src into dst. Returns {"quantized": n, "bytes_in": .., "bytes_out": ..}.
+
+    checkpoint_format "gptq" (v1: zeros stored minus one, what AutoGPTQ and Qwen's published
+    checkpoints use) or "gptq_v2" (true zeros; GPTQModel loads asymmetric v1 files only from
+    its own quantizer, and v2 from anyone).
+    """
+    if checkpoint_format not in ("gptq", "gptq_v2"):
+        raise UnsupportedModel(f"checkpoint format {checkpoint_format!r} (gptq or gptq_v2)")
     if bits not in (4, 8):
         raise UnsupportedModel(f"--bits {bits}: GPTQ output supports 4 or 8 bits")
     if not os.path.isdir(src):
@@ -73,7 +80,8 @@ def quantize_folder(src: str, dst: str, bits: int = 4, group_size: int = 128, sy
                               f"multiples of {per_word}")
         q, zero, scale = quantize_rtn(as_compute(t, "float32"), bits, group_size, sym)
         module = name[: -len(".weight")]
-        for part, arr in canonical_codes_to_gptq(q, zero, scale, bits, group_size).items():
+        v2 = checkpoint_format == "gptq_v2"
+        for part, arr in canonical_codes_to_gptq(q, zero, scale, bits, group_size, v2).items():
             out[f"{module}.{part}"] = arr
         stats["quantized"] += 1
         if progress is not None:
@@ -82,7 +90,7 @@ def quantize_folder(src: str, dst: str, bits: int = 4, group_size: int = 128, sy
     write_safetensors(os.path.join(dst, "model.safetensors"), out, {"format": "pt"})
     stats["bytes_out"] = sum(int(a.nbytes) for a in out.values())
 
-    qcfg = gptq_quantization_config(bits, group_size, sym)
+    qcfg = gptq_quantization_config(bits, group_size, sym, checkpoint_format)
     with open(os.path.join(src, "config.json"), encoding="utf-8") as f:
         config = json.load(f)
     config["quantization_config"] = qcfg

@@ -79,15 +79,15 @@ def gptq_to_canonical(name: str, qweight, qzeros, scales, g_idx, bits: int, grou
 
 
 def canonical_codes_to_gptq(q: np.ndarray, zero: np.ndarray, scale16: np.ndarray, bits: int,
-                            group_size: int) -> dict[str, np.ndarray]:
+                            group_size: int, v2: bool = False) -> dict[str, np.ndarray]:
     """Integer codes q [out, in], zero points [out, G] and float16 scales [out, G] (from our
-    quantizer) -> the four GPTQ v1 tensors (qweight, qzeros holding zero - 1, scales, g_idx).
+    quantizer) -> the four GPTQ tensors (qweight, qzeros, scales, g_idx).
 
     v1 stores zero - 1 in each code slot, masked to b bits so that a zero of 0 (stored as
-    2^b - 1) cannot spill into its neighbours.
+    2^b - 1) cannot spill into its neighbours; v2 stores the zero itself.
     """
     out, n_in = q.shape
-    stored = (zero.astype(np.int64) - 1) & ((1 << bits) - 1)
+    stored = zero.astype(np.int64) if v2 else (zero.astype(np.int64) - 1) & ((1 << bits) - 1)
     return {
         "qweight": pack_int32_words(q.T, bits, axis=0),                  # [in/p, out]
         "qzeros": pack_int32_words(stored.T, bits, axis=1),              # [G, out/p]
