@@ -7,9 +7,33 @@
     print(model.tokenizer.decode(new))
 """
 
-from .api import Model, load
-from .config import QwenConfig
-from .errors import BackendUnavailable, FormatError, QwenNpError, UnsupportedModel
+import importlib.util as _importlib_util
+import os as _os
+import sys as _sys
+
+
+def _attach_backends_from_source_tree():
+    """pyproject.toml installs the top-level folder backends/ as `qwen_np.backends`. When
+    qwen_np is imported straight from a source checkout (no install), load it from there."""
+    name = __name__ + ".backends"
+    if _importlib_util.find_spec(name) is not None:
+        return
+    folder = _os.path.join(_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))), "backends")
+    spec = _importlib_util.spec_from_file_location(
+        name, _os.path.join(folder, "__init__.py"), submodule_search_locations=[folder])
+    if spec is None:
+        return
+    module = _importlib_util.module_from_spec(spec)
+    _sys.modules[name] = module
+    spec.loader.exec_module(module)
+    globals()["backends"] = module
+
+
+_attach_backends_from_source_tree()
+
+from .api import Model, load  # noqa: E402
+from .config import QwenConfig  # noqa: E402
+from .errors import BackendUnavailable, FormatError, QwenNpError, UnsupportedModel  # noqa: E402
 
 __all__ = ["load", "Model", "QwenConfig", "QwenNpError", "UnsupportedModel", "FormatError",
            "BackendUnavailable"]
