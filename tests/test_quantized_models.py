@@ -160,3 +160,27 @@ def test_cli_exits_nonzero_with_one_line(q4, tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
     assert "unknown quant_method" in r.stderr
+
+
+def test_older_autogptq_layout_with_quantize_config_json_only(q4, tmp_path):
+    """AutoGPTQ-era checkpoints (Qwen-7B-Chat-Int4) carry quantize_config.json and no
+    quantization_config in config.json."""
+    d = tmp_path / "old"
+    shutil.copytree(q4, d)
+    cfg = json.loads((d / "config.json").read_text())
+    del cfg["quantization_config"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    qc = json.loads((d / "quantize_config.json").read_text())
+    qc.pop("checkpoint_format"), qc.pop("format")       # no format field: v1
+    (d / "quantize_config.json").write_text(json.dumps(qc))
+    ids = [3, 9, 27]
+    assert np.array_equal(qwen_np.load(str(d)).logits(ids), qwen_np.load(q4).logits(ids))
+
+
+def test_quantized_embedding_rows_are_dequantized_on_lookup():
+    from qwen_np.backends import get_backend
+    from qwen_np.quant.rtn import quantize_rtn, rtn_to_canonical
+    table = np.random.default_rng(4).standard_normal((50, 24)).astype(np.float32)
+    qt = rtn_to_canonical(*quantize_rtn(table, 4, 8, True), 4, 8)
+    rows = get_backend("numpy").embed(qt, [7, 7, 49, 0])
+    assert np.array_equal(rows, dequantize(qt)[[7, 7, 49, 0]])
