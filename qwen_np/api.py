@@ -10,6 +10,7 @@ import numpy as np
 from .config import QwenConfig
 from .errors import FormatError
 from .generate import generate as generate_loop
+from .io.gguf_qwen import read_gguf_model
 from .io.hf_dir import read_hf_dir
 from .memory import release_free_heap
 from .model import forward
@@ -20,26 +21,26 @@ from .weights import ModelWeights, build_weights
 class Model:
     """A loaded model: config, weights, a backend, and (if the checkpoint has one) a tokenizer."""
 
-    def __init__(self, config: QwenConfig, weights: ModelWeights, backend, tokenizer_path,
-                 source: str):
+    def __init__(self, config: QwenConfig, weights: ModelWeights, backend,
+                 make_tokenizer: Callable[[], Tokenizer] | None, source: str):
         self.config = config
         self.weights = weights
         self.backend = backend
         self.source = source
-        self._tokenizer_path = tokenizer_path
+        self._make_tokenizer = make_tokenizer   # built on first use (it takes a moment)
         self._tokenizer = None
 
     @property
     def tokenizer(self) -> Tokenizer:
         if self._tokenizer is None:
-            if self._tokenizer_path is None:
+            if self._make_tokenizer is None:
                 raise FormatError(f"{self.source}: no tokenizer.json (needed to turn text into ids)")
-            self._tokenizer = Tokenizer.from_file(self._tokenizer_path)
+            self._tokenizer = self._make_tokenizer()
         return self._tokenizer
 
     def stop_ids(self) -> list[int]:
         ids = list(self.config.eos_token_ids)
-        if self._tokenizer_path is not None:
+        if self._make_tokenizer is not None:
             ids += self.tokenizer.stop_ids()
         return list(dict.fromkeys(ids))
 
@@ -68,17 +69,33 @@ class Model:
         return ids
 
 
-def load(path: str, backend: str = "numpy", dtype: str = "float32") -> Model:
-    """Load a Hugging Face model folder (safetensors) for the named backend and dtype."""
-    from .backends import get_backend
-    be = get_backend(backend, dtype)
+def read_model(path: str):
+    """(config, tensors under HF names, tokenizer factory or None) of a Hugging Face folder
+    (float, GPTQ or AWQ safetensors) or a GGUF file."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FormatError(f"{path}: no such file or folder")
-    if not os.path.isdir(path):
-        raise FormatError(f"{path}: not a model folder (expected a Hugging Face folder "
-                          f"with config.json and safetensors)")
-    config, tensors, tokenizer_path = read_hf_dir(path)
+    if os.path.isdir(path):
+        config, tensors, tokenizer_path = read_hf_dir(path)
+        make = None if tokenizer_path is None else (lambda: Tokenizer.from_file(tokenizer_path))
+        return config, tensors, make
+    if is_gguf(path):
+        config, tensors, meta = read_gguf_model(path)
+        return config, tensors, lambda: Tokenizer.from_gguf_metadata(meta, path)
+    raise FormatError(f"{path}: neither a model folder (config.json + safetensors) nor a GGUF file")
+
+
+def is_gguf(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"GGUF"
+
+
+def load(path: str, backend: str = "numpy", dtype: str = "float32") -> Model:
+    """Load a Hugging Face model folder or a GGUF file for the named backend and dtype."""
+    from .backends import get_backend
+    be = get_backend(backend, dtype)
+    path = os.fspath(path)
+    config, tensors, make_tokenizer = read_model(path)
     weights = build_weights(config, tensors, be.dtype, path)
     release_free_heap()  # the temporaries of converting quantized tensors
-    return Model(config, weights, be, tokenizer_path, path)
+    return Model(config, weights, be, make_tokenizer, path)

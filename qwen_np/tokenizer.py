@@ -19,6 +19,11 @@ import os
 
 from .errors import FormatError
 
+# Qwen2's pre-tokenizer split (transformers' tokenization_qwen2.PRETOKENIZE_REGEX; Qwen v1's
+# tokenization_qwen.PAT_STR is the same). GGUF files only name it ("pre = qwen2").
+QWEN2_SPLIT_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+                     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+GGUF_CONTROL, GGUF_USER_DEFINED = 3, 4   # tokenizer.ggml.token_type values (llama.cpp)
 QWEN2_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 DEFAULT_SYSTEM_BY_MODEL_TYPE = {"qwen2": QWEN2_DEFAULT_SYSTEM, "qwen3": None}
 STOP_TOKENS = ("<|endoftext|>", "<|im_end|>")
@@ -40,6 +45,41 @@ class Tokenizer:
             return cls(HFTokenizer.from_file(path), path)
         except Exception as e:  # the library raises a bare Exception on malformed JSON
             raise FormatError(f"{path}: cannot read tokenizer ({str(e).splitlines()[0]})") from None
+
+    @classmethod
+    def from_gguf_metadata(cls, meta: dict, source: str) -> "Tokenizer":
+        """Qwen2's byte-level BPE, rebuilt from a GGUF file's tokenizer.ggml.* metadata:
+        the vocabulary (`tokens`, already in GPT-2's byte-to-unicode alphabet), the `merges`
+        ("a b" strings), NFC, Qwen2's split regex, byte-level mapping and decoding. Tokens
+        typed CONTROL become special tokens, USER_DEFINED ones plain added tokens; both are
+        matched whole in the text."""
+        from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
+        from tokenizers import Tokenizer as HFTokenizer
+        model = meta.get("tokenizer.ggml.model")
+        pre = meta.get("tokenizer.ggml.pre")
+        if model != "gpt2" or pre not in ("qwen2", "default", None):
+            raise FormatError(f"{source}: tokenizer {model!r} with pre-tokenizer {pre!r} is not "
+                              f"supported (Qwen2's: model 'gpt2', pre 'qwen2')")
+        tokens = meta.get("tokenizer.ggml.tokens")
+        merges = meta.get("tokenizer.ggml.merges")
+        if tokens is None or merges is None:
+            raise FormatError(f"{source}: no tokenizer in the GGUF metadata (tokens/merges missing)")
+        vocab = {t: i for i, t in enumerate(tokens)}
+        bpe = models.BPE(vocab=vocab, merges=[tuple(m.split(" ", 1)) for m in merges],
+                         unk_token=None, fuse_unk=False, byte_fallback=False)
+        tok = HFTokenizer(bpe)
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        tok.decoder = decoders.ByteLevel()
+        types = meta.get("tokenizer.ggml.token_type")
+        if types is not None:
+            tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                    for t, k in zip(tokens, types) if k == GGUF_CONTROL])
+            tok.add_tokens([AddedToken(t, special=False, normalized=False)
+                            for t, k in zip(tokens, types) if k == GGUF_USER_DEFINED])
+        return cls(tok, source)
 
     def encode(self, text: str) -> list[int]:
         # Special tokens written in the text (e.g. <|im_start|>) become their single ids.

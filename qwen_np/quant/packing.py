@@ -6,6 +6,12 @@
 An odd count leaves the high nibble of the last byte zero.
 
 8-bit codes are one byte each (uint8, unchanged).
+
+5- and 6-bit codes (GGUF's Q5_*, Q6_K) are split in two planes: the low 4 bits packed as
+4-bit codes above, and the high bits (1 or 2 per code) in a second plane, packed along the
+input too, least significant first:
+    1 high bit:   byte j bit k      <- code 8j + k
+    2 high bits:  byte j bits 2k+1..2k  <- code 4j + k
 """
 
 from __future__ import annotations
@@ -16,8 +22,38 @@ SUPPORTED_BITS = (4, 8)
 
 
 def packed_length(n: int, bits: int) -> int:
-    """Bytes needed for n codes of `bits` bits."""
-    return (n + 1) // 2 if bits == 4 else n
+    """Bytes of the main plane for n codes of `bits` bits (5 and 6 bits: the nibble plane)."""
+    return n if bits == 8 else (n + 1) // 2
+
+
+def high_plane_length(n: int, bits: int) -> int:
+    """Bytes of the high-bit plane for n codes of `bits` bits (0 for 4 and 8 bits)."""
+    per_byte = {5: 8, 6: 4}.get(bits)
+    return 0 if per_byte is None else -(-n // per_byte)
+
+
+def pack_high_bits(h: np.ndarray, nbits: int) -> np.ndarray:
+    """High parts [..., n] of `nbits` bits each (1 or 2) -> uint8 [..., ceil(n * nbits / 8)]."""
+    per_byte = 8 // nbits
+    h = np.asarray(h, np.uint8)
+    pad = -h.shape[-1] % per_byte
+    if pad:
+        h = np.concatenate([h, np.zeros(h.shape[:-1] + (pad,), np.uint8)], axis=-1)
+    h = h.reshape(h.shape[:-1] + (-1, per_byte))
+    out = np.zeros(h.shape[:-1], np.uint8)
+    for k in range(per_byte):
+        out |= h[..., k] << (nbits * k)
+    return out
+
+
+def unpack_high_bits(packed: np.ndarray, nbits: int, n: int) -> np.ndarray:
+    """Inverse of pack_high_bits: uint8 [..., bytes] -> uint8 high parts [..., n]."""
+    per_byte = 8 // nbits
+    mask = (1 << nbits) - 1
+    out = np.empty(packed.shape + (per_byte,), np.uint8)
+    for k in range(per_byte):
+        out[..., k] = (packed >> (nbits * k)) & mask
+    return out.reshape(packed.shape[:-1] + (-1,))[..., :n]
 
 
 def pack_codes(q: np.ndarray, bits: int) -> np.ndarray:

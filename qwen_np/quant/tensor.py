@@ -3,7 +3,10 @@ only quantized form a kernel has to understand.
 
 A float matrix W [out, in] (an nn.Linear weight, or an embedding table [V, D]) is held as
     codes   uint8 [out, packed_length(in)]  integer codes packed along the input dimension
-                                             (4-bit: two per byte, low nibble first; 8-bit: bytes)
+                                             (4-bit: two per byte, low nibble first; 8-bit: bytes;
+                                             5- and 6-bit: their low 4 bits, as 4-bit codes)
+    high    uint8 [out, ...] or None         5- and 6-bit codes: the 1 or 2 high bits of each
+                                             code (quant/packing.py draws both planes)
     scale   [out, G] float16 or float32      one per group of `group_size` consecutive codes
     offset  [out, G] float16 or float32      (the last group may be shorter)
     perm    [in] or None                     code column c holds input column perm[c]
@@ -23,18 +26,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .packing import packed_length, unpack_codes
+from .packing import high_plane_length, packed_length, unpack_codes, unpack_high_bits
 
 
 @dataclass(frozen=True, repr=False)
 class QuantizedTensor:
     shape: tuple[int, int]          # (out, in) of the float matrix it stands for
-    bits: int                       # 4 or 8
+    bits: int                       # 4, 5, 6 or 8
     group_size: int                 # codes per (scale, offset); == in for per-channel
     codes: np.ndarray               # uint8 [out, packed_length(in)]
     scale: np.ndarray               # [out, G]
     offset: np.ndarray              # [out, G]
     perm: np.ndarray | None = None  # [in] or None (identity)
+    high: np.ndarray | None = None  # [out, high_plane_length(in)] for 5 and 6 bits
 
     def __post_init__(self):
         out, n_in = self.shape
@@ -42,6 +46,10 @@ class QuantizedTensor:
         if self.codes.shape != (out, packed_length(n_in, self.bits)) or self.codes.dtype != np.uint8:
             raise ValueError(f"codes {self.codes.dtype}{list(self.codes.shape)} do not hold "
                              f"{self.bits}-bit codes for shape {list(self.shape)}")
+        high_len = high_plane_length(n_in, self.bits)
+        if (self.high is None) != (high_len == 0) or \
+                (self.high is not None and self.high.shape != (out, high_len)):
+            raise ValueError(f"{self.bits}-bit codes need a high-bit plane of [{out}, {high_len}]")
         if self.scale.shape != (out, groups) or self.offset.shape != (out, groups):
             raise ValueError(f"scale/offset must be [{out}, {groups}]")
 
@@ -56,8 +64,8 @@ class QuantizedTensor:
 
     @property
     def nbytes(self) -> int:
-        perm = 0 if self.perm is None else self.perm.nbytes
-        return self.codes.nbytes + self.scale.nbytes + self.offset.nbytes + perm
+        extra = sum(a.nbytes for a in (self.perm, self.high) if a is not None)
+        return self.codes.nbytes + self.scale.nbytes + self.offset.nbytes + extra
 
     @property
     def dtype_name(self) -> str:
@@ -70,7 +78,7 @@ def dequantize_rows(qt: QuantizedTensor, rows, dtype=np.float32, reorder: bool =
     With reorder=False the columns stay in code order (perm applied to x instead, by linear).
     """
     n_in = qt.shape[1]
-    q = unpack_codes(qt.codes[rows], qt.bits, n_in).astype(dtype)          # [r, in]
+    q = unpack_all_codes(qt, rows).astype(dtype)                            # [r, in]
     group = np.arange(n_in) // qt.group_size                                # [in]
     scale = qt.scale[rows].astype(dtype)[:, group]                          # [r, in]
     offset = qt.offset[rows].astype(dtype)[:, group]
@@ -80,6 +88,15 @@ def dequantize_rows(qt: QuantizedTensor, rows, dtype=np.float32, reorder: bool =
         unsorted[:, qt.perm] = w
         return unsorted
     return w
+
+
+def unpack_all_codes(qt: QuantizedTensor, rows) -> np.ndarray:
+    """The integer codes of the given rows, uint8 [r, in], in code (storage) order."""
+    n_in = qt.shape[1]
+    if qt.high is None:
+        return unpack_codes(qt.codes[rows], qt.bits, n_in)
+    low = unpack_codes(qt.codes[rows], 4, n_in)
+    return low | (unpack_high_bits(qt.high[rows], qt.bits - 4, n_in) << 4)
 
 
 def dequantize(qt: QuantizedTensor, dtype=np.float32) -> np.ndarray:

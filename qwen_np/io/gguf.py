@@ -1,0 +1,138 @@
+"""Reading GGUF files (llama.cpp's format): header, metadata, tensor infos, mapped data.
+
+File layout (little-endian; ggml's docs/gguf.md):
+    uint32  magic "GGUF" (0x46554747)      uint32  version (2 or 3)
+    uint64  tensor_count                   uint64  metadata_kv_count
+    metadata_kv_count x { string key, uint32 value_type, value }
+        value types 0..12: u8 i8 u16 i16 u32 i32 f32 bool string array u64 i64 f64
+        string = uint64 length + UTF-8 bytes; array = uint32 type + uint64 count + values
+    tensor_count x { string name, uint32 n_dims, uint64 ne[n_dims], uint32 type, uint64 offset }
+        ne[0] varies fastest: a PyTorch [out, in] weight is stored as ne = [in, out]
+    padding to `general.alignment` (default 32), then the data section; each tensor's
+    offset is relative to its start.
+
+Here the container is parsed; the block math of each tensor type is in qwen_np/quant/gguf.py.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import FormatError, UnsupportedModel
+from ..quant.gguf import BLOCK_TYPES
+from .mapped import map_file
+
+GGUF_MAGIC = 0x46554747
+SUPPORTED_VERSIONS = (2, 3)
+# type id -> (name, elements per block, bytes per block) for the float types
+FLOAT_TYPES = {0: ("F32", 1, 4), 1: ("F16", 1, 2), 30: ("BF16", 1, 2)}
+# every ggml type id, so that an unsupported one can be named
+GGML_TYPE_NAMES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0",
+                   9: "Q8_1", 10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K",
+                   15: "Q8_K", 16: "IQ2_XXS", 17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S",
+                   20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S", 23: "IQ4_XS", 24: "I8", 25: "I16",
+                   26: "I32", 27: "I64", 28: "F64", 29: "IQ1_M", 30: "BF16", 34: "TQ1_0",
+                   35: "TQ2_0", 39: "MXFP4"}
+SCALAR_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
+                  10: "<Q", 11: "<q", 12: "<d"}
+ARRAY_DTYPES = {0: np.uint8, 1: np.int8, 2: np.uint16, 3: np.int16, 4: np.uint32, 5: np.int32,
+                6: np.float32, 7: np.bool_, 10: np.uint64, 11: np.int64, 12: np.float64}
+
+
+@dataclass
+class GGUFTensor:
+    name: str
+    type_id: int
+    ne: tuple[int, ...]      # as in the file: ne[0] fastest
+    data: np.ndarray         # uint8 view of its bytes in the mapped file
+
+    @property
+    def type_name(self) -> str:
+        return GGML_TYPE_NAMES.get(self.type_id, f"type {self.type_id}")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """NumPy / PyTorch order: ne reversed ([out, in] for a matrix)."""
+        return tuple(reversed(self.ne))
+
+
+class _Cursor:
+    """Reads little-endian values from the mapped bytes, with a clear error past the end."""
+
+    def __init__(self, buf: np.ndarray, path: str):
+        self.buf, self.pos, self.path = buf, 0, path
+
+    def take(self, n: int) -> bytes:
+        if self.pos + n > len(self.buf):
+            raise FormatError(f"{self.path}: truncated GGUF header (needs byte {self.pos + n}, "
+                              f"file has {len(self.buf)})")
+        out = self.buf[self.pos:self.pos + n].tobytes()
+        self.pos += n
+        return out
+
+    def scalar(self, fmt: str):
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
+
+    def string(self) -> str:
+        return self.take(self.scalar("<Q")).decode("utf-8", errors="replace")
+
+    def value(self, vtype: int):
+        if vtype in SCALAR_FORMATS:
+            return self.scalar(SCALAR_FORMATS[vtype])
+        if vtype == 8:
+            return self.string()
+        if vtype == 9:
+            etype, count = self.scalar("<I"), self.scalar("<Q")
+            if etype in ARRAY_DTYPES:
+                dt = np.dtype(ARRAY_DTYPES[etype]).newbyteorder("<")
+                return np.frombuffer(self.take(count * dt.itemsize), dtype=dt).copy()
+            return [self.value(etype) for _ in range(count)]
+        raise FormatError(f"{self.path}: unknown metadata value type {vtype} at byte {self.pos}")
+
+
+def read_gguf(path: str) -> tuple[dict, dict[str, GGUFTensor]]:
+    """(metadata, tensors by GGUF name), every tensor a view into the mapped file."""
+    buf = map_file(path)
+    cur = _Cursor(buf, path)
+    if len(buf) < 4 or cur.scalar("<I") != GGUF_MAGIC:
+        raise FormatError(f"{path}: not a GGUF file (wrong magic)")
+    version = cur.scalar("<I")
+    if version not in SUPPORTED_VERSIONS:
+        raise FormatError(f"{path}: unsupported GGUF version {version} (supported: 2, 3)")
+    n_tensors, n_kv = cur.scalar("<Q"), cur.scalar("<Q")
+    meta = {}
+    for _ in range(n_kv):
+        key = cur.string()
+        meta[key] = cur.value(cur.scalar("<I"))
+    infos = []
+    for _ in range(n_tensors):
+        name = cur.string()
+        ne = tuple(cur.scalar("<Q") for _ in range(cur.scalar("<I")))
+        infos.append((name, ne, cur.scalar("<I"), cur.scalar("<Q")))
+    align = int(meta.get("general.alignment", 32))
+    data_start = -(-cur.pos // align) * align
+    tensors = {}
+    for name, ne, type_id, offset in infos:
+        n = int(np.prod(ne, dtype=np.int64))
+        if type_id in FLOAT_TYPES:
+            _, block, size = FLOAT_TYPES[type_id]
+        elif type_id in BLOCK_TYPES:
+            _, block, size = BLOCK_TYPES[type_id][:3]
+        else:
+            raise UnsupportedModel(f"{path}: tensor {name} has type "
+                                   f"{GGML_TYPE_NAMES.get(type_id, type_id)}, which qwen-np does "
+                                   f"not read (supported: F32, F16, BF16, "
+                                   f"{', '.join(v[0] for v in BLOCK_TYPES.values())})")
+        if ne[0] % block:
+            raise FormatError(f"{path}: tensor {name}: row of {ne[0]} is not a whole number of "
+                              f"{block}-element blocks")
+        nbytes = n // block * size
+        begin = data_start + offset
+        if begin + nbytes > len(buf):
+            raise FormatError(f"{path}: truncated: tensor {name} needs bytes {begin}..{begin + nbytes}"
+                              f" but the file has {len(buf)}")
+        tensors[name] = GGUFTensor(name, type_id, ne, buf[begin:begin + nbytes])
+    return meta, tensors

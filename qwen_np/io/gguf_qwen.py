@@ -1,0 +1,126 @@
+"""A Qwen GGUF file -> the config, and tensors under Hugging Face names in canonical form.
+
+Metadata keys are `{arch}.*` (llama.cpp's convert_hf_to_gguf.py writes them from config.json);
+tensor names map one to one (gguf-py's tensor_mapping.py). Qwen GGUFs keep q/k rows in
+Hugging Face order (no permutation, unlike llama), so the same rotate-half RoPE applies.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from ..config import QwenConfig
+from ..dense import BFloat16Array
+from ..errors import FormatError, UnsupportedModel
+from ..quant.gguf import BLOCK_TYPES, block_rows_to_canonical
+from .gguf import GGUFTensor, read_gguf
+from .mapped import drop_pages
+
+SUPPORTED_ARCHS = ("qwen2", "qwen3")
+LATER_ARCHS = ("qwen2moe", "qwen3moe", "qwen")   # recognised; not runnable in this version
+
+GLOBAL_NAMES = {"token_embd.weight": "model.embed_tokens.weight",
+                "output_norm.weight": "model.norm.weight",
+                "output.weight": "lm_head.weight"}
+LAYER_NAMES = {"attn_norm.weight": "input_layernorm.weight",
+               "attn_q.weight": "self_attn.q_proj.weight", "attn_q.bias": "self_attn.q_proj.bias",
+               "attn_k.weight": "self_attn.k_proj.weight", "attn_k.bias": "self_attn.k_proj.bias",
+               "attn_v.weight": "self_attn.v_proj.weight", "attn_v.bias": "self_attn.v_proj.bias",
+               "attn_output.weight": "self_attn.o_proj.weight",
+               "attn_output.bias": "self_attn.o_proj.bias",
+               "attn_q_norm.weight": "self_attn.q_norm.weight",
+               "attn_k_norm.weight": "self_attn.k_norm.weight",
+               "ffn_norm.weight": "post_attention_layernorm.weight",
+               "ffn_gate.weight": "mlp.gate_proj.weight", "ffn_up.weight": "mlp.up_proj.weight",
+               "ffn_down.weight": "mlp.down_proj.weight"}
+LAYER = re.compile(r"blk\.(\d+)\.(.+)$")
+
+
+def hf_name(gguf_name: str) -> str | None:
+    if gguf_name in GLOBAL_NAMES:
+        return GLOBAL_NAMES[gguf_name]
+    m = LAYER.match(gguf_name)
+    if m and m.group(2) in LAYER_NAMES:
+        return f"model.layers.{m.group(1)}.{LAYER_NAMES[m.group(2)]}"
+    return None
+
+
+def config_from_gguf(meta: dict, tensors: dict[str, GGUFTensor], path: str) -> QwenConfig:
+    arch = meta.get("general.architecture")
+    if arch in LATER_ARCHS:
+        raise UnsupportedModel(f"{path}: GGUF architecture {arch!r} is not supported yet "
+                               f"(supported: {', '.join(SUPPORTED_ARCHS)})")
+    if arch not in SUPPORTED_ARCHS:
+        raise UnsupportedModel(f"{path}: unknown GGUF architecture {arch!r} "
+                               f"(supported: {', '.join(SUPPORTED_ARCHS)})")
+
+    def key(name, default=None):
+        v = meta.get(f"{arch}.{name}", default)
+        if v is None:
+            raise FormatError(f"{path}: missing metadata {arch}.{name}")
+        return v
+
+    scaling = meta.get(f"{arch}.rope.scaling.type", "none")
+    if scaling not in ("none", "linear") or (scaling == "linear" and
+                                             meta.get(f"{arch}.rope.scaling.factor", 1.0) != 1.0):
+        raise UnsupportedModel(f"{path}: rope scaling {scaling!r} is not supported")
+    hidden, heads = int(key("embedding_length")), int(key("attention.head_count"))
+    if "token_embd.weight" not in tensors:
+        raise FormatError(f"{path}: missing tensor token_embd.weight")
+    has_bias = "blk.0.attn_q.bias" in tensors
+    eos = meta.get("tokenizer.ggml.eos_token_id")
+    return QwenConfig(
+        model_type=arch,
+        vocab_size=int(tensors["token_embd.weight"].shape[0]),
+        hidden_size=hidden,
+        intermediate_size=int(key("feed_forward_length")),
+        num_hidden_layers=int(key("block_count")),
+        num_attention_heads=heads,
+        num_key_value_heads=int(key("attention.head_count_kv", heads)),
+        head_dim=int(meta.get(f"{arch}.attention.key_length", hidden // heads)),
+        rms_norm_eps=float(key("attention.layer_norm_rms_epsilon")),
+        rope_theta=float(key("rope.freq_base", 10000.0)),
+        max_position_embeddings=int(key("context_length", 32768)),
+        tie_word_embeddings="output.weight" not in tensors,
+        qkv_bias=True if arch == "qwen2" else has_bias,
+        o_bias="blk.0.attn_output.bias" in tensors,
+        qk_norm=arch == "qwen3",
+        bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
+        eos_token_ids=() if eos is None else (int(eos),),
+    )
+
+
+def tensor_to_canonical(t: GGUFTensor):
+    """One GGUF tensor -> a NumPy array (F32, F16: views of the file), a BFloat16Array, or a
+    QuantizedTensor (block types: converted, then the file's pages are released)."""
+    shape = t.shape
+    if t.type_id == 0:
+        return t.data.view(np.float32).reshape(shape)
+    if t.type_id == 1:
+        return t.data.view(np.float16).reshape(shape)
+    if t.type_id == 30:
+        return BFloat16Array(t.data.view(np.uint16).reshape(shape))
+    if t.type_id in BLOCK_TYPES and len(shape) == 2:
+        qt = block_rows_to_canonical(t.data, t.type_id, shape)
+        drop_pages(t.data)
+        return qt
+    raise FormatError(f"tensor {t.name}: {t.type_name} tensors of {len(shape)} dimensions are "
+                      f"not supported")
+
+
+def read_gguf_model(path: str):
+    """(config, tensors under HF names, GGUF metadata) of a Qwen GGUF file."""
+    meta, tensors = read_gguf(path)
+    config = config_from_gguf(meta, tensors, path)
+    out = {}
+    for name, t in tensors.items():
+        hf = hf_name(name)
+        if hf is None:
+            raise FormatError(f"{path}: unexpected tensor {name} for a {config.model_type} model")
+        try:
+            out[hf] = tensor_to_canonical(t)
+        except FormatError as e:
+            raise FormatError(f"{path}: {e}") from None
+    return config, out, meta
