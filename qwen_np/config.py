@@ -125,3 +125,23 @@ def read_hf_config(model_dir: str) -> QwenConfig:
         ids = tuple(dict.fromkeys(list(cfg.eos_token_ids) + [int(i) for i in extra]))
         cfg = replace(cfg, eos_token_ids=ids)
     return cfg
+
+
+def config_to_hf_dict(cfg: QwenConfig) -> dict:
+    """A Hugging Face config.json for this config (used when a GGUF model is written out as a
+    Hugging Face folder); config_from_hf_dict reads it back to the same config."""
+    arch = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[cfg.model_type]
+    d = {"architectures": [arch], "model_type": cfg.model_type, "vocab_size": cfg.vocab_size,
+         "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
+         "num_hidden_layers": cfg.num_hidden_layers,
+         "num_attention_heads": cfg.num_attention_heads,
+         "num_key_value_heads": cfg.num_key_value_heads, "head_dim": cfg.head_dim,
+         "rms_norm_eps": cfg.rms_norm_eps, "rope_theta": cfg.rope_theta,
+         "max_position_embeddings": cfg.max_position_embeddings,
+         "tie_word_embeddings": cfg.tie_word_embeddings, "hidden_act": "silu",
+         "bos_token_id": cfg.bos_token_id,
+         "eos_token_id": list(cfg.eos_token_ids) if len(cfg.eos_token_ids) != 1
+         else cfg.eos_token_ids[0]}
+    if cfg.model_type == "qwen3":
+        d["attention_bias"] = cfg.qkv_bias
+    return d

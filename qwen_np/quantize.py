@@ -18,11 +18,13 @@ import shutil
 import numpy as np
 
 from . import __version__
+from .config import config_to_hf_dict
 from .dense import as_compute
 from .errors import FormatError, UnsupportedModel
 from .io.hf_dir import read_hf_config, read_hf_tensors
 from .io.hf_quantized import read_quantization_config
 from .io.safetensors import write_safetensors
+from .quant import QuantizedTensor
 from .quant.gptq import canonical_codes_to_gptq
 from .quant.rtn import quantize_rtn
 
@@ -58,14 +60,9 @@ def quantize_folder(src: str, dst: str, bits: int = 4, group_size: int = 128, sy
         raise UnsupportedModel(f"checkpoint format {checkpoint_format!r} (gptq or gptq_v2)")
     if bits not in (4, 8):
         raise UnsupportedModel(f"--bits {bits}: GPTQ output supports 4 or 8 bits")
-    if not os.path.isdir(src):
-        raise FormatError(f"{src}: no such model folder")
-    read_hf_config(src)  # validates the architecture first
-    if read_quantization_config(src) is not None:
-        raise FormatError(f"{src}: already quantized")
     if os.path.abspath(src) == os.path.abspath(dst):
         raise FormatError(f"{dst}: the output folder must differ from the input")
-    tensors = read_hf_tensors(src)
+    config_json, tensors, write_tokenizer = read_float_source(src)
     names = [n for n in tensors if QUANTIZED.match(n)]
     per_word = 32 // bits
     out, stats = {}, {"quantized": 0, "bytes_in": 0, "bytes_out": 0}
@@ -74,6 +71,9 @@ def quantize_folder(src: str, dst: str, bits: int = 4, group_size: int = 128, sy
         if name not in names:
             out[name] = to_float16_if_float32(t, name, src)
             continue
+        if isinstance(t, QuantizedTensor):
+            raise FormatError(f"{src}: tensor {name} is already quantized ({t.bits}-bit); "
+                              f"quantize reads float models")
         rows, cols = t.shape
         if rows % per_word or cols % per_word:
             raise FormatError(f"{src}: tensor {name} {list(t.shape)}: GPTQ needs both sizes to be "
@@ -91,16 +91,35 @@ def quantize_folder(src: str, dst: str, bits: int = 4, group_size: int = 128, sy
     stats["bytes_out"] = sum(int(a.nbytes) for a in out.values())
 
     qcfg = gptq_quantization_config(bits, group_size, sym, checkpoint_format)
-    with open(os.path.join(src, "config.json"), encoding="utf-8") as f:
-        config = json.load(f)
-    config["quantization_config"] = qcfg
+    config = dict(config_json, quantization_config=qcfg)
     if any(getattr(t, "dtype", None) == np.float16 for t in out.values()):
         config["torch_dtype"] = "float16"
     with open(os.path.join(dst, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2)
     with open(os.path.join(dst, "quantize_config.json"), "w", encoding="utf-8") as f:
         json.dump({k: v for k, v in qcfg.items() if k != "quant_method"}, f, indent=2)
-    for fname in COPIED_FILES:
-        if os.path.isfile(os.path.join(src, fname)):
-            shutil.copyfile(os.path.join(src, fname), os.path.join(dst, fname))
+    write_tokenizer(dst)
     return stats
+
+
+def read_float_source(src: str):
+    """(config.json dict, tensors under HF names, a function writing the tokenizer files into
+    a folder) of a Hugging Face folder or a GGUF file."""
+    if not os.path.exists(src):
+        raise FormatError(f"{src}: no such file or folder")
+    if os.path.isdir(src):
+        read_hf_config(src)  # validates the architecture first
+        if read_quantization_config(src) is not None:
+            raise FormatError(f"{src}: already quantized")
+        with open(os.path.join(src, "config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+
+        def copy_tokenizer(dst):
+            for fname in COPIED_FILES:
+                if os.path.isfile(os.path.join(src, fname)):
+                    shutil.copyfile(os.path.join(src, fname), os.path.join(dst, fname))
+        return config, read_hf_tensors(src), copy_tokenizer
+    from .api import read_model
+    cfg, tensors, make_tokenizer = read_model(src)
+    return config_to_hf_dict(cfg), tensors, \
+        lambda dst: make_tokenizer().save(os.path.join(dst, "tokenizer.json"))

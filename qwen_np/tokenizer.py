@@ -88,6 +88,10 @@ class Tokenizer:
     def decode(self, ids) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=False)
 
+    def save(self, path: str) -> None:
+        """Write it as a tokenizer.json."""
+        self._tok.save(path)
+
     def token_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 

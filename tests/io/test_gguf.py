@@ -140,3 +140,21 @@ def test_unexpected_tensor_is_named(tmp_path):
                                                      np.zeros((2, 34), np.uint8), T.Q8_0))
     with pytest.raises(FormatError, match="unexpected tensor blk.0.ffn_extra.weight"):
         qwen_np.load(p)
+
+
+def test_quantize_reads_a_float_gguf_and_refuses_a_quantized_one(tiny_gguf, tmp_path):
+    from qwen_np.quant import QuantizedTensor, dequantize
+    from qwen_np.quantize import quantize_folder
+    f16 = str(tmp_path / "f16.gguf")
+    expected = write_gguf_from_hf(SRC, f16, T.F16)
+    out = str(tmp_path / "q")
+    quantize_folder(f16, out, bits=8, group_size=32, sym=True)
+    m = qwen_np.load(out)
+    assert m.config == qwen_np.load(f16).config
+    up = m.weights.layers[0].up
+    assert isinstance(up, QuantizedTensor) and up.bits == 8
+    step = up.scale.astype(np.float32).repeat(32, axis=1)
+    assert np.all(np.abs(dequantize(up) - expected["blk.0.ffn_up.weight"]) <= 0.5 * step * 1.000001)
+    assert m.tokenizer.encode("hello world") == qwen_np.load(f16).tokenizer.encode("hello world")
+    with pytest.raises(FormatError, match="is already quantized"):
+        quantize_folder(tiny_gguf[0], str(tmp_path / "q2"))
