@@ -25,15 +25,35 @@ from __future__ import annotations
 
 from qwen_np.errors import BackendUnavailable
 
-BACKENDS = ("numpy",)
+BACKENDS = ("numpy", "numba")
 
 
-def get_backend(name: str = "numpy", dtype: str = "float32"):
-    """A backend object by name; `dtype` is "float32" or "float64"."""
+def get_backend(name: str = "numpy", dtype: str = "float32", threads: int | None = None):
+    """A backend object by name; `dtype` is "float32" or "float64"; `threads` (default: all
+    cores) is honoured by the backend's kernels and by BLAS."""
     if dtype not in ("float32", "float64"):
         raise BackendUnavailable(f"dtype {dtype!r} is not supported (float32 or float64)")
+    if threads is not None:
+        set_blas_threads(threads)
     if name == "numpy":
         from .numpy_backend import NumpyBackend
         return NumpyBackend(dtype)
+    if name == "numba":
+        try:
+            from .numba_backend import NumbaBackend
+        except ImportError as e:
+            raise BackendUnavailable(f"backend 'numba' cannot load ({e}); "
+                                     f"pip install 'qwen-np[numba]'") from None
+        return NumbaBackend(dtype, threads)
     raise BackendUnavailable(f"backend {name!r} is not available "
                              f"(available: {', '.join(BACKENDS)})")
+
+
+def set_blas_threads(threads: int) -> None:
+    """Limit the BLAS NumPy calls into (OpenBLAS, MKL) to `threads`, via threadpoolctl when it
+    is installed (it comes with the numba extra)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(limits=threads, user_api="blas")

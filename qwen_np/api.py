@@ -90,10 +90,12 @@ def is_gguf(path: str) -> bool:
         return f.read(4) == b"GGUF"
 
 
-def load(path: str, backend: str = "numpy", dtype: str = "float32") -> Model:
-    """Load a Hugging Face model folder or a GGUF file for the named backend and dtype."""
+def load(path: str, backend: str = "numpy", dtype: str = "float32",
+         threads: int | None = None) -> Model:
+    """Load a Hugging Face model folder or a GGUF file for the named backend ("numpy", the
+    reference, or "numba") and dtype; `threads` (default: all cores) for kernels and BLAS."""
     from .backends import get_backend
-    be = get_backend(backend, dtype)
+    be = get_backend(backend, dtype, threads)
     path = os.fspath(path)
     config, tensors, make_tokenizer = read_model(path)
     weights = build_weights(config, tensors, be.dtype, path)

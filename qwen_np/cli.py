@@ -136,6 +136,8 @@ def add_model_args(p):
                    help="compute backend (default numpy, the reference)")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"),
                    help="compute dtype (float64 is the oracle mode; default float32)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for the kernels and BLAS (default: all cores)")
 
 
 def add_sampling_args(p, default_max_new=64):
@@ -158,7 +160,7 @@ def sampling_kwargs(args) -> dict:
 def load_model(args):
     from .api import load
     path = args.model if args.model is not None else fetch_with_progress()
-    return load(path, backend=args.backend, dtype=args.dtype)
+    return load(path, backend=args.backend, dtype=args.dtype, threads=args.threads)
 
 
 def fetch_with_progress() -> str:

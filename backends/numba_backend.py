@@ -1,0 +1,358 @@
+"""Numba CPU kernels behind the backend interface: fused dequantize-and-multiply over the
+canonical quantized form, and the small ops (RMSNorm, RoPE, SwiGLU, attention) compiled.
+
+Decoding one token is a matrix-vector product that must read each weight byte once and do
+little else. For a row o of a quantized matrix, with x already in the codes' column order:
+
+    y[o] = sum_g scale[o, g] * (sum_{c in g} q[o, c] * x[c]) + offset[o, g] * xsum[g]
+
+where xsum[g] (the sum of x over group g) is computed once per call. The inner sum is written
+as one long loop over the row's bytes into a small per-thread buffer (LLVM vectorizes long,
+simple, contiguous loops; short per-group loops it does not), then reduced per group.
+Nibble-packed codes pair with x split into its even and odd columns (xe, xo), so that byte j
+meets xe[j] and xo[j].
+
+Prefill (many tokens) dequantizes a tile of rows once into float32 and lets BLAS multiply it
+with all the tokens (compute-bound, not dequantize-bound).
+
+Every kernel is @njit(cache=True), so a second start loads them from the cache instead of
+compiling; `parallel=True` with prange splits rows over threads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qwen_np.dense import rows_as_compute
+from qwen_np.errors import BackendUnavailable
+from qwen_np.quant import QuantizedTensor
+
+try:
+    import numba
+    from numba import njit, prange, types
+    from numba.extending import overload
+except ImportError as e:  # reported by get_backend as a one-line error
+    raise BackendUnavailable("backend 'numba' needs the numba package "
+                             "(pip install 'qwen-np[numba]')") from e
+
+ROWS_PER_CHUNK = 16          # rows a thread takes at a time in a matrix-vector product
+PREFILL_TILE_ELEMENTS = 1 << 20
+
+
+# Numba has no float16 arrays: float16 scales and offsets reach the kernels as their uint16
+# bit patterns and are decoded through a 65536-entry table (exact, one lookup per group).
+HALF_TABLE = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+
+
+def as_f32(v, table):
+    """A scale or offset element as float32 (a uint16 is float16 bits, looked up)."""
+
+
+@overload(as_f32)
+def _as_f32(v, table):
+    if isinstance(v, types.Integer):
+        return lambda v, table: table[v]
+    return lambda v, table: np.float32(v)
+
+
+def kernel_floats(a: np.ndarray) -> np.ndarray:
+    """float16 arrays as their bits (uint16) for the kernels; float32 as they are."""
+    return a.view(np.uint16) if a.dtype == np.float16 else a
+
+
+# -- matrix-vector products, one token -------------------------------------------------------
+
+@njit(cache=True, fastmath=True)
+def _reduce_groups(prod, per_group, scale_row, offset_row, xsum, table):
+    """sum_g scale[g] * sum(prod in group g) + offset[g] * xsum[g]"""
+    acc = np.float32(0.0)
+    n_groups = scale_row.shape[0]
+    n = prod.shape[0]
+    for g in range(n_groups):
+        s = np.float32(0.0)
+        end = min((g + 1) * per_group, n)
+        for j in range(g * per_group, end):
+            s += prod[j]
+        acc += as_f32(scale_row[g], table) * s + as_f32(offset_row[g], table) * xsum[g]
+    return acc
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def gemv_q4(codes, scale, offset, xe, xo, xsum, group_size, table, out):
+    """4-bit codes [rows, in/2]: byte j holds codes 2j (low nibble) and 2j+1 (high)."""
+    rows, nb = codes.shape
+    half = group_size // 2
+    for chunk in prange((rows + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
+        prod = np.empty(nb, np.float32)
+        for o in range(chunk * ROWS_PER_CHUNK, min(rows, (chunk + 1) * ROWS_PER_CHUNK)):
+            for j in range(nb):
+                b = codes[o, j]
+                prod[j] = np.float32(b & 15) * xe[j] + np.float32(b >> 4) * xo[j]
+            out[o] = _reduce_groups(prod, half, scale[o], offset[o], xsum, table)
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def gemv_q5(codes, high, scale, offset, xe, xo, xsum, group_size, table, out):
+    """5-bit codes: nibbles as gemv_q4, plus high plane [rows, in/8]: bit k of byte i is
+    bit 4 of code 8i + k, so byte j's two codes (2j, 2j+1) find theirs in byte j >> 2 at
+    bits 2(j & 3) and 2(j & 3) + 1."""
+    rows, nb = codes.shape
+    half = group_size // 2
+    for chunk in prange((rows + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
+        prod = np.empty(nb, np.float32)
+        for o in range(chunk * ROWS_PER_CHUNK, min(rows, (chunk + 1) * ROWS_PER_CHUNK)):
+            for j in range(nb):
+                b = np.int32(codes[o, j])
+                h = np.int32(high[o, j >> 2]) >> (2 * (j & 3))
+                lo = (b & 15) | ((h & 1) << 4)
+                hi = (b >> 4) | ((h & 2) << 3)
+                prod[j] = np.float32(lo) * xe[j] + np.float32(hi) * xo[j]
+            out[o] = _reduce_groups(prod, half, scale[o], offset[o], xsum, table)
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def gemv_q6(codes, high, scale, offset, xe, xo, xsum, group_size, table, out):
+    """6-bit codes: nibbles as gemv_q4, plus high plane [rows, in/4]: bits 2k..2k+1 of byte i
+    are bits 4-5 of code 4i + k, so byte j's codes find theirs in byte j >> 1 at bits
+    4(j & 1) .. 4(j & 1) + 3."""
+    rows, nb = codes.shape
+    half = group_size // 2
+    for chunk in prange((rows + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
+        prod = np.empty(nb, np.float32)
+        for o in range(chunk * ROWS_PER_CHUNK, min(rows, (chunk + 1) * ROWS_PER_CHUNK)):
+            for j in range(nb):
+                b = np.int32(codes[o, j])
+                h = np.int32(high[o, j >> 1]) >> (4 * (j & 1))
+                lo = (b & 15) | ((h & 3) << 4)
+                hi = (b >> 4) | ((h & 12) << 2)
+                prod[j] = np.float32(lo) * xe[j] + np.float32(hi) * xo[j]
+            out[o] = _reduce_groups(prod, half, scale[o], offset[o], xsum, table)
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def gemv_q8(codes, scale, offset, x, xsum, group_size, table, out):
+    """8-bit codes [rows, in], one byte each."""
+    rows, n = codes.shape
+    for chunk in prange((rows + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
+        prod = np.empty(n, np.float32)
+        for o in range(chunk * ROWS_PER_CHUNK, min(rows, (chunk + 1) * ROWS_PER_CHUNK)):
+            for j in range(n):
+                prod[j] = np.float32(codes[o, j]) * x[j]
+            out[o] = _reduce_groups(prod, group_size, scale[o], offset[o], xsum, table)
+
+
+# -- dequantizing tiles (prefill, embedding rows) ---------------------------------------------
+
+@njit(cache=True, parallel=True)
+def dequantize_tile(codes, high, bits, scale, offset, group_size, n_in, row_ids, table, out):
+    """out[r, c] = scale[o, c // g] * q[o, c] + offset[o, c // g] for o = row_ids[r], in code
+    order. `high` is ignored for 4 and 8 bits."""
+    for r in prange(row_ids.shape[0]):
+        o = row_ids[r]
+        for c in range(n_in):
+            if bits == 8:
+                q = np.int32(codes[o, c])
+            else:
+                b = np.int32(codes[o, c >> 1])
+                q = (b >> 4) if (c & 1) else (b & 15)
+                if bits == 5:
+                    q |= ((np.int32(high[o, c >> 3]) >> (c & 7)) & 1) << 4
+                elif bits == 6:
+                    q |= ((np.int32(high[o, c >> 2]) >> (2 * (c & 3))) & 3) << 4
+            g = c // group_size
+            out[r, c] = as_f32(scale[o, g], table) * np.float32(q) + as_f32(offset[o, g], table)
+
+
+# -- the small ops ---------------------------------------------------------------------------
+
+@njit(cache=True, parallel=True, fastmath=True)
+def rms_norm_rows(x, w, eps, out):
+    rows, n = x.shape
+    for r in prange(rows):
+        ss = np.float32(0.0)
+        for i in range(n):
+            ss += x[r, i] * x[r, i]
+        inv = np.float32(1.0) / np.sqrt(ss / n + eps)
+        for i in range(n):
+            out[r, i] = x[r, i] * inv * w[i]
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def rope_rows(x, cos, sin, out):
+    """x [T, h, Dh], cos/sin [T, Dh/2]: rotate-half, pairs (i, i + Dh/2)."""
+    T, h, d = x.shape
+    half = d // 2
+    for t in prange(T):
+        for k in range(h):
+            for i in range(half):
+                a, b = x[t, k, i], x[t, k, i + half]
+                out[t, k, i] = a * cos[t, i] - b * sin[t, i]
+                out[t, k, i + half] = b * cos[t, i] + a * sin[t, i]
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def silu_mul_rows(gate, up, out):
+    rows, n = gate.shape
+    for r in prange(rows):
+        for i in range(n):
+            g = gate[r, i]
+            out[r, i] = g / (np.float32(1.0) + np.exp(-g)) * up[r, i]
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def attention_heads(q, k, v, start, out):
+    """q [T, H, Dh], k/v [S, Hkv, Dh]; query t (position start + t) sees keys 0..start+t;
+    query head h reads KV head h // (H / Hkv)."""
+    T, H, d = q.shape
+    Hkv = k.shape[1]
+    rep = H // Hkv
+    scale = np.float32(1.0 / np.sqrt(d))
+    for job in prange(T * H):
+        t, h = job // H, job % H
+        kv = h // rep
+        n = start + t + 1
+        scores = np.empty(n, np.float32)
+        m = -np.inf
+        for s in range(n):
+            acc = np.float32(0.0)
+            for i in range(d):
+                acc += q[t, h, i] * k[s, kv, i]
+            scores[s] = acc * scale
+            m = max(m, scores[s])
+        total = np.float32(0.0)
+        for s in range(n):
+            scores[s] = np.exp(scores[s] - m)
+            total += scores[s]
+        for i in range(d):
+            out[t, h, i] = 0.0
+        for s in range(n):
+            p = scores[s] / total
+            for i in range(d):
+                out[t, h, i] += p * v[s, kv, i]
+
+
+class NumbaBackend:
+    name = "numba"
+
+    def __init__(self, dtype: str = "float32", threads: int | None = None):
+        if dtype != "float32":
+            raise BackendUnavailable(f"backend 'numba' computes in float32, not {dtype} "
+                                     f"(use the numpy backend for float64)")
+        self.dtype = np.dtype(np.float32)
+        if threads is not None:
+            numba.set_num_threads(threads)
+        self.threads = numba.get_num_threads()
+
+    # -- placement ---------------------------------------------------------------------------
+    def asarray(self, x):
+        return np.asarray(x, dtype=self.dtype)
+
+    def to_numpy(self, x):
+        return np.asarray(x)
+
+    def zeros(self, shape, dtype=None):
+        a = np.zeros(shape, dtype=self.dtype if dtype is None else dtype)
+        a.fill(0)
+        return a
+
+    # -- ops ---------------------------------------------------------------------------------
+    def embed(self, table, ids):
+        ids = np.asarray(ids, dtype=np.int64)
+        if isinstance(table, QuantizedTensor):
+            out = np.empty((ids.shape[0], table.shape[1]), np.float32)
+            dequantize_tile(table.codes, _high(table), table.bits, kernel_floats(table.scale),
+                            kernel_floats(table.offset), table.group_size, table.shape[1], ids,
+                            HALF_TABLE, out)
+            if table.perm is not None:
+                unsorted = np.empty_like(out)
+                unsorted[:, table.perm] = out
+                out = unsorted
+            return out
+        return rows_as_compute(table, ids, self.dtype)
+
+    def linear(self, x, w, bias=None):
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if isinstance(w, QuantizedTensor):
+            if w.perm is not None:
+                x = np.ascontiguousarray(x[:, w.perm])
+            y = self._gemv(x[0], w)[None] if x.shape[0] == 1 else self._prefill(x, w)
+        elif isinstance(w, np.ndarray) and w.dtype == np.float32:
+            y = x @ w.T
+        else:  # float16 / bfloat16 matrices: a tile at a time, as the NumPy backend does
+            y = np.empty((x.shape[0], w.shape[0]), np.float32)
+            step = max(1, PREFILL_TILE_ELEMENTS // w.shape[1])
+            for o in range(0, w.shape[0], step):
+                y[:, o:o + step] = x @ rows_as_compute(w, slice(o, o + step), np.float32).T
+        return y if bias is None else y + bias
+
+    def _gemv(self, x, w: QuantizedTensor):
+        out_f, n_in = w.shape
+        g = w.group_size
+        groups = w.n_groups
+        xpad = np.zeros(groups * g + (groups * g) % 2, np.float32)
+        xpad[:n_in] = x
+        xsum = xpad[:groups * g].reshape(groups, g).sum(axis=1)
+        y = np.empty(out_f, np.float32)
+        scale, offset = kernel_floats(w.scale), kernel_floats(w.offset)
+        if w.bits == 8:
+            gemv_q8(w.codes, scale, offset, xpad[:n_in], xsum, g, HALF_TABLE, y)
+            return y
+        nb = w.codes.shape[1]
+        xe = np.ascontiguousarray(xpad[0:2 * nb:2])
+        xo = np.ascontiguousarray(xpad[1:2 * nb:2])
+        if g % 2:
+            raise ValueError("odd group sizes are not supported by the numba kernels")
+        if w.bits == 4:
+            gemv_q4(w.codes, scale, offset, xe, xo, xsum, g, HALF_TABLE, y)
+        elif w.bits == 5:
+            gemv_q5(w.codes, w.high, scale, offset, xe, xo, xsum, g, HALF_TABLE, y)
+        else:
+            gemv_q6(w.codes, w.high, scale, offset, xe, xo, xsum, g, HALF_TABLE, y)
+        return y
+
+    def _prefill(self, x, w: QuantizedTensor):
+        out_f, n_in = w.shape
+        y = np.empty((x.shape[0], out_f), np.float32)
+        step = max(1, PREFILL_TILE_ELEMENTS // n_in)
+        tile = np.empty((step, n_in), np.float32)
+        high = _high(w)
+        for o in range(0, out_f, step):
+            rows = np.arange(o, min(out_f, o + step), dtype=np.int64)
+            t = tile[:rows.shape[0]]
+            dequantize_tile(w.codes, high, w.bits, kernel_floats(w.scale), kernel_floats(w.offset),
+                            w.group_size, n_in, rows, HALF_TABLE, t)
+            y[:, o:o + rows.shape[0]] = x @ t.T
+        return y
+
+    def rms_norm(self, x, w, eps):
+        x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
+        out = np.empty_like(x2)
+        rms_norm_rows(x2, np.asarray(w, np.float32), np.float32(eps), out)
+        return out.reshape(x.shape)
+
+    def rope(self, x, positions, inv_freq):
+        angle = np.asarray(positions, np.float64)[:, None] * np.asarray(inv_freq, np.float64)
+        out = np.empty(x.shape, np.float32)
+        rope_rows(np.ascontiguousarray(x, dtype=np.float32), np.cos(angle).astype(np.float32),
+                  np.sin(angle).astype(np.float32), out)
+        return out
+
+    def attention(self, q, k, v, start):
+        out = np.empty(q.shape, np.float32)
+        attention_heads(np.ascontiguousarray(q, dtype=np.float32),
+                        np.ascontiguousarray(k, dtype=np.float32),
+                        np.ascontiguousarray(v, dtype=np.float32), int(start), out)
+        return out
+
+    def silu_mul(self, gate, up):
+        out = np.empty(gate.shape, np.float32)
+        silu_mul_rows(np.ascontiguousarray(gate, dtype=np.float32),
+                      np.ascontiguousarray(up, dtype=np.float32), out)
+        return out
+
+
+_NO_HIGH = np.zeros((1, 1), np.uint8)
+
+
+def _high(w: QuantizedTensor) -> np.ndarray:
+    return w.high if w.high is not None else _NO_HIGH

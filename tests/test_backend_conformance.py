@@ -1,0 +1,153 @@
+"""Every available backend against the NumPy reference, op by op, on random inputs of awkward
+shapes (odd token counts, group tails, one token and many, GQA ratios 1, 2 and 7), then whole
+models. Tolerances are float32 ones, stated per op (max |a - b| / max |b|)."""
+
+import importlib.util
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURE_MODELS, fixture_path, rel_err
+from qwen_np.backends import get_backend
+from qwen_np.dense import BFloat16Array
+from qwen_np.model import rope_inv_freq
+from qwen_np.quant.gguf import BLOCK_TYPES, block_rows_to_canonical
+from qwen_np.quant.gptq import gptq_to_canonical
+from qwen_np.quant.packing import pack_int32_words
+from qwen_np.quant.rtn import quantize_rtn, rtn_to_canonical
+
+OTHER_BACKENDS = [b for b, mod in (("numba", "numba"),) if importlib.util.find_spec(mod)]
+if not OTHER_BACKENDS:
+    pytest.skip("no backend besides numpy is installed", allow_module_level=True)
+rng = np.random.default_rng(0)
+TOL = {"linear": 1e-5, "embed": 0.0, "rms_norm": 1e-6, "rope": 1e-6, "attention": 1e-5,
+       "silu_mul": 1e-6, "logits": 1e-4}
+
+
+@pytest.fixture(params=OTHER_BACKENDS)
+def be(request):
+    return get_backend(request.param)
+
+
+@pytest.fixture(scope="module")
+def ref():
+    return get_backend("numpy")
+
+
+def quantized_weights():
+    """One of each canonical form: 4/8-bit RTN with group tails, GPTQ act-order, and every
+    GGUF block type (5- and 6-bit planes included)."""
+    out = {}
+    w = rng.standard_normal((37, 200)).astype(np.float32)
+    out["rtn4-g64-tail"] = rtn_to_canonical(*quantize_rtn(w, 4, 64, False), 4, 64)
+    out["rtn8-g48-tail"] = rtn_to_canonical(*quantize_rtn(w, 8, 48, True), 8, 48)
+    out["rtn4-perchannel"] = rtn_to_canonical(*quantize_rtn(w, 4, -1, True), 4, -1)
+    q = rng.integers(0, 16, (64, 24))
+    z = rng.integers(1, 16, (2, 24))
+    s = rng.uniform(0.01, 0.1, (2, 24)).astype(np.float16)
+    g_idx = (np.arange(64) // 32)[rng.permutation(64)].astype(np.int32)
+    out["gptq-actorder"] = gptq_to_canonical("m", pack_int32_words(q, 4, 0),
+                                             pack_int32_words(z - 1, 4, 1), s, g_idx, 4, 32,
+                                             False, (24, 64))
+    for type_id, (name, block, size, _, _) in BLOCK_TYPES.items():
+        raw = rng.integers(0, 256, (9, 2 * size), dtype=np.uint8).reshape(9, 2, size)
+        for at in ((208,) if name == "Q6_K" else (0, 2) if name in ("Q4_1", "Q5_1", "Q4_K", "Q5_K")
+                   else (0,)):
+            raw[..., at:at + 2] = rng.uniform(-0.1, 0.1, (9, 2)).astype(np.float16) \
+                .view(np.uint8).reshape(9, 2, 2)
+        out[name] = block_rows_to_canonical(raw.reshape(9, -1), type_id, (9, 2 * block))
+    return out
+
+
+QW = quantized_weights()
+
+
+@pytest.mark.parametrize("name", sorted(QW))
+@pytest.mark.parametrize("T", [1, 7])
+def test_linear_quantized(be, ref, name, T):
+    w = QW[name]
+    x = rng.standard_normal((T, w.shape[1])).astype(np.float32)
+    bias = rng.standard_normal(w.shape[0]).astype(np.float32)
+    assert rel_err(be.to_numpy(be.linear(be.asarray(x), w, bias)), ref.linear(x, w, bias)) \
+        < TOL["linear"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("T", [1, 5])
+def test_linear_dense(be, ref, dtype, T):
+    w32 = rng.standard_normal((33, 70)).astype(np.float32)
+    w = BFloat16Array((w32.view(np.uint32) >> 16).astype(np.uint16)) if dtype == "bfloat16" \
+        else w32.astype(dtype)
+    x = rng.standard_normal((T, 70)).astype(np.float32)
+    assert rel_err(be.to_numpy(be.linear(be.asarray(x), w)), ref.linear(x, w)) < TOL["linear"]
+
+
+@pytest.mark.parametrize("name", ["rtn4-g64-tail", "gptq-actorder", "Q5_0", "Q6_K", "Q8_0"])
+def test_embed(be, ref, name):
+    ids = [3, 0, 3, 8]
+    assert rel_err(be.to_numpy(be.embed(QW[name], ids)), ref.embed(QW[name], ids)) <= TOL["embed"]
+
+
+@pytest.mark.parametrize("shape", [(1, 64), (7, 48), (5, 3, 12)])
+def test_rms_norm(be, ref, shape):
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal(shape[-1]).astype(np.float32)
+    assert rel_err(be.to_numpy(be.rms_norm(be.asarray(x), w, 1e-6)), ref.rms_norm(x, w, 1e-6)) \
+        < TOL["rms_norm"]
+
+
+@pytest.mark.parametrize("T,start", [(1, 0), (1, 37), (9, 4)])
+def test_rope(be, ref, T, start):
+    x = rng.standard_normal((T, 6, 16)).astype(np.float32)
+    pos = np.arange(start, start + T)
+    inv = rope_inv_freq(16, 1e6)
+    assert rel_err(be.to_numpy(be.rope(be.asarray(x), pos, inv)), ref.rope(x, pos, inv)) \
+        < TOL["rope"]
+
+
+@pytest.mark.parametrize("H,Hkv", [(4, 4), (6, 3), (14, 2)])    # GQA ratios 1, 2, 7
+@pytest.mark.parametrize("T,start", [(1, 0), (1, 23), (7, 0), (5, 11)])
+def test_attention(be, ref, H, Hkv, T, start):
+    Dh, S = 8, start + T
+    q = rng.standard_normal((T, H, Dh)).astype(np.float32)
+    k = rng.standard_normal((S, Hkv, Dh)).astype(np.float32)
+    v = rng.standard_normal((S, Hkv, Dh)).astype(np.float32)
+    got = be.to_numpy(be.attention(be.asarray(q), be.asarray(k), be.asarray(v), start))
+    assert rel_err(got, ref.attention(q, k, v, start)) < TOL["attention"]
+
+
+@pytest.mark.parametrize("shape", [(1, 96), (7, 33)])
+def test_silu_mul(be, ref, shape):
+    g = (rng.standard_normal(shape) * 6).astype(np.float32)
+    u = rng.standard_normal(shape).astype(np.float32)
+    assert rel_err(be.to_numpy(be.silu_mul(be.asarray(g), be.asarray(u))), ref.silu_mul(g, u)) \
+        < TOL["silu_mul"]
+
+
+QUANT_FIXTURES = ["quant/gptqmodel-4bit-g32-descact-asym", "quant/gptqmodel-8bit-g64-sym",
+                  "quant/autoawq-4bit-g32-gemm"]
+
+
+@pytest.mark.parametrize("name", FIXTURE_MODELS + QUANT_FIXTURES)
+def test_whole_model_logits_and_cached_decoding(be, name):
+    import qwen_np
+    ours = qwen_np.load(fixture_path(name), backend=be.name)
+    reference = qwen_np.load(fixture_path(name))
+    ids = [1, 17, 42, 99, 5, 64, 7, 11, 200]
+    assert rel_err(ours.logits(ids), reference.logits(ids)) < TOL["logits"]
+    assert ours.generate(ids[:3], max_new_tokens=8, stop_ids=[]) == \
+        reference.generate(ids[:3], max_new_tokens=8, stop_ids=[])
+
+
+def test_numpy_backend_works_without_numba():
+    code = ("import sys; sys.modules['numba'] = None\n"
+            "import qwen_np\n"
+            f"m = qwen_np.load({fixture_path(FIXTURE_MODELS[0])!r})\n"
+            "print(m.generate([1, 2, 3], max_new_tokens=3))\n"
+            "try:\n    qwen_np.load(m.source, backend='numba')\n"
+            "except qwen_np.BackendUnavailable as e:\n    print('ERR', e)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "ERR backend 'numba'" in r.stdout and "pip install" in r.stdout
