@@ -61,106 +61,170 @@ def kernel_floats(a: np.ndarray) -> np.ndarray:
 
 
 # -- matrix-vector products, one token -------------------------------------------------------
+# Per row: the offsets' share sum_g offset[g] * xsum[g] is a short loop; the scales are decoded
+# once into a per-thread buffer `sc`; then one long loop over the row's bytes multiplies each
+# code by x and by its group's scale (byte j belongs to group j >> shift). 5- and 6-bit rows
+# first spread their high-bit plane into one byte per nibble byte (`hb`, through a 256-entry
+# table), so that the long loop reads both planes contiguously.
 
-@njit(cache=True, fastmath=True)
-def _reduce_groups(prod, per_group, scale_row, offset_row, xsum, table):
-    """sum_g scale[g] * sum(prod in group g) + offset[g] * xsum[g]"""
+@njit(cache=True, inline="always")
+def _row_offsets_and_scales(scale, offset, o, xsum, table, sc):
     acc = np.float32(0.0)
-    n_groups = scale_row.shape[0]
-    n = prod.shape[0]
-    for g in range(n_groups):
-        s = np.float32(0.0)
-        end = min((g + 1) * per_group, n)
-        for j in range(g * per_group, end):
-            s += prod[j]
-        acc += as_f32(scale_row[g], table) * s + as_f32(offset_row[g], table) * xsum[g]
+    for g in range(scale.shape[1]):
+        sc[g] = as_f32(scale[o, g], table)
+        acc += as_f32(offset[o, g], table) * xsum[g]
     return acc
 
 
 @njit(cache=True, parallel=True, fastmath=True)
-def gemv_q4(codes, scale, offset, xe, xo, xsum, group_size, table, out):
+def gemv_q4(codes, scale, offset, xe, xo, xsum, shift, table, out):
     """4-bit codes [rows, in/2]: byte j holds codes 2j (low nibble) and 2j+1 (high)."""
     rows, nb = codes.shape
-    half = group_size // 2
     for chunk in prange((rows + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
-        prod = np.empty(nb, np.float32)
+        sc = np.empty(scale.shape[1], np.float32)
         for o in range(chunk * ROWS_PER_CHUNK, min(rows, (chunk + 1) * ROWS_PER_CHUNK)):
+            acc = _row_offsets_and_scales(scale, offset, o, xsum, table, sc)
+            s = np.float32(0.0)
             for j in range(nb):
                 b = codes[o, j]
-                prod[j] = np.float32(b & 15) * xe[j] + np.float32(b >> 4) * xo[j]
-            out[o] = _reduce_groups(prod, half, scale[o], offset[o], xsum, table)
+                s += (np.float32(b & 15) * xe[j] + np.float32(b >> 4) * xo[j]) * sc[j >> shift]
+            out[o] = acc + s
 
 
 @njit(cache=True, parallel=True, fastmath=True)
-def gemv_q5(codes, high, scale, offset, xe, xo, xsum, group_size, table, out):
-    """5-bit codes: nibbles as gemv_q4, plus high plane [rows, in/8]: bit k of byte i is
-    bit 4 of code 8i + k, so byte j's two codes (2j, 2j+1) find theirs in byte j >> 2 at
-    bits 2(j & 3) and 2(j & 3) + 1."""
+def gemv_q5(codes, high, lut, scale, offset, xe, xo, xsum, shift, table, out):
+    """5-bit codes: nibbles as gemv_q4; high plane [rows, in/8], bit k of byte i = bit 4 of
+    code 8i + k. lut[v] spreads byte v over 4 bytes (one per nibble byte): bit 0 = the high
+    bit of its low code, bit 1 = that of its high code."""
     rows, nb = codes.shape
-    half = group_size // 2
     for chunk in prange((rows + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
-        prod = np.empty(nb, np.float32)
+        sc = np.empty(scale.shape[1], np.float32)
+        hb = np.zeros(4 * high.shape[1], np.uint8)
+        hb32 = hb.view(np.uint32)
         for o in range(chunk * ROWS_PER_CHUNK, min(rows, (chunk + 1) * ROWS_PER_CHUNK)):
+            acc = _row_offsets_and_scales(scale, offset, o, xsum, table, sc)
+            for i in range(high.shape[1]):
+                hb32[i] = lut[high[o, i]]
+            s = np.float32(0.0)
             for j in range(nb):
                 b = np.int32(codes[o, j])
-                h = np.int32(high[o, j >> 2]) >> (2 * (j & 3))
+                h = np.int32(hb[j])
                 lo = (b & 15) | ((h & 1) << 4)
                 hi = (b >> 4) | ((h & 2) << 3)
-                prod[j] = np.float32(lo) * xe[j] + np.float32(hi) * xo[j]
-            out[o] = _reduce_groups(prod, half, scale[o], offset[o], xsum, table)
+                s += (np.float32(lo) * xe[j] + np.float32(hi) * xo[j]) * sc[j >> shift]
+            out[o] = acc + s
 
 
 @njit(cache=True, parallel=True, fastmath=True)
-def gemv_q6(codes, high, scale, offset, xe, xo, xsum, group_size, table, out):
-    """6-bit codes: nibbles as gemv_q4, plus high plane [rows, in/4]: bits 2k..2k+1 of byte i
-    are bits 4-5 of code 4i + k, so byte j's codes find theirs in byte j >> 1 at bits
-    4(j & 1) .. 4(j & 1) + 3."""
+def gemv_q6(codes, high, lut, scale, offset, xe, xo, xsum, shift, table, out):
+    """6-bit codes: nibbles as gemv_q4; high plane [rows, in/4], bits 2k..2k+1 of byte i =
+    bits 4-5 of code 4i + k. lut[v] spreads byte v over 2 bytes (one per nibble byte): bits
+    0-1 for its low code, bits 2-3 for its high code."""
     rows, nb = codes.shape
-    half = group_size // 2
     for chunk in prange((rows + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
-        prod = np.empty(nb, np.float32)
+        sc = np.empty(scale.shape[1], np.float32)
+        hb = np.zeros(2 * high.shape[1], np.uint8)
+        hb16 = hb.view(np.uint16)
         for o in range(chunk * ROWS_PER_CHUNK, min(rows, (chunk + 1) * ROWS_PER_CHUNK)):
+            acc = _row_offsets_and_scales(scale, offset, o, xsum, table, sc)
+            for i in range(high.shape[1]):
+                hb16[i] = lut[high[o, i]]
+            s = np.float32(0.0)
             for j in range(nb):
                 b = np.int32(codes[o, j])
-                h = np.int32(high[o, j >> 1]) >> (4 * (j & 1))
+                h = np.int32(hb[j])
                 lo = (b & 15) | ((h & 3) << 4)
                 hi = (b >> 4) | ((h & 12) << 2)
-                prod[j] = np.float32(lo) * xe[j] + np.float32(hi) * xo[j]
-            out[o] = _reduce_groups(prod, half, scale[o], offset[o], xsum, table)
+                s += (np.float32(lo) * xe[j] + np.float32(hi) * xo[j]) * sc[j >> shift]
+            out[o] = acc + s
 
 
 @njit(cache=True, parallel=True, fastmath=True)
 def gemv_q8(codes, scale, offset, x, xsum, group_size, table, out):
-    """8-bit codes [rows, in], one byte each."""
+    """8-bit codes [rows, in], one byte each: a sum per group (32 bytes make a long enough
+    loop to vectorize), scaled once per group."""
     rows, n = codes.shape
-    for chunk in prange((rows + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
-        prod = np.empty(n, np.float32)
-        for o in range(chunk * ROWS_PER_CHUNK, min(rows, (chunk + 1) * ROWS_PER_CHUNK)):
-            for j in range(n):
-                prod[j] = np.float32(codes[o, j]) * x[j]
-            out[o] = _reduce_groups(prod, group_size, scale[o], offset[o], xsum, table)
+    G = scale.shape[1]
+    full = n // group_size                       # whole groups; a shorter last one after
+    for o in prange(rows):
+        acc = np.float32(0.0)
+        for g in range(full):
+            s = np.float32(0.0)
+            base = g * group_size
+            for j in range(group_size):
+                s += np.float32(codes[o, base + j]) * x[base + j]
+            acc += as_f32(scale[o, g], table) * s + as_f32(offset[o, g], table) * xsum[g]
+        if full < G:
+            s = np.float32(0.0)
+            for j in range(full * group_size, n):
+                s += np.float32(codes[o, j]) * x[j]
+            acc += as_f32(scale[o, full], table) * s + as_f32(offset[o, full], table) * xsum[full]
+        out[o] = acc
+
+
+def spread_lut(bits: int) -> np.ndarray:
+    """The tables gemv_q5 / gemv_q6 spread a high-plane byte with (see their docstrings)."""
+    v = np.arange(256, dtype=np.uint32)
+    out = np.zeros(256, np.uint32 if bits == 5 else np.uint16)
+    if bits == 5:       # codes 8i..8i+7 -> nibble bytes 4i..4i+3, two codes each
+        for k in range(4):
+            pair = ((v >> (2 * k)) & 1) | (((v >> (2 * k + 1)) & 1) << 1)
+            out |= (pair << (8 * k)).astype(out.dtype)
+    else:               # codes 4i..4i+3 -> nibble bytes 2i, 2i+1
+        for k in range(2):
+            pair = ((v >> (4 * k)) & 3) | (((v >> (4 * k + 2)) & 3) << 2)
+            out |= (pair << (8 * k)).astype(out.dtype)
+    return out
+
+
+LUT5, LUT6 = spread_lut(5), spread_lut(6)
 
 
 # -- dequantizing tiles (prefill, embedding rows) ---------------------------------------------
 
-@njit(cache=True, parallel=True)
-def dequantize_tile(codes, high, bits, scale, offset, group_size, n_in, row_ids, table, out):
-    """out[r, c] = scale[o, c // g] * q[o, c] + offset[o, c // g] for o = row_ids[r], in code
-    order. `high` is ignored for 4 and 8 bits."""
+@njit(cache=True, parallel=True, fastmath=True)
+def dequantize_tile(codes, high, bits, scale, offset, group_of, n_in, row_ids, table, out):
+    """out[r, c] = scale[o, g] * q[o, c] + offset[o, g] with g = group_of[c], for o = row_ids[r],
+    in code order. `high` is ignored for 4 and 8 bits."""
+    G = scale.shape[1]
     for r in prange(row_ids.shape[0]):
         o = row_ids[r]
-        for c in range(n_in):
-            if bits == 8:
-                q = np.int32(codes[o, c])
-            else:
-                b = np.int32(codes[o, c >> 1])
-                q = (b >> 4) if (c & 1) else (b & 15)
+        sc = np.empty(G, np.float32)
+        of = np.empty(G, np.float32)
+        for g in range(G):
+            sc[g] = as_f32(scale[o, g], table)
+            of[g] = as_f32(offset[o, g], table)
+        if bits == 8:
+            for c in range(n_in):
+                g = group_of[c]
+                out[r, c] = sc[g] * np.float32(codes[o, c]) + of[g]
+        else:
+            for j in range(n_in // 2):
+                b = np.int32(codes[o, j])
+                lo = b & 15
+                hi = b >> 4
+                c = 2 * j
+                if bits == 5:
+                    h = np.int32(high[o, c >> 3]) >> (c & 7)
+                    lo |= (h & 1) << 4
+                    hi |= (h & 2) << 3
+                elif bits == 6:
+                    h = np.int32(high[o, c >> 2]) >> (2 * (c & 3))
+                    lo |= (h & 3) << 4
+                    hi |= (h & 12) << 2
+                g0 = group_of[c]
+                g1 = group_of[c + 1]
+                out[r, c] = sc[g0] * np.float32(lo) + of[g0]
+                out[r, c + 1] = sc[g1] * np.float32(hi) + of[g1]
+            if n_in % 2:
+                c = n_in - 1
+                q = np.int32(codes[o, c >> 1]) & 15
                 if bits == 5:
                     q |= ((np.int32(high[o, c >> 3]) >> (c & 7)) & 1) << 4
                 elif bits == 6:
                     q |= ((np.int32(high[o, c >> 2]) >> (2 * (c & 3))) & 3) << 4
-            g = c // group_size
-            out[r, c] = as_f32(scale[o, g], table) * np.float32(q) + as_f32(offset[o, g], table)
+                g = group_of[c]
+                out[r, c] = sc[g] * np.float32(q) + of[g]
 
 
 # -- the small ops ---------------------------------------------------------------------------
@@ -261,7 +325,7 @@ class NumbaBackend:
         if isinstance(table, QuantizedTensor):
             out = np.empty((ids.shape[0], table.shape[1]), np.float32)
             dequantize_tile(table.codes, _high(table), table.bits, kernel_floats(table.scale),
-                            kernel_floats(table.offset), table.group_size, table.shape[1], ids,
+                            kernel_floats(table.offset), _group_of(table), table.shape[1], ids,
                             HALF_TABLE, out)
             if table.perm is not None:
                 unsorted = np.empty_like(out)
@@ -287,9 +351,15 @@ class NumbaBackend:
 
     def _gemv(self, x, w: QuantizedTensor):
         out_f, n_in = w.shape
-        g = w.group_size
-        groups = w.n_groups
-        xpad = np.zeros(groups * g + (groups * g) % 2, np.float32)
+        g, groups = w.group_size, w.n_groups
+        per_byte_group = g if w.bits == 8 else g // 2
+        if groups == 1:
+            shift = 31
+        elif per_byte_group & (per_byte_group - 1) == 0 and g % 2 == 0:
+            shift = per_byte_group.bit_length() - 1
+        elif w.bits != 8:   # a group size the shift cannot express: the NumPy tiles
+            return super_linear(x[None], w)[0]
+        xpad = np.zeros(groups * g + 1, np.float32)
         xpad[:n_in] = x
         xsum = xpad[:groups * g].reshape(groups, g).sum(axis=1)
         y = np.empty(out_f, np.float32)
@@ -300,14 +370,12 @@ class NumbaBackend:
         nb = w.codes.shape[1]
         xe = np.ascontiguousarray(xpad[0:2 * nb:2])
         xo = np.ascontiguousarray(xpad[1:2 * nb:2])
-        if g % 2:
-            raise ValueError("odd group sizes are not supported by the numba kernels")
         if w.bits == 4:
-            gemv_q4(w.codes, scale, offset, xe, xo, xsum, g, HALF_TABLE, y)
+            gemv_q4(w.codes, scale, offset, xe, xo, xsum, shift, HALF_TABLE, y)
         elif w.bits == 5:
-            gemv_q5(w.codes, w.high, scale, offset, xe, xo, xsum, g, HALF_TABLE, y)
+            gemv_q5(w.codes, w.high, LUT5, scale, offset, xe, xo, xsum, shift, HALF_TABLE, y)
         else:
-            gemv_q6(w.codes, w.high, scale, offset, xe, xo, xsum, g, HALF_TABLE, y)
+            gemv_q6(w.codes, w.high, LUT6, scale, offset, xe, xo, xsum, shift, HALF_TABLE, y)
         return y
 
     def _prefill(self, x, w: QuantizedTensor):
@@ -316,11 +384,12 @@ class NumbaBackend:
         step = max(1, PREFILL_TILE_ELEMENTS // n_in)
         tile = np.empty((step, n_in), np.float32)
         high = _high(w)
+        group_of = _group_of(w)
         for o in range(0, out_f, step):
             rows = np.arange(o, min(out_f, o + step), dtype=np.int64)
             t = tile[:rows.shape[0]]
             dequantize_tile(w.codes, high, w.bits, kernel_floats(w.scale), kernel_floats(w.offset),
-                            w.group_size, n_in, rows, HALF_TABLE, t)
+                            group_of, n_in, rows, HALF_TABLE, t)
             y[:, o:o + rows.shape[0]] = x @ t.T
         return y
 
@@ -352,6 +421,17 @@ class NumbaBackend:
 
 
 _NO_HIGH = np.zeros((1, 1), np.uint8)
+
+
+def super_linear(x, w):
+    """The NumPy reference product, for shapes the kernels do not take."""
+    from .numpy_backend import NumpyBackend
+    return NumpyBackend("float32").linear(x, w)
+
+
+def _group_of(w: QuantizedTensor) -> np.ndarray:
+    """The group of each code column, [in] int32 (a table lookup beats a division per code)."""
+    return (np.arange(w.shape[1] + 1) // w.group_size).astype(np.int32)
 
 
 def _high(w: QuantizedTensor) -> np.ndarray:
