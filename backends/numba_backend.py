@@ -33,7 +33,7 @@ os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 from qwen_np.dense import rows_as_compute
 from qwen_np.errors import BackendUnavailable
-from qwen_np.quant import QuantizedTensor
+from qwen_np.quant import MappedQuantizedRows, QuantizedTensor
 
 try:
     import numba
@@ -383,6 +383,8 @@ class NumbaBackend:
     # -- ops ---------------------------------------------------------------------------------
     def embed(self, table, ids):
         ids = np.asarray(ids, dtype=np.int64)
+        if isinstance(table, MappedQuantizedRows):  # converted from the file row by row
+            table, ids = table.rows(ids), np.arange(len(ids), dtype=np.int64)
         if isinstance(table, QuantizedTensor):
             out = np.empty((ids.shape[0], table.shape[1]), np.float32)
             dequantize_tile(table.codes, _high(table), table.bits, kernel_floats(table.scale),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from qwen_np.dense import rows_as_compute
-from qwen_np.quant import QuantizedTensor, dequantize_rows
+from qwen_np.quant import MappedQuantizedRows, QuantizedTensor, dequantize_rows
 
 # A quantized matrix is dequantized this many floats at a time (4 MiB in float32), so a
 # product never holds more than one tile of a layer in float.
@@ -36,6 +36,8 @@ class NumpyBackend:
 
     # -- ops -------------------------------------------------------------------------------
     def embed(self, table, ids):
+        if isinstance(table, MappedQuantizedRows):  # converted from the file row by row
+            return dequantize_rows(table.rows(ids), slice(None), self.dtype)
         if isinstance(table, QuantizedTensor):  # only the looked-up rows are dequantized
             return dequantize_rows(table, np.asarray(ids), self.dtype)
         return rows_as_compute(table, np.asarray(ids), self.dtype)  # [T, D]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import QwenConfig
-from .quant import QuantizedTensor
+from .quant import MappedQuantizedRows, QuantizedTensor
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -118,6 +118,8 @@ def model_components(cfg: QwenConfig, weights, context: int, kv_itemsize: int,
 
     def add_matrix(t, key_if_float):
         nonlocal largest_tile
+        if isinstance(t, MappedQuantizedRows):
+            return   # left in the mapped file; a lookup reads one row
         if key_if_float != "embedding" and getattr(t, "dtype", None) != np.dtype(
                 "float32" if compute_itemsize == 4 else "float64"):
             largest_tile = max(largest_tile, min(tile_elements, t.shape[0] * t.shape[1]))

@@ -14,6 +14,7 @@ import numpy as np
 from ..config import QwenConfig
 from ..dense import BFloat16Array
 from ..errors import FormatError, UnsupportedModel
+from ..quant import MappedQuantizedRows
 from ..quant.gguf import BLOCK_TYPES, block_rows_to_canonical
 from .gguf import GGUFTensor, read_gguf
 from .mapped import drop_pages
@@ -92,6 +93,15 @@ def config_from_gguf(meta: dict, tensors: dict[str, GGUFTensor], path: str) -> Q
     )
 
 
+def lookup_table(t: GGUFTensor) -> MappedQuantizedRows:
+    """A block-quantized embedding that only serves lookups: kept mapped, rows converted on use."""
+    out, n_in = t.shape
+    raw = t.data.reshape(out, -1)
+    return MappedQuantizedRows(
+        shape=(out, n_in), raw=raw, dtype_name=t.type_name,
+        rows_to_canonical=lambda r: block_rows_to_canonical(r, t.type_id, (r.shape[0], n_in)))
+
+
 def tensor_to_canonical(t: GGUFTensor):
     """One GGUF tensor -> a NumPy array (F32, F16: views of the file), a BFloat16Array, or a
     QuantizedTensor (block types: converted, then the file's pages are released)."""
@@ -120,6 +130,10 @@ def read_gguf_model(path: str):
         if hf is None:
             raise FormatError(f"{path}: unexpected tensor {name} for a {config.model_type} model")
         try:
+            if name == "token_embd.weight" and not config.tie_word_embeddings \
+                    and t.type_id in BLOCK_TYPES:
+                out[hf] = lookup_table(t)   # untied: only ever looked up, a row per token
+                continue
             out[hf] = tensor_to_canonical(t)
         except FormatError as e:
             raise FormatError(f"{path}: {e}") from None

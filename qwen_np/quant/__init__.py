@@ -4,6 +4,6 @@ and one module per on-disk format (GPTQ, AWQ) that converts it to the canonical 
 Nothing here imports a backend; the backends import this package.
 """
 
-from .tensor import QuantizedTensor, dequantize, dequantize_rows
+from .tensor import MappedQuantizedRows, QuantizedTensor, dequantize, dequantize_rows
 
-__all__ = ["QuantizedTensor", "dequantize", "dequantize_rows"]
+__all__ = ["QuantizedTensor", "MappedQuantizedRows", "dequantize", "dequantize_rows"]

@@ -23,6 +23,7 @@ float32, so that the form costs little more than the file.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -108,3 +109,25 @@ def smallest_exact_float(x32: np.ndarray) -> np.ndarray:
     """x in float16 if every value survives the round trip, else float32 (x32 unchanged)."""
     x16 = x32.astype(np.float16)
     return x16 if np.array_equal(x16.astype(np.float32), x32) else x32
+
+
+@dataclass(frozen=True, repr=False)
+class MappedQuantizedRows:
+    """A quantized table left in its file form (memory-mapped) and converted to the canonical
+    form a few rows at a time. An embedding lookup reads one row per token, so a table that
+    only serves lookups (an untied embedding) need not be converted, or held, whole."""
+    shape: tuple[int, int]                               # (rows, in)
+    raw: np.ndarray                                      # uint8 [rows, bytes per row], mapped
+    rows_to_canonical: Callable[[np.ndarray], QuantizedTensor]
+    dtype_name: str
+
+    @property
+    def nbytes(self) -> int:
+        return self.raw.nbytes
+
+    def rows(self, ids) -> QuantizedTensor:
+        """The canonical form of just these rows (only their pages of the file are read)."""
+        return self.rows_to_canonical(self.raw[np.asarray(ids)])
+
+    def __repr__(self):
+        return f"MappedQuantizedRows(shape={self.shape}, {self.dtype_name}, nbytes={self.nbytes})"
