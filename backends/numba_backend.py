@@ -35,6 +35,8 @@ from qwen_np.dense import rows_as_compute
 from qwen_np.errors import BackendUnavailable
 from qwen_np.quant import MappedQuantizedRows, QuantizedTensor
 
+from .numpy_backend import NumpyBackend
+
 try:
     import numba
     from numba import njit, prange, types
@@ -368,17 +370,10 @@ class NumbaBackend:
             numba.set_num_threads(threads)
         self.threads = numba.get_num_threads()
 
-    # -- placement ---------------------------------------------------------------------------
-    def asarray(self, x):
-        return np.asarray(x, dtype=self.dtype)
-
-    def to_numpy(self, x):
-        return np.asarray(x)
-
-    def zeros(self, shape, dtype=None):
-        a = np.zeros(shape, dtype=self.dtype if dtype is None else dtype)
-        a.fill(0)
-        return a
+    # -- placement: host NumPy arrays, as the NumPy backend places them --------------------
+    asarray = NumpyBackend.asarray
+    to_numpy = NumpyBackend.to_numpy
+    zeros = NumpyBackend.zeros
 
     # -- ops ---------------------------------------------------------------------------------
     def embed(self, table, ids):
