@@ -237,43 +237,63 @@ def dequantize_tile(codes, high, bits, scale, offset, group_of, n_in, row_ids, t
                 out[r, c] = sc[g] * np.float32(q) + of[g]
 
 
+# Split order: out[r, j] is code 2j (the low nibble of byte j), out[r, nb + j] is code 2j + 1.
+# The caller orders x the same way ([x[0::2], x[1::2]]), so every store is contiguous and the
+# loop over a group's bytes vectorizes (one kernel per code width: a branch on the width
+# inside the loop would stop that). hg: bytes per group; rows row0.. of the matrix.
+
 @njit(cache=True, parallel=True, fastmath=True)
-def dequantize_tile_split(codes, high, bits, lut, scale, offset, hg, row0, table, out):
-    """Rows row0.. of a nibble-plane matrix as floats, columns in *split* order: out[r, j] is
-    code 2j (the low nibble of byte j), out[r, nb + j] is code 2j + 1. The caller orders x the
-    same way ([x[0::2], x[1::2]]), so every store here is contiguous and the loop over a
-    group's bytes vectorizes. hg: bytes per group."""
-    R = out.shape[0]
-    nb = codes.shape[1]
-    G = scale.shape[1]
+def dequantize_tile_q4(codes, high, lut, scale, offset, hg, row0, table, out):
+    R, nb, G = out.shape[0], codes.shape[1], scale.shape[1]
     for r in prange(R):
         o = row0 + r
-        hb = np.zeros(4 * high.shape[1] + 4, np.uint8)
-        if bits == 5:
-            hb32 = hb.view(np.uint32)
-            for i in range(high.shape[1]):
-                hb32[i] = lut[high[o, i]]
-        elif bits == 6:
-            hb16 = hb.view(np.uint16)
-            for i in range(high.shape[1]):
-                hb16[i] = np.uint16(lut[high[o, i]])
         for g in range(G):
-            sc = as_f32(scale[o, g], table)
-            of = as_f32(offset[o, g], table)
-            end = min(nb, (g + 1) * hg)
-            for j in range(g * hg, end):
+            sc, of = as_f32(scale[o, g], table), as_f32(offset[o, g], table)
+            for j in range(g * hg, min(nb, (g + 1) * hg)):
+                b = codes[o, j]
+                out[r, j] = sc * np.float32(b & 15) + of
+                out[r, nb + j] = sc * np.float32(b >> 4) + of
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def dequantize_tile_q5(codes, high, lut, scale, offset, hg, row0, table, out):
+    """high bits spread per nibble byte through lut, as in gemv_q5."""
+    R, nb, G = out.shape[0], codes.shape[1], scale.shape[1]
+    for r in prange(R):
+        o = row0 + r
+        hb = np.zeros(4 * high.shape[1], np.uint8)
+        hb32 = hb.view(np.uint32)
+        for i in range(high.shape[1]):
+            hb32[i] = lut[high[o, i]]
+        for g in range(G):
+            sc, of = as_f32(scale[o, g], table), as_f32(offset[o, g], table)
+            for j in range(g * hg, min(nb, (g + 1) * hg)):
                 b = np.int32(codes[o, j])
                 h = np.int32(hb[j])
-                lo = b & 15
-                hi = b >> 4
-                if bits == 5:
-                    lo |= (h & 1) << 4
-                    hi |= (h & 2) << 3
-                elif bits == 6:
-                    lo |= (h & 3) << 4
-                    hi |= (h & 12) << 2
-                out[r, j] = sc * np.float32(lo) + of
-                out[r, nb + j] = sc * np.float32(hi) + of
+                out[r, j] = sc * np.float32((b & 15) | ((h & 1) << 4)) + of
+                out[r, nb + j] = sc * np.float32((b >> 4) | ((h & 2) << 3)) + of
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def dequantize_tile_q6(codes, high, lut, scale, offset, hg, row0, table, out):
+    """high bits spread per nibble byte through lut, as in gemv_q6."""
+    R, nb, G = out.shape[0], codes.shape[1], scale.shape[1]
+    for r in prange(R):
+        o = row0 + r
+        hb = np.zeros(2 * high.shape[1], np.uint8)
+        hb16 = hb.view(np.uint16)
+        for i in range(high.shape[1]):
+            hb16[i] = lut[high[o, i]]
+        for g in range(G):
+            sc, of = as_f32(scale[o, g], table), as_f32(offset[o, g], table)
+            for j in range(g * hg, min(nb, (g + 1) * hg)):
+                b = np.int32(codes[o, j])
+                h = np.int32(hb[j])
+                out[r, j] = sc * np.float32((b & 15) | ((h & 3) << 4)) + of
+                out[r, nb + j] = sc * np.float32((b >> 4) | ((h & 12) << 2)) + of
+
+
+DEQUANTIZE_TILE = {4: dequantize_tile_q4, 5: dequantize_tile_q5, 6: dequantize_tile_q6}
 
 
 @njit(cache=True, parallel=True, fastmath=True)
@@ -458,8 +478,8 @@ class NumbaBackend:
             if w.bits == 8:
                 dequantize_tile_bytes(w.codes, scale, offset, w.group_size, o, HALF_TABLE, t)
             else:
-                dequantize_tile_split(w.codes, _high(w), w.bits, LUT6 if w.bits == 6 else LUT5,
-                                      scale, offset, w.group_size // 2, o, HALF_TABLE, t)
+                DEQUANTIZE_TILE[w.bits](w.codes, _high(w), LUT6 if w.bits == 6 else LUT5,
+                                        scale, offset, w.group_size // 2, o, HALF_TABLE, t)
             y[:, o:o + t.shape[0]] = x @ t.T
         return y
 
