@@ -116,18 +116,20 @@ def model_components(cfg: QwenConfig, weights, context: int, kv_itemsize: int,
                        "LM head", "norms + biases"], 0)
     largest_tile = 0  # matrices not already in the compute dtype are converted a tile at a time
 
-    def add_matrix(t, key_if_float):
+    def add_matrix(t, key):
+        """Projections split into codes and scales; the embedding and the head are listed
+        whole under their own names, whatever their form."""
         nonlocal largest_tile
         if isinstance(t, MappedQuantizedRows):
             return   # left in the mapped file; a lookup reads one row
-        if key_if_float != "embedding" and getattr(t, "dtype", None) != np.dtype(
+        if key != "embedding" and getattr(t, "dtype", None) != np.dtype(
                 "float32" if compute_itemsize == 4 else "float64"):
             largest_tile = max(largest_tile, min(tile_elements, t.shape[0] * t.shape[1]))
-        if isinstance(t, QuantizedTensor):
+        if isinstance(t, QuantizedTensor) and key == "float matrices":
             c["quantized codes"] += t.codes.nbytes
             c["scales + offsets"] += t.nbytes - t.codes.nbytes
         else:
-            c[key_if_float] += int(t.nbytes)
+            c[key] += int(t.nbytes)
 
     for layer in weights.layers:
         for name, t in vars(layer).items():
@@ -145,6 +147,9 @@ def model_components(cfg: QwenConfig, weights, context: int, kv_itemsize: int,
                                                           else "float64"):
         largest_tile = max(largest_tile, min(tile_elements, weights.embed.shape[0]
                                              * weights.embed.shape[1]))
+    if isinstance(weights.embed, MappedQuantizedRows):   # say why it shows 0 bytes
+        c = {("embedding (file-mapped, read by row)" if k == "embedding" else k): v
+             for k, v in c.items()}
     c["KV cache"] = kv_cache_bytes(cfg, context, kv_itemsize)
     c["working buffers"] = working_bytes(cfg, prompt_tokens, context, compute_itemsize, largest_tile)
     return c
