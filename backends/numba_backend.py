@@ -228,6 +228,38 @@ def gemv_q4_blocks(codes, scale, offset, xe, xo, xsum, hg, table, out):
             out[o] = acc
 
 
+@njit(cache=True, parallel=True, fastmath=True)
+def gemv_q6_blocks(codes, high64, scale, offset, xe, xo, xsum, hg, table, out):
+    """6-bit codes in 16-byte blocks (32 codes) whose groups are 8 bytes or a multiple: the
+    block's 64 high bits are one uint64 word of the high plane (bits 2c..2c+1 = bits 4-5 of
+    code 32 blk + c), so byte k finds its two codes' high bits at bits 4k..4k+3. Lanes 0-7 and
+    8-15 take the scales of the block's two halves (different groups for Q6_K's 16 codes)."""
+    rows, nb = codes.shape
+    for chunk in prange((rows + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
+        lanes = np.zeros(16, np.float32)
+        for o in range(chunk * ROWS_PER_CHUNK, min(rows, (chunk + 1) * ROWS_PER_CHUNK)):
+            acc = np.float32(0.0)
+            for k in range(16):
+                lanes[k] = 0.0
+            for blk in range(nb // 16):
+                base = blk * 16
+                s0 = as_f32(scale[o, base // hg], table)
+                s1 = as_f32(scale[o, (base + 8) // hg], table)
+                word = high64[o, blk]
+                for k in range(16):
+                    b = np.uint64(codes[o, base + k])
+                    h = word >> np.uint64(4 * k)
+                    lo = (b & 15) | ((h & 3) << 4)
+                    hi = (b >> 4) | ((h & 12) << 2)
+                    v = np.float32(lo) * xe[base + k] + np.float32(hi) * xo[base + k]
+                    lanes[k] += v * (s0 if k < 8 else s1)
+            for g in range(scale.shape[1]):
+                acc += as_f32(offset[o, g], table) * xsum[g]
+            for k in range(16):
+                acc += lanes[k]
+            out[o] = acc
+
+
 def spread_lut(bits: int) -> np.ndarray:
     """The tables gemv_q5 / gemv_q6 spread a high-plane byte with (see their docstrings)."""
     v = np.arange(256, dtype=np.uint32)
@@ -510,6 +542,9 @@ class NumbaBackend:
             gemv_q4_blocks(w.codes, scale, offset, xe, xo, xsum, g // 2, HALF_TABLE, y)
         elif w.bits == 5 and whole_blocks:
             gemv_q5_blocks(w.codes, w.high.view(np.uint32), scale, offset, xe, xo, xsum, g // 2,
+                           HALF_TABLE, y)
+        elif w.bits == 6 and n_in % 32 == 0 and (g // 2) % 8 == 0:
+            gemv_q6_blocks(w.codes, w.high.view(np.uint64), scale, offset, xe, xo, xsum, g // 2,
                            HALF_TABLE, y)
         elif w.bits == 4:
             gemv_q4(w.codes, scale, offset, xe, xo, xsum, shift, HALF_TABLE, y)
