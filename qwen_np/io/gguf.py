@@ -63,18 +63,25 @@ class _Cursor:
     """Reads little-endian values from the mapped bytes, with a clear error past the end."""
 
     def __init__(self, buf: np.ndarray, path: str):
-        self.buf, self.pos, self.path = buf, 0, path
+        self.mv, self.pos, self.path = memoryview(buf), 0, path
+
+    def need(self, n: int) -> None:
+        if self.pos + n > len(self.mv):
+            raise FormatError(f"{self.path}: truncated GGUF header (needs byte {self.pos + n}, "
+                              f"file has {len(self.mv)})")
 
     def take(self, n: int) -> bytes:
-        if self.pos + n > len(self.buf):
-            raise FormatError(f"{self.path}: truncated GGUF header (needs byte {self.pos + n}, "
-                              f"file has {len(self.buf)})")
-        out = self.buf[self.pos:self.pos + n].tobytes()
+        self.need(n)
+        out = self.mv[self.pos:self.pos + n].tobytes()
         self.pos += n
         return out
 
     def scalar(self, fmt: str):
-        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
+        size = struct.calcsize(fmt)
+        self.need(size)
+        (v,) = struct.unpack_from(fmt, self.mv, self.pos)
+        self.pos += size
+        return v
 
     def string(self) -> str:
         return self.take(self.scalar("<Q")).decode("utf-8", errors="replace")

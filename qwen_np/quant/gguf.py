@@ -57,9 +57,9 @@ def codes_q4_1(b):
 
 
 def _fifth_bits(qh4: np.ndarray) -> np.ndarray:
-    """qh [..., 4] (a little-endian uint32) -> [..., 32]: bit j is element j's fifth bit."""
-    bits = np.ascontiguousarray(qh4).view(np.uint32)[..., 0:1] >> np.arange(32, dtype=np.uint32)
-    return (bits & 1).astype(np.uint8)
+    """qh [..., 4] (a little-endian uint32) -> [..., 32]: bit j is element j's fifth bit
+    (bit j % 8 of byte j // 8)."""
+    return np.unpackbits(qh4, axis=-1, bitorder="little")
 
 
 def codes_q5_0(b):
