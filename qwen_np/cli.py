@@ -300,8 +300,12 @@ def cmd_bench(args) -> int:
     if not os.path.exists(path):
         raise FormatError(f"{path}: no such file or folder")
     if args.vs == "llama.cpp":
-        r = subprocess.run([args.llama_python, "-c", "import llama_cpp"], capture_output=True)
-        if r.returncode != 0:
+        try:
+            ok = subprocess.run([args.llama_python, "-c", "import llama_cpp"],
+                                capture_output=True).returncode == 0
+        except OSError:
+            ok = False
+        if not ok:
             raise QwenNpError(f"{args.llama_python}: cannot import llama_cpp (install "
                               f"llama-cpp-python as tools/README.md says, or pass --llama-python)")
     try:
