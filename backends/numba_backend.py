@@ -6,9 +6,8 @@ little else. For a row o of a quantized matrix, with x already in the codes' col
 
     y[o] = sum_g scale[o, g] * (sum_{c in g} q[o, c] * x[c]) + offset[o, g] * xsum[g]
 
-where xsum[g] (the sum of x over group g) is computed once per call. The inner sum is written
-as one long loop over the row's bytes into a small per-thread buffer (LLVM vectorizes long,
-simple, contiguous loops; short per-group loops it does not), then reduced per group.
+where xsum[g] (the sum of x over group g) is computed once per call. The inner sums are
+accumulated in 16 lanes over 16-byte blocks (see the section on matrix-vector products).
 Nibble-packed codes pair with x split into its even and odd columns (xe, xo), so that byte j
 meets xe[j] and xo[j].
 
@@ -71,83 +70,14 @@ def kernel_floats(a: np.ndarray) -> np.ndarray:
 
 
 # -- matrix-vector products, one token -------------------------------------------------------
-# Per row: the offsets' share sum_g offset[g] * xsum[g] is a short loop; the scales are decoded
-# once into a per-thread buffer `sc`; then one long loop over the row's bytes multiplies each
-# code by x and by its group's scale (byte j belongs to group j >> shift). 5- and 6-bit rows
-# first spread their high-bit plane into one byte per nibble byte (`hb`, through a 256-entry
-# table), so that the long loop reads both planes contiguously.
-
-@njit(cache=True, inline="always")
-def _row_offsets_and_scales(scale, offset, o, xsum, table, sc):
-    acc = np.float32(0.0)
-    for g in range(scale.shape[1]):
-        sc[g] = as_f32(scale[o, g], table)
-        acc += as_f32(offset[o, g], table) * xsum[g]
-    return acc
-
-
-@njit(cache=True, parallel=True, fastmath=True)
-def gemv_q4(codes, scale, offset, xe, xo, xsum, shift, table, out):
-    """4-bit codes [rows, in/2]: byte j holds codes 2j (low nibble) and 2j+1 (high)."""
-    rows, nb = codes.shape
-    for chunk in prange((rows + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
-        sc = np.empty(scale.shape[1], np.float32)
-        for o in range(chunk * ROWS_PER_CHUNK, min(rows, (chunk + 1) * ROWS_PER_CHUNK)):
-            acc = _row_offsets_and_scales(scale, offset, o, xsum, table, sc)
-            s = np.float32(0.0)
-            for j in range(nb):
-                b = codes[o, j]
-                s += (np.float32(b & 15) * xe[j] + np.float32(b >> 4) * xo[j]) * sc[j >> shift]
-            out[o] = acc + s
-
-
-@njit(cache=True, parallel=True, fastmath=True)
-def gemv_q5(codes, high, lut, scale, offset, xe, xo, xsum, shift, table, out):
-    """5-bit codes: nibbles as gemv_q4; high plane [rows, in/8], bit k of byte i = bit 4 of
-    code 8i + k. lut[v] spreads byte v over 4 bytes (one per nibble byte): bit 0 = the high
-    bit of its low code, bit 1 = that of its high code."""
-    rows, nb = codes.shape
-    for chunk in prange((rows + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
-        sc = np.empty(scale.shape[1], np.float32)
-        hb = np.zeros(4 * high.shape[1], np.uint8)
-        hb32 = hb.view(np.uint32)
-        for o in range(chunk * ROWS_PER_CHUNK, min(rows, (chunk + 1) * ROWS_PER_CHUNK)):
-            acc = _row_offsets_and_scales(scale, offset, o, xsum, table, sc)
-            for i in range(high.shape[1]):
-                hb32[i] = lut[high[o, i]]
-            s = np.float32(0.0)
-            for j in range(nb):
-                b = np.int32(codes[o, j])
-                h = np.int32(hb[j])
-                lo = (b & 15) | ((h & 1) << 4)
-                hi = (b >> 4) | ((h & 2) << 3)
-                s += (np.float32(lo) * xe[j] + np.float32(hi) * xo[j]) * sc[j >> shift]
-            out[o] = acc + s
-
-
-@njit(cache=True, parallel=True, fastmath=True)
-def gemv_q6(codes, high, lut, scale, offset, xe, xo, xsum, shift, table, out):
-    """6-bit codes: nibbles as gemv_q4; high plane [rows, in/4], bits 2k..2k+1 of byte i =
-    bits 4-5 of code 4i + k. lut[v] spreads byte v over 2 bytes (one per nibble byte): bits
-    0-1 for its low code, bits 2-3 for its high code."""
-    rows, nb = codes.shape
-    for chunk in prange((rows + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
-        sc = np.empty(scale.shape[1], np.float32)
-        hb = np.zeros(2 * high.shape[1], np.uint8)
-        hb16 = hb.view(np.uint16)
-        for o in range(chunk * ROWS_PER_CHUNK, min(rows, (chunk + 1) * ROWS_PER_CHUNK)):
-            acc = _row_offsets_and_scales(scale, offset, o, xsum, table, sc)
-            for i in range(high.shape[1]):
-                hb16[i] = lut[high[o, i]]
-            s = np.float32(0.0)
-            for j in range(nb):
-                b = np.int32(codes[o, j])
-                h = np.int32(hb[j])
-                lo = (b & 15) | ((h & 3) << 4)
-                hi = (b >> 4) | ((h & 12) << 2)
-                s += (np.float32(lo) * xe[j] + np.float32(hi) * xo[j]) * sc[j >> shift]
-            out[o] = acc + s
-
+# Per row and group: y += scale[g] * sum(q * x over the group) + offset[g] * xsum[g], with
+# xsum[g] (x summed over group g) computed once per call. The nibble-plane kernels walk a row
+# in 16-byte blocks (32 codes) that each lie within one group (or two half-blocks, for
+# groups of 16 codes): byte k of a block adds into lane k of a 16-float accumulator, times
+# the block's scale, and the lanes are summed once per row. That shape (16 independent lanes,
+# only the scale changing between blocks) is what LLVM turns into vector code. A block's high
+# bits are one word of the high plane. Shapes the blocks cannot take (rows not a multiple of
+# 32 codes, other group sizes) go to the NumPy tiles.
 
 @njit(cache=True, parallel=True, fastmath=True)
 def gemv_q8(codes, scale, offset, x, xsum, group_size, table, out):
@@ -174,11 +104,9 @@ def gemv_q8(codes, scale, offset, x, xsum, group_size, table, out):
 
 @njit(cache=True, parallel=True, fastmath=True)
 def gemv_q5_blocks(codes, high32, scale, offset, xe, xo, xsum, hg, table, out):
-    """5-bit codes whose groups are whole 16-byte blocks (32 codes): the block's 32 high bits
-    are one uint32 word of the high plane (bit c = bit 4 of code 32 blk + c), so byte k finds
-    its two codes' high bits at bits 2k and 2k + 1. Each byte adds into lane k of a 16-float
-    accumulator, times the block's scale; the lanes are summed once per row. (The per-byte
-    spreading of gemv_q5 is not needed, and LLVM vectorizes this shape well.)"""
+    """5-bit codes (nibble plane: byte j holds codes 2j and 2j+1) whose groups are whole
+    16-byte blocks: the block's 32 high bits are one uint32 word of the high plane (bit c =
+    bit 4 of code 32 blk + c), so byte k finds its two codes' high bits at bits 2k, 2k + 1."""
     rows, nb = codes.shape
     for chunk in prange((rows + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
         lanes = np.zeros(16, np.float32)
@@ -261,7 +189,9 @@ def gemv_q6_blocks(codes, high64, scale, offset, xe, xo, xsum, hg, table, out):
 
 
 def spread_lut(bits: int) -> np.ndarray:
-    """The tables gemv_q5 / gemv_q6 spread a high-plane byte with (see their docstrings)."""
+    """The tables dequantize_tile_q5 / _q6 spread a high-plane byte with: for 5 bits, byte v
+    over 4 bytes (one per nibble byte: bit 0 = the high bit of its low code, bit 1 = that of
+    its high code); for 6 bits over 2 bytes (bits 0-1 low code, bits 2-3 high code)."""
     v = np.arange(256, dtype=np.uint32)
     out = np.zeros(256, np.uint32 if bits == 5 else np.uint16)
     if bits == 5:       # codes 8i..8i+7 -> nibble bytes 4i..4i+3, two codes each
@@ -345,7 +275,8 @@ def dequantize_tile_q4(codes, high, lut, scale, offset, hg, row0, table, out):
 
 @njit(cache=True, parallel=True, fastmath=True)
 def dequantize_tile_q5(codes, high, lut, scale, offset, hg, row0, table, out):
-    """high bits spread per nibble byte through lut, as in gemv_q5."""
+    """high plane [rows, in/8] (bit k of byte i = bit 4 of code 8i + k), spread per nibble
+    byte through lut (spread_lut)."""
     R, nb, G = out.shape[0], codes.shape[1], scale.shape[1]
     for r in prange(R):
         o = row0 + r
@@ -364,7 +295,8 @@ def dequantize_tile_q5(codes, high, lut, scale, offset, hg, row0, table, out):
 
 @njit(cache=True, parallel=True, fastmath=True)
 def dequantize_tile_q6(codes, high, lut, scale, offset, hg, row0, table, out):
-    """high bits spread per nibble byte through lut, as in gemv_q6."""
+    """high plane [rows, in/4] (bits 2k..2k+1 of byte i = bits 4-5 of code 4i + k), spread
+    per nibble byte through lut (spread_lut)."""
     R, nb, G = out.shape[0], codes.shape[1], scale.shape[1]
     for r in prange(R):
         o = row0 + r
@@ -516,42 +448,35 @@ class NumbaBackend:
         return y if bias is None else y + bias
 
     def _gemv(self, x, w: QuantizedTensor):
-        """One token: pick the kernel for the code width and the group shape."""
+        """One token: the kernel for the code width, or the NumPy tiles for other shapes."""
         out_f, n_in = w.shape
         g, groups = w.group_size, w.n_groups
-        per_byte_group = g if w.bits == 8 else g // 2
-        if groups == 1:
-            shift = 31
-        elif per_byte_group & (per_byte_group - 1) == 0 and g % 2 == 0:
-            shift = per_byte_group.bit_length() - 1
-        elif w.bits != 8:   # a group size the shift cannot express: the NumPy tiles
+        half = g // 2                                  # bytes per group in a nibble plane
+        if w.bits == 8:
+            fits = True                                # gemv_q8 takes any group and tail
+        elif w.bits == 6:
+            fits = n_in % 32 == 0 and g % 2 == 0 and half % 8 == 0
+        else:
+            fits = n_in % 32 == 0 and g % 2 == 0 and half % 16 == 0
+        if not fits:
             return numpy_linear(x[None], w)[0]
-        xpad = np.zeros(groups * g + 1, np.float32)
+        xpad = np.zeros(groups * g, np.float32)
         xpad[:n_in] = x
-        xsum = xpad[:groups * g].reshape(groups, g).sum(axis=1)
+        xsum = xpad.reshape(groups, g).sum(axis=1)
         y = np.empty(out_f, np.float32)
         scale, offset = kernel_floats(w.scale), kernel_floats(w.offset)
         if w.bits == 8:
-            gemv_q8(w.codes, scale, offset, xpad[:n_in], xsum, g, HALF_TABLE, y)
+            gemv_q8(w.codes, scale, offset, x, xsum, g, HALF_TABLE, y)
             return y
-        nb = w.codes.shape[1]
-        xe = np.ascontiguousarray(xpad[0:2 * nb:2])
-        xo = np.ascontiguousarray(xpad[1:2 * nb:2])
-        whole_blocks = n_in % 32 == 0 and (g // 2) % 16 == 0   # groups of whole 16-byte blocks
-        if w.bits == 4 and whole_blocks:
-            gemv_q4_blocks(w.codes, scale, offset, xe, xo, xsum, g // 2, HALF_TABLE, y)
-        elif w.bits == 5 and whole_blocks:
-            gemv_q5_blocks(w.codes, w.high.view(np.uint32), scale, offset, xe, xo, xsum, g // 2,
-                           HALF_TABLE, y)
-        elif w.bits == 6 and n_in % 32 == 0 and (g // 2) % 8 == 0:
-            gemv_q6_blocks(w.codes, w.high.view(np.uint64), scale, offset, xe, xo, xsum, g // 2,
-                           HALF_TABLE, y)
-        elif w.bits == 4:
-            gemv_q4(w.codes, scale, offset, xe, xo, xsum, shift, HALF_TABLE, y)
+        xe, xo = np.ascontiguousarray(x[0::2]), np.ascontiguousarray(x[1::2])
+        if w.bits == 4:
+            gemv_q4_blocks(w.codes, scale, offset, xe, xo, xsum, half, HALF_TABLE, y)
         elif w.bits == 5:
-            gemv_q5(w.codes, w.high, LUT5, scale, offset, xe, xo, xsum, shift, HALF_TABLE, y)
+            gemv_q5_blocks(w.codes, w.high.view(np.uint32), scale, offset, xe, xo, xsum, half,
+                           HALF_TABLE, y)
         else:
-            gemv_q6(w.codes, w.high, LUT6, scale, offset, xe, xo, xsum, shift, HALF_TABLE, y)
+            gemv_q6_blocks(w.codes, w.high.view(np.uint64), scale, offset, xe, xo, xsum, half,
+                           HALF_TABLE, y)
         return y
 
     def _prefill(self, x, w: QuantizedTensor):
