@@ -70,14 +70,15 @@ def kernel_floats(a: np.ndarray) -> np.ndarray:
 
 
 # -- matrix-vector products, one token -------------------------------------------------------
-# Per row and group: y += scale[g] * sum(q * x over the group) + offset[g] * xsum[g], with
-# xsum[g] (x summed over group g) computed once per call. The nibble-plane kernels walk a row
-# in 16-byte blocks (32 codes) that each lie within one group (or two half-blocks, for
-# groups of 16 codes): byte k of a block adds into lane k of a 16-float accumulator, times
-# the block's scale, and the lanes are summed once per row. That shape (16 independent lanes,
-# only the scale changing between blocks) is what LLVM turns into vector code. A block's high
-# bits are one word of the high plane. Shapes the blocks cannot take (rows not a multiple of
-# 32 codes, other group sizes) go to the NumPy tiles.
+# Per row: y = sum_g scale[g] * (sum of q * x over group g) + sum_g offset[g] * xsum[g], with
+# xsum[g] (x summed over group g) computed once per call and the offsets' sum a loop of its
+# own. The group sums are plain float32 reductions over short contiguous runs, written so
+# that LLVM's loop vectorizer takes them (16 or 32 codes at a time in vector registers):
+# codes are narrowed to uint8 before they become floats (Numba widens integer arithmetic to
+# 64 bits, and 64-bit lanes would halve the vector width), and a high bit is a mask test on
+# the block's word that adds 16.0 (a select) rather than a variable shift. Shapes the
+# kernels cannot take (rows not a multiple of 32 codes, other group sizes) go to the NumPy
+# tiles.
 
 @njit(cache=True, parallel=True, fastmath=True)
 def gemv_q8(codes, scale, offset, x, xsum, group_size, table, out):
@@ -103,57 +104,37 @@ def gemv_q8(codes, scale, offset, x, xsum, group_size, table, out):
 
 
 @njit(cache=True, parallel=True, fastmath=True)
-def gemv_q5_blocks(codes, high32, scale, offset, xe, xo, xsum, hg, table, out):
-    """5-bit codes (nibble plane: byte j holds codes 2j and 2j+1) whose groups are whole
-    16-byte blocks: the block's 32 high bits are one uint32 word of the high plane (bit c =
-    bit 4 of code 32 blk + c), so byte k finds its two codes' high bits at bits 2k, 2k + 1."""
+def gemv_nibbles(codes, high32, mask_lo, mask_hi, scale, offset, xe, xo, xsum, hg, table, out):
+    """4- and 5-bit codes (nibble plane: byte j holds codes 2j and 2j + 1) whose groups are
+    whole 16-byte blocks (32 codes). For 5 bits, the block's 32 high bits are one uint32 word
+    of the high plane (bit c = bit 4 of code 32 blk + c), so byte k finds its two codes' high
+    bits under mask_lo[k] = 1 << 2k and mask_hi[k] = 2 << 2k. 4-bit codes pass one row of
+    zero words for every row (high32.shape[0] == 1)."""
     rows, nb = codes.shape
-    for chunk in prange((rows + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
-        lanes = np.zeros(16, np.float32)
-        for o in range(chunk * ROWS_PER_CHUNK, min(rows, (chunk + 1) * ROWS_PER_CHUNK)):
-            acc = np.float32(0.0)
+    one_high_row = high32.shape[0] == 1
+    for o in prange(rows):
+        cr = codes[o]
+        hr = high32[0] if one_high_row else high32[o]
+        acc = np.float32(0.0)
+        for blk in range(nb // 16):
+            word = hr[blk]
+            base = blk * 16
+            s = np.float32(0.0)
             for k in range(16):
-                lanes[k] = 0.0
-            for blk in range(nb // 16):
-                g = (blk * 16) // hg
-                sc = as_f32(scale[o, g], table)
-                word = high32[o, blk]
-                base = blk * 16
-                for k in range(16):
-                    b = np.uint32(codes[o, base + k])
-                    h = word >> np.uint32(2 * k)
-                    lo = (b & 15) | ((h & 1) << 4)
-                    hi = (b >> 4) | ((h & 2) << 3)
-                    lanes[k] += (np.float32(lo) * xe[base + k] + np.float32(hi) * xo[base + k]) * sc
-            for g in range(scale.shape[1]):
-                acc += as_f32(offset[o, g], table) * xsum[g]
-            for k in range(16):
-                acc += lanes[k]
-            out[o] = acc
+                b = cr[base + k]
+                lo = (np.float32(np.uint8(b & np.uint8(15))) +
+                      (np.float32(16.0) if word & mask_lo[k] else np.float32(0.0)))
+                hi = (np.float32(np.uint8(b >> np.uint8(4))) +
+                      (np.float32(16.0) if word & mask_hi[k] else np.float32(0.0)))
+                s += lo * xe[base + k] + hi * xo[base + k]
+            acc += s * as_f32(scale[o, base // hg], table)
+        for g in range(scale.shape[1]):
+            acc += as_f32(offset[o, g], table) * xsum[g]
+        out[o] = acc
 
 
-@njit(cache=True, parallel=True, fastmath=True)
-def gemv_q4_blocks(codes, scale, offset, xe, xo, xsum, hg, table, out):
-    """4-bit codes whose groups are whole 16-byte blocks: as gemv_q5_blocks, no high plane."""
-    rows, nb = codes.shape
-    for chunk in prange((rows + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK):
-        lanes = np.zeros(16, np.float32)
-        for o in range(chunk * ROWS_PER_CHUNK, min(rows, (chunk + 1) * ROWS_PER_CHUNK)):
-            acc = np.float32(0.0)
-            for k in range(16):
-                lanes[k] = 0.0
-            for blk in range(nb // 16):
-                sc = as_f32(scale[o, (blk * 16) // hg], table)
-                base = blk * 16
-                for k in range(16):
-                    b = codes[o, base + k]
-                    lanes[k] += (np.float32(b & 15) * xe[base + k] +
-                                 np.float32(b >> 4) * xo[base + k]) * sc
-            for g in range(scale.shape[1]):
-                acc += as_f32(offset[o, g], table) * xsum[g]
-            for k in range(16):
-                acc += lanes[k]
-            out[o] = acc
+MASK_LO = (np.uint32(1) << (2 * np.arange(16, dtype=np.uint32))).astype(np.uint32)
+MASK_HI = (np.uint32(2) << (2 * np.arange(16, dtype=np.uint32))).astype(np.uint32)
 
 
 @njit(cache=True, parallel=True, fastmath=True)
@@ -469,14 +450,13 @@ class NumbaBackend:
             gemv_q8(w.codes, scale, offset, x, xsum, g, HALF_TABLE, y)
             return y
         xe, xo = np.ascontiguousarray(x[0::2]), np.ascontiguousarray(x[1::2])
-        if w.bits == 4:
-            gemv_q4_blocks(w.codes, scale, offset, xe, xo, xsum, half, HALF_TABLE, y)
-        elif w.bits == 5:
-            gemv_q5_blocks(w.codes, w.high.view(np.uint32), scale, offset, xe, xo, xsum, half,
-                           HALF_TABLE, y)
-        else:
+        if w.bits == 6:
             gemv_q6_blocks(w.codes, w.high.view(np.uint64), scale, offset, xe, xo, xsum, half,
                            HALF_TABLE, y)
+        else:
+            high = w.high.view(np.uint32) if w.bits == 5 else _zero_words(w.codes.shape[1] // 16)
+            gemv_nibbles(w.codes, high, MASK_LO, MASK_HI, scale, offset, xe, xo, xsum, half,
+                         HALF_TABLE, y)
         return y
 
     def _prefill(self, x, w: QuantizedTensor):
@@ -544,6 +524,11 @@ def numpy_linear(x, w):
 def _group_of(w: QuantizedTensor) -> np.ndarray:
     """The group of each code column, [in] int32 (a table lookup beats a division per code)."""
     return (np.arange(w.shape[1] + 1) // w.group_size).astype(np.int32)
+
+
+def _zero_words(n_blocks: int) -> np.ndarray:
+    """[1, n_blocks] uint32 zeros: the high plane of 4-bit codes, one row for all rows."""
+    return np.zeros((1, n_blocks), np.uint32)
 
 
 def _high(w: QuantizedTensor) -> np.ndarray:
