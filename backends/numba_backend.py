@@ -169,26 +169,6 @@ def gemv_q6_blocks(codes, high64, scale, offset, xe, xo, xsum, hg, table, out):
             out[o] = acc
 
 
-def spread_lut(bits: int) -> np.ndarray:
-    """The tables dequantize_tile_q5 / _q6 spread a high-plane byte with: for 5 bits, byte v
-    over 4 bytes (one per nibble byte: bit 0 = the high bit of its low code, bit 1 = that of
-    its high code); for 6 bits over 2 bytes (bits 0-1 low code, bits 2-3 high code)."""
-    v = np.arange(256, dtype=np.uint32)
-    out = np.zeros(256, np.uint32 if bits == 5 else np.uint16)
-    if bits == 5:       # codes 8i..8i+7 -> nibble bytes 4i..4i+3, two codes each
-        for k in range(4):
-            pair = ((v >> (2 * k)) & 1) | (((v >> (2 * k + 1)) & 1) << 1)
-            out |= (pair << (8 * k)).astype(out.dtype)
-    else:               # codes 4i..4i+3 -> nibble bytes 2i, 2i+1
-        for k in range(2):
-            pair = ((v >> (4 * k)) & 3) | (((v >> (4 * k + 2)) & 3) << 2)
-            out |= (pair << (8 * k)).astype(out.dtype)
-    return out
-
-
-LUT5, LUT6 = spread_lut(5), spread_lut(6)
-
-
 # -- dequantizing tiles (prefill, embedding rows) ---------------------------------------------
 
 @njit(cache=True, parallel=True, fastmath=True)
@@ -238,63 +218,64 @@ def dequantize_tile(codes, high, bits, scale, offset, group_of, n_in, row_ids, t
 
 # Split order: out[r, j] is code 2j (the low nibble of byte j), out[r, nb + j] is code 2j + 1.
 # The caller orders x the same way ([x[0::2], x[1::2]]), so every store is contiguous and the
-# loop over a group's bytes vectorizes (one kernel per code width: a branch on the width
-# inside the loop would stop that). hg: bytes per group; rows row0.. of the matrix.
+# loops vectorize as the matrix-vector kernels' do (one kernel per code width).
 
 @njit(cache=True, parallel=True, fastmath=True)
-def dequantize_tile_q4(codes, high, lut, scale, offset, hg, row0, table, out):
-    R, nb, G = out.shape[0], codes.shape[1], scale.shape[1]
+def dequantize_tile_nibbles(codes, high32, mask_lo, mask_hi, scale, offset, hg, row0, table,
+                            out):
+    """Rows row0.. of a 4- or 5-bit matrix whose groups are whole 16-byte blocks, in split
+    order; the high bits as in gemv_nibbles (one row of zero words for 4-bit codes)."""
+    R, nb = out.shape[0], codes.shape[1]
+    one_high_row = high32.shape[0] == 1
     for r in prange(R):
         o = row0 + r
-        for g in range(G):
-            sc, of = as_f32(scale[o, g], table), as_f32(offset[o, g], table)
-            for j in range(g * hg, min(nb, (g + 1) * hg)):
-                b = codes[o, j]
-                out[r, j] = sc * np.float32(b & 15) + of
-                out[r, nb + j] = sc * np.float32(b >> 4) + of
-
-
-@njit(cache=True, parallel=True, fastmath=True)
-def dequantize_tile_q5(codes, high, lut, scale, offset, hg, row0, table, out):
-    """high plane [rows, in/8] (bit k of byte i = bit 4 of code 8i + k), spread per nibble
-    byte through lut (spread_lut)."""
-    R, nb, G = out.shape[0], codes.shape[1], scale.shape[1]
-    for r in prange(R):
-        o = row0 + r
-        hb = np.zeros(4 * high.shape[1], np.uint8)
-        hb32 = hb.view(np.uint32)
-        for i in range(high.shape[1]):
-            hb32[i] = lut[high[o, i]]
-        for g in range(G):
-            sc, of = as_f32(scale[o, g], table), as_f32(offset[o, g], table)
-            for j in range(g * hg, min(nb, (g + 1) * hg)):
-                b = np.int32(codes[o, j])
-                h = np.int32(hb[j])
-                out[r, j] = sc * np.float32((b & 15) | ((h & 1) << 4)) + of
-                out[r, nb + j] = sc * np.float32((b >> 4) | ((h & 2) << 3)) + of
+        cr = codes[o]
+        hr = high32[0] if one_high_row else high32[o]
+        lo_out = out[r, :nb]
+        hi_out = out[r, nb:]
+        for blk in range(nb // 16):
+            word = hr[blk]
+            base = blk * 16
+            sc = as_f32(scale[o, base // hg], table)
+            of = as_f32(offset[o, base // hg], table)
+            for k in range(16):
+                b = cr[base + k]
+                lo = (np.float32(np.uint8(b & np.uint8(15))) +
+                      (np.float32(16.0) if word & mask_lo[k] else np.float32(0.0)))
+                hi = (np.float32(np.uint8(b >> np.uint8(4))) +
+                      (np.float32(16.0) if word & mask_hi[k] else np.float32(0.0)))
+                lo_out[base + k] = sc * lo + of
+                hi_out[base + k] = sc * hi + of
 
 
 @njit(cache=True, parallel=True, fastmath=True)
-def dequantize_tile_q6(codes, high, lut, scale, offset, hg, row0, table, out):
-    """high plane [rows, in/4] (bits 2k..2k+1 of byte i = bits 4-5 of code 4i + k), spread
-    per nibble byte through lut (spread_lut)."""
-    R, nb, G = out.shape[0], codes.shape[1], scale.shape[1]
+def dequantize_tile_q6_blocks(codes, high64, scale, offset, hg, row0, table, out):
+    """Rows row0.. of a 6-bit matrix in 16-byte blocks (groups of 8 bytes or a multiple), in
+    split order; the high bits as in gemv_q6_blocks."""
+    R, nb = out.shape[0], codes.shape[1]
     for r in prange(R):
         o = row0 + r
-        hb = np.zeros(2 * high.shape[1], np.uint8)
-        hb16 = hb.view(np.uint16)
-        for i in range(high.shape[1]):
-            hb16[i] = lut[high[o, i]]
-        for g in range(G):
-            sc, of = as_f32(scale[o, g], table), as_f32(offset[o, g], table)
-            for j in range(g * hg, min(nb, (g + 1) * hg)):
-                b = np.int32(codes[o, j])
-                h = np.int32(hb[j])
-                out[r, j] = sc * np.float32((b & 15) | ((h & 3) << 4)) + of
-                out[r, nb + j] = sc * np.float32((b >> 4) | ((h & 12) << 2)) + of
+        cr = codes[o]
+        lo_out = out[r, :nb]
+        hi_out = out[r, nb:]
+        for blk in range(nb // 16):
+            base = blk * 16
+            s0 = as_f32(scale[o, base // hg], table)
+            s1 = as_f32(scale[o, (base + 8) // hg], table)
+            f0 = as_f32(offset[o, base // hg], table)
+            f1 = as_f32(offset[o, (base + 8) // hg], table)
+            word = high64[o, blk]
+            for k in range(16):
+                b = np.uint64(cr[base + k])
+                h = word >> np.uint64(4 * k)
+                lo = np.uint8((b & 15) | ((h & 3) << 4))
+                hi = np.uint8((b >> 4) | ((h & 12) << 2))
+                sc = s0 if k < 8 else s1
+                of = f0 if k < 8 else f1
+                lo_out[base + k] = sc * np.float32(lo) + of
+                hi_out[base + k] = sc * np.float32(hi) + of
 
 
-DEQUANTIZE_TILE = {4: dequantize_tile_q4, 5: dequantize_tile_q5, 6: dequantize_tile_q6}
 
 
 @njit(cache=True, parallel=True, fastmath=True)
@@ -430,17 +411,10 @@ class NumbaBackend:
 
     def _gemv(self, x, w: QuantizedTensor):
         """One token: the kernel for the code width, or the NumPy tiles for other shapes."""
+        if not kernels_take(w):
+            return numpy_linear(x[None], w)[0]
         out_f, n_in = w.shape
         g, groups = w.group_size, w.n_groups
-        half = g // 2                                  # bytes per group in a nibble plane
-        if w.bits == 8:
-            fits = True                                # gemv_q8 takes any group and tail
-        elif w.bits == 6:
-            fits = n_in % 32 == 0 and g % 2 == 0 and half % 8 == 0
-        else:
-            fits = n_in % 32 == 0 and g % 2 == 0 and half % 16 == 0
-        if not fits:
-            return numpy_linear(x[None], w)[0]
         xpad = np.zeros(groups * g, np.float32)
         xpad[:n_in] = x
         xsum = xpad.reshape(groups, g).sum(axis=1)
@@ -451,38 +425,36 @@ class NumbaBackend:
             return y
         xe, xo = np.ascontiguousarray(x[0::2]), np.ascontiguousarray(x[1::2])
         if w.bits == 6:
-            gemv_q6_blocks(w.codes, w.high.view(np.uint64), scale, offset, xe, xo, xsum, half,
+            gemv_q6_blocks(w.codes, w.high.view(np.uint64), scale, offset, xe, xo, xsum, g // 2,
                            HALF_TABLE, y)
         else:
-            high = w.high.view(np.uint32) if w.bits == 5 else _zero_words(w.codes.shape[1] // 16)
-            gemv_nibbles(w.codes, high, MASK_LO, MASK_HI, scale, offset, xe, xo, xsum, half,
-                         HALF_TABLE, y)
+            gemv_nibbles(w.codes, _high_words(w), MASK_LO, MASK_HI, scale, offset, xe, xo, xsum,
+                         g // 2, HALF_TABLE, y)
         return y
 
     def _prefill(self, x, w: QuantizedTensor):
         """Dequantize a tile of rows once, then one BLAS product for all the tokens."""
-        out_f, n_in = w.shape
-        if w.bits != 8 and w.group_size % 2:   # a byte would straddle two groups
+        if not kernels_take(w):
             return numpy_linear(x, w)
+        out_f, n_in = w.shape
         scale, offset = kernel_floats(w.scale), kernel_floats(w.offset)
-        if w.bits == 8:
-            width = n_in
-        else:           # split order: even columns, then odd ones (padded to whole bytes)
-            nb = w.codes.shape[1]
-            width = 2 * nb
-            xp = np.zeros((x.shape[0], width), np.float32)
-            xp[:, :n_in] = x
-            x = np.ascontiguousarray(np.concatenate([xp[:, 0::2], xp[:, 1::2]], axis=1))
+        width = n_in
+        if w.bits != 8:     # split order: even columns, then odd ones
+            x = np.ascontiguousarray(np.concatenate([x[:, 0::2], x[:, 1::2]], axis=1))
         y = np.empty((x.shape[0], out_f), np.float32)
         step = max(1, PREFILL_TILE_ELEMENTS // width)
-        tile = np.empty((step, width), np.float32)
+        tile = np.empty((min(step, out_f), width), np.float32)
+        hg = w.group_size // 2
         for o in range(0, out_f, step):
             t = tile[:min(step, out_f - o)]
             if w.bits == 8:
                 dequantize_tile_bytes(w.codes, scale, offset, w.group_size, o, HALF_TABLE, t)
+            elif w.bits == 6:
+                dequantize_tile_q6_blocks(w.codes, w.high.view(np.uint64), scale, offset, hg, o,
+                                          HALF_TABLE, t)
             else:
-                DEQUANTIZE_TILE[w.bits](w.codes, _high(w), LUT6 if w.bits == 6 else LUT5,
-                                        scale, offset, w.group_size // 2, o, HALF_TABLE, t)
+                dequantize_tile_nibbles(w.codes, _high_words(w), MASK_LO, MASK_HI, scale, offset,
+                                        hg, o, HALF_TABLE, t)
             y[:, o:o + t.shape[0]] = x @ t.T
         return y
 
@@ -526,9 +498,23 @@ def _group_of(w: QuantizedTensor) -> np.ndarray:
     return (np.arange(w.shape[1] + 1) // w.group_size).astype(np.int32)
 
 
-def _zero_words(n_blocks: int) -> np.ndarray:
-    """[1, n_blocks] uint32 zeros: the high plane of 4-bit codes, one row for all rows."""
-    return np.zeros((1, n_blocks), np.uint32)
+def kernels_take(w: QuantizedTensor) -> bool:
+    """Whether the block kernels take this matrix: 8-bit codes always; 4/5/6-bit codes when
+    rows are whole 16-byte blocks (32 codes) and a group is whole blocks (4/5 bits) or whole
+    8-byte halves (6 bits). Other shapes use the NumPy tiles."""
+    if w.bits == 8:
+        return True
+    if w.bits not in (4, 5, 6) or w.shape[1] % 32 or w.group_size % 2:
+        return False
+    return (w.group_size // 2) % (8 if w.bits == 6 else 16) == 0
+
+
+def _high_words(w: QuantizedTensor) -> np.ndarray:
+    """The high plane of 5-bit codes as one uint32 word per 16-byte block; for 4-bit codes one
+    row of zero words that every row reads."""
+    if w.bits == 5:
+        return w.high.view(np.uint32)
+    return np.zeros((1, w.codes.shape[1] // 16), np.uint32)
 
 
 def _high(w: QuantizedTensor) -> np.ndarray:
