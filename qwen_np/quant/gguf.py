@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .packing import pack_codes, pack_high_bits
+from .packing import pack_high_bits
 from .tensor import QuantizedTensor, smallest_exact_float
 
 QK_K = 256
@@ -184,11 +184,15 @@ def block_rows_to_canonical(raw: np.ndarray, type_id: int, shape: tuple[int, int
     for r in range(0, out, rows_per_chunk):
         q, scale, offset, group = convert(blocks[r:r + rows_per_chunk])
         q = q.reshape(q.shape[0], n_in)
-        codes.append(pack_codes(q & 0x0F if bits in (5, 6) else q, 8 if bits == 8 else 4))
+        if bits == 8:
+            codes.append(np.ascontiguousarray(q, dtype=np.uint8))
+        else:   # two 4-bit codes per byte (pack_codes' layout; the codes are in range here)
+            low = (q & 0x0F).astype(np.uint8, copy=False)
+            codes.append(low[:, 0::2] | (low[:, 1::2] << 4))
         if bits in (5, 6):
             high.append(pack_high_bits(q >> 4, bits - 4))
-        scales.append(scale.reshape(q.shape[0], -1).astype(np.float32))
-        offsets.append(offset.reshape(q.shape[0], -1).astype(np.float32))
+        scales.append(scale.reshape(q.shape[0], -1).astype(np.float32, copy=False))
+        offsets.append(offset.reshape(q.shape[0], -1).astype(np.float32, copy=False))
     return QuantizedTensor(
         shape=(out, n_in), bits=bits, group_size=group, codes=np.concatenate(codes),
         scale=smallest_exact_float(np.concatenate(scales)),

@@ -36,6 +36,8 @@ def pack_high_bits(h: np.ndarray, nbits: int) -> np.ndarray:
     """High parts [..., n] of `nbits` bits each (1 or 2) -> uint8 [..., ceil(n * nbits / 8)]."""
     per_byte = 8 // nbits
     h = np.asarray(h, np.uint8)
+    if nbits == 1:      # the same layout as NumPy's little-endian packbits (zero-padded)
+        return np.packbits(h, axis=-1, bitorder="little")
     pad = -h.shape[-1] % per_byte
     if pad:
         h = np.concatenate([h, np.zeros(h.shape[:-1] + (pad,), np.uint8)], axis=-1)
