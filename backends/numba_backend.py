@@ -6,10 +6,9 @@ little else. For a row o of a quantized matrix, with x already in the codes' col
 
     y[o] = sum_g scale[o, g] * (sum_{c in g} q[o, c] * x[c]) + offset[o, g] * xsum[g]
 
-where xsum[g] (the sum of x over group g) is computed once per call. The inner sums are
-accumulated in 16 lanes over 16-byte blocks (see the section on matrix-vector products).
-Nibble-packed codes pair with x split into its even and odd columns (xe, xo), so that byte j
-meets xe[j] and xo[j].
+where xsum[g] (the sum of x over group g) is computed once per call. The inner sums run over
+16-byte blocks of codes (see the section on matrix-vector products). Nibble-packed codes pair
+with x split into its even and odd columns (xe, xo), so that byte j meets xe[j] and xo[j].
 
 Prefill (many tokens) dequantizes a tile of rows once into float32 and lets BLAS multiply it
 with all the tokens (compute-bound, not dequantize-bound).
