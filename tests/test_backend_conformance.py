@@ -154,3 +154,26 @@ def test_numpy_backend_works_without_numba():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "ERR backend 'numba'" in r.stdout and "pip install" in r.stdout
+
+
+@pytest.mark.skipif("numba" not in OTHER_BACKENDS, reason="numba is not installed")
+@pytest.mark.parametrize("name", sorted(QW))
+@pytest.mark.parametrize("T", [1, 7])
+def test_numba_kernels_take_the_block_shapes(monkeypatch, name, T):
+    """Every GGUF block type, groups of whole 32-code blocks (act-order too: x is permuted
+    first) and any 8-bit matrix run in the Numba kernels, not in the NumPy fallback (which
+    would give the same numbers, only slower); group tails and odd groups fall back."""
+    nb = sys.modules[type(get_backend("numba")).__module__]
+    w = QW[name]
+    expected = name in BLOCK_NAMES or name in ("rtn4-g64-blocks", "rtn8-g48-tail",
+                                                "gptq-actorder")
+    assert nb.kernels_take(w) == expected
+    calls = []
+    monkeypatch.setattr(nb, "numpy_linear", lambda x, w: calls.append(1) or
+                        get_backend("numpy").linear(x, w))
+    x = rng.standard_normal((T, w.shape[1])).astype(np.float32)
+    get_backend("numba").linear(x, w)
+    assert bool(calls) != expected
+
+
+BLOCK_NAMES = {name for name, *_ in BLOCK_TYPES.values()}
