@@ -8,6 +8,12 @@ Hkv key/value heads, Dh head dim, S cached positions):
     to_numpy(x)                    the backend's array -> a NumPy array
     zeros(shape, dtype=None)       a zero array (of `dtype` unless given) on the backend, its
                                    memory really held (KV cache storage)
+    prepare(w)                     a weight matrix as the loader produced it -> the form this
+                                   backend's linear and embed read (once, at load; the NumPy
+                                   backend returns it as is, the Numba one re-lays quantized
+                                   matrices as row tiles, in their own memory: w is not to be
+                                   used afterwards). linear and embed also take the loader's
+                                   form directly.
     embed(table, ids)              [V, D] table, [T] ids            -> [T, D]
     linear(x, w, bias=None)        [T, in] x, w [out, in]           -> [T, out]  (x @ w.T + bias)
     rms_norm(x, w, eps)            [..., n] x, [n] w                -> [..., n]
@@ -17,8 +23,9 @@ Hkv key/value heads, Dh head dim, S cached positions):
                                                                     -> [T, H, Dh]
     silu_mul(gate, up)             [T, F], [T, F]                   -> [T, F]  silu(gate) * up
 
-Weights are passed as the loader produced them (memory-mapped, in their file dtype); an op
-converts what it reads. The NumPy backend is the definition of every op.
+Weights are passed as the loader produced them (memory-mapped, in their file dtype), or as
+`prepare` returned them; an op converts what it reads. The NumPy backend is the definition
+of every op.
 """
 
 from __future__ import annotations

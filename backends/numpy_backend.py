@@ -35,6 +35,10 @@ class NumpyBackend:
         return a
 
     # -- ops -------------------------------------------------------------------------------
+    def prepare(self, w):
+        """Weights stay as the loader gave them: every op reads them in that form."""
+        return w
+
     def embed(self, table, ids):
         if isinstance(table, MappedQuantizedRows):  # converted from the file row by row
             return dequantize_rows(table.rows(ids), slice(None), self.dtype)

@@ -1,0 +1,389 @@
+"""Row tiles: the Numba backend's layout of a quantized matrix, and the kernels that read it.
+
+A matrix-vector product over the canonical form (one row after another) must add up each
+row's products into one number: a horizontal sum of a vector register per block of codes,
+which costs about as much as the products themselves. Laid out as tiles of 16 rows, with
+the 16 rows' copies of each code byte side by side, one vector register holds the same
+code column of 16 rows: every lane is a row, and the 16 outputs are added up lane by lane,
+with no horizontal sum at all.
+
+    canonical codes [out, m] (m bytes per row)        row tiles codes [T, m, 16], T = out/16
+                                                       (rounded up; pad rows are zero)
+    row 0:  b0,0  b0,1  ...  b0,m-1                    tile t, byte column j:
+    row 1:  b1,0  b1,1  ...  b1,m-1          ->          codes[t, j, :] = b16t,j b16t+1,j ... b16t+15,j
+    ...                                                (16 bytes: byte j of rows 16t..16t+15)
+    row 15: b15,0 ...
+
+The code bytes themselves are the canonical ones, untouched: for 4- and 5-bit codes byte j
+holds code 2j in its low nibble and code 2j + 1 in its high nibble; 8-bit codes are a byte
+each. Every per-row array tiles the same way: the 5-bit high plane as one uint32 word per
+32 codes ([T, m/16, 16]: word blk of row 16t + r at [t, blk, r], bit c = bit 4 of code
+32 blk + c), and scale and offset ([T, G, 16]). The bytes are the canonical form's, so the
+tiles take the same memory (plus at most 15 zero rows).
+
+For a tile, with x in the codes' column order, lane r computes
+
+    y[16t + r] = sum_g scale[t, g, r] * (sum_{c in g} q[t, c, r] * x[c]) + offset[t, g, r] * xsum[g]
+
+where xsum[g] (x summed over group g) is computed once per call, as for the canonical form.
+The inner loop over the 16 lanes is what LLVM vectorizes (one 512-bit register, or two
+256-bit ones).
+
+Which matrices tile: 8-bit codes of any shape, and 4/5-bit codes whose rows are whole 32-code
+blocks and whose groups are whole blocks (GGUF Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K, GPTQ and AWQ
+with groups of 32, 64, 128). The 6-bit codes and other shapes stay canonical.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from qwen_np.quant import QuantizedTensor
+
+from .numba_floats import as_f32, kernel_floats
+
+LANES = 16
+
+
+@dataclass
+class RowTiles:
+    """A quantized matrix [out, in] as tiles of 16 rows (see the module docstring)."""
+    shape: tuple[int, int]          # (out, in) of the float matrix it stands for
+    bits: int                       # 4, 5, 6 or 8
+    group_size: int
+    codes: np.ndarray               # uint8 [T, m, 16]
+    high: np.ndarray                # uint32 [T, in/32, 16] (5 bits), uint8 [T, in/4, 16]
+                                    # (6 bits), [1, in/32, 16] zeros (4 bits)
+    scale: np.ndarray               # [T, G, 16], float16 as uint16 bits, or float32
+    offset: np.ndarray              # [T, G, 16]
+    perm: np.ndarray | None = None  # [in] or None, as in the canonical form
+
+    @property
+    def n_groups(self) -> int:
+        return self.scale.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        high = self.high.nbytes if self.bits in (5, 6) else 0
+        extra = self.perm.nbytes if self.perm is not None else 0
+        return self.codes.nbytes + high + self.scale.nbytes + self.offset.nbytes + extra
+
+    @property
+    def dtype_name(self) -> str:
+        return f"q{self.bits}g{self.group_size}"
+
+    def __repr__(self):
+        return (f"RowTiles(shape={self.shape}, bits={self.bits}, group_size={self.group_size}, "
+                f"nbytes={self.nbytes})")
+
+
+def tiles_take(w: QuantizedTensor) -> bool:
+    """Whether a canonical matrix has a row-tile kernel: 8-bit codes always; 4/5-bit codes
+    when rows are whole 32-code blocks and a group is whole blocks; 6-bit codes when rows
+    and groups are whole bytes of the high plane (4 codes)."""
+    if w.bits == 8:
+        return True
+    if w.bits == 6:
+        return w.shape[1] % 4 == 0 and w.group_size % 4 == 0
+    return w.bits in (4, 5) and w.shape[1] % 32 == 0 and w.group_size % 32 == 0
+
+
+def to_row_tiles(w: QuantizedTensor, in_place: bool = False) -> RowTiles:
+    """The canonical matrix's arrays re-laid as 16-row tiles (the bytes are not changed).
+    With in_place, arrays that can be are re-laid in their own memory (no copy, so loading
+    needs no extra memory), and `w` must not be used afterwards."""
+    out_f, n_in = w.shape
+    T = -(-out_f // LANES)
+
+    def tiled(a):
+        if in_place and out_f % LANES == 0 and a.flags.writeable and a.flags.c_contiguous:
+            return tile_rows_in_place(a)
+        return tile_rows(a, T)
+
+    if w.bits == 5:
+        high = tiled(w.high.view(np.uint32))
+    elif w.bits == 6:
+        high = tiled(w.high)
+    else:
+        high = np.zeros((1, n_in // 32 if w.bits == 4 else 1, LANES), np.uint32)
+    return RowTiles(w.shape, w.bits, w.group_size, tiled(w.codes), high,
+                    tiled(kernel_floats(w.scale)), tiled(kernel_floats(w.offset)), w.perm)
+
+
+def tile_rows(a: np.ndarray, T: int) -> np.ndarray:
+    """[rows, m] -> a new [T, m, 16] with out[t, j, r] = a[16t + r, j]; rows past the end
+    are 0."""
+    out = np.zeros((T, a.shape[1], LANES), a.dtype)
+    _tile_rows(np.ascontiguousarray(a), out)
+    return out
+
+
+def tile_rows_in_place(a: np.ndarray) -> np.ndarray:
+    """[16 T, m] -> [T, m, 16] in a's own memory (a 16-row tile is the same bytes in both
+    layouts, so each is re-laid through a small copy of itself); a is overwritten."""
+    out = a.reshape(-1).reshape(a.shape[0] // LANES, a.shape[1], LANES)
+    _tile_rows_in_place(a, out)
+    return out
+
+
+@njit(cache=True, parallel=True)
+def _tile_rows(a, out):
+    rows, m = a.shape
+    for t in prange(out.shape[0]):
+        n_rows = min(LANES, rows - t * LANES)
+        for j in range(m):
+            for r in range(n_rows):
+                out[t, j, r] = a[t * LANES + r, j]
+
+
+@njit(cache=True, parallel=True)
+def _tile_rows_in_place(a, out):
+    m = a.shape[1]
+    for t in prange(out.shape[0]):
+        rows = a[t * LANES:(t + 1) * LANES].copy()      # [16, m], then the tile's bytes anew
+        for j in range(m):
+            for r in range(LANES):
+                out[t, j, r] = rows[r, j]
+
+
+# -- one token: matrix-vector products -------------------------------------------------------
+# Three things decide whether LLVM compiles these loops into one 16-lane vector register per
+# step (all measured on the 8- and 5-bit kernels):
+# - the 16 lanes' sums live in a stack array (stack_lanes): LLVM then knows they share no
+#   memory with the codes and keeps them in a register. An np.zeros array is heap memory to
+#   LLVM, which re-checks at run time that the sums do not overlap the codes and stores them
+#   after every step (the 8-bit kernel 3x slower);
+# - a loop over the 16 lanes needs a body of some size: a one-line body is unrolled into 16
+#   scalar lines, and the loop around it is vectorized instead, across code columns, with
+#   gathers (3x slower). Hence several code bytes a step;
+# - the end of a group (sums scaled into the accumulators) loops over `lanes`, the tile
+#   width read at run time (16): a loop of a known 16 is unrolled into 16 scalar float16
+#   conversions, a loop of unknown length is vectorized into one (1.15x faster in all).
+
+@intrinsic
+def _stack_float32(typingctx, size):
+    def codegen(context, builder, signature, args):
+        return cgutils.alloca_once(builder, context.get_value_type(types.float32), size=args[0])
+    return types.CPointer(types.float32)(types.intp), codegen
+
+
+@njit(inline="always")
+def stack_lanes():
+    """16 float32 zeros on the stack (one per lane)."""
+    a = numba.carray(_stack_float32(LANES), (LANES,))
+    for r in range(LANES):
+        a[r] = 0.0
+    return a
+
+# Codes are narrowed to uint8 before they become floats (Numba widens integer arithmetic to
+# 64 bits, and 64-bit lanes would halve the vector width), and a high bit is a mask test on
+# the lane's word that adds 16.0 (a select), not a variable shift.
+
+@njit(cache=True, parallel=True, fastmath=True)
+def gemv_nibble_tiles(codes, high, mask_lo, mask_hi, scale, offset, xe, xo, xsum,
+                      blocks_per_group, out):
+    """4- and 5-bit row tiles: byte k of block blk (lane r) meets xe[16 blk + k] with its low
+    nibble and xo[16 blk + k] with its high one (xe, xo: x's even and odd columns). The two
+    codes' high bits are bits 2k and 2k + 1 of the lane's block word, under mask_lo[k] and
+    mask_hi[k]; 4-bit tiles pass one tile of zero words (high.shape[0] == 1)."""
+    T, lanes = codes.shape[0], codes.shape[2]
+    one_high = high.shape[0] == 1
+    for t in prange(T):
+        th = np.int64(0) if one_high else np.int64(t)
+        acc = stack_lanes()
+        s = stack_lanes()
+        for g in range(scale.shape[1]):
+            for r in range(LANES):
+                s[r] = 0.0
+            for blk in range(g * blocks_per_group, (g + 1) * blocks_per_group):
+                for k in range(16):
+                    j = blk * 16 + k
+                    a = xe[j]
+                    c = xo[j]
+                    ml = mask_lo[k]
+                    mh = mask_hi[k]
+                    for r in range(LANES):
+                        b = codes[t, j, r]
+                        word = high[th, blk, r]
+                        lo = (np.float32(np.uint8(b & np.uint8(15))) +
+                              (np.float32(16.0) if word & ml else np.float32(0.0)))
+                        hi = (np.float32(np.uint8(b >> np.uint8(4))) +
+                              (np.float32(16.0) if word & mh else np.float32(0.0)))
+                        s[r] += lo * a + hi * c
+            xs = xsum[g]
+            for r in range(lanes):
+                acc[r] += s[r] * as_f32(scale[t, g, r]) + as_f32(offset[t, g, r]) * xs
+        for r in range(LANES):
+            out[t * LANES + r] = acc[r]
+
+
+MASK_LO = (np.uint32(1) << (2 * np.arange(16, dtype=np.uint32))).astype(np.uint32)
+MASK_HI = (np.uint32(2) << (2 * np.arange(16, dtype=np.uint32))).astype(np.uint32)
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def gemv_byte_tiles(codes, scale, offset, x, xsum, group_size, out):
+    """8-bit row tiles: code column c (lane r) meets x[c]; groups of group_size columns, the
+    last one shorter when group_size does not divide the row. Four columns a step: with one,
+    LLVM unrolls the 16 lanes and vectorizes across columns instead (gathers, 3x slower)."""
+    T, n, lanes = codes.shape
+    for t in prange(T):
+        acc = stack_lanes()
+        s = stack_lanes()
+        for g in range(scale.shape[1]):
+            for r in range(LANES):
+                s[r] = 0.0
+            c = g * group_size
+            end = min(n, c + group_size)
+            while c + 4 <= end:
+                x0, x1, x2, x3 = x[c], x[c + 1], x[c + 2], x[c + 3]
+                for r in range(LANES):
+                    s[r] += (np.float32(codes[t, c, r]) * x0 + np.float32(codes[t, c + 1, r]) * x1
+                             + np.float32(codes[t, c + 2, r]) * x2
+                             + np.float32(codes[t, c + 3, r]) * x3)
+                c += 4
+            while c < end:
+                for r in range(LANES):
+                    s[r] += np.float32(codes[t, c, r]) * x[c]
+                c += 1
+            xs = xsum[g]
+            for r in range(lanes):
+                acc[r] += s[r] * as_f32(scale[t, g, r]) + as_f32(offset[t, g, r]) * xs
+        for r in range(LANES):
+            out[t * LANES + r] = acc[r]
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def gemv_six_bit_tiles(codes, high, scale, offset, xe, xo, xsum, bytes_per_group, out):
+    """6-bit row tiles: bytes j = 2i and 2i + 1 hold four codes' low nibbles as for 4 bits;
+    high byte i (lane r) holds their high bits, two each, from bit 0 up (the canonical high
+    plane's byte). Two code bytes a step, so every shift and mask is a constant on bytes."""
+    T, m, lanes = codes.shape
+    for t in prange(T):
+        acc = stack_lanes()
+        s = stack_lanes()
+        for g in range(scale.shape[1]):
+            for r in range(LANES):
+                s[r] = 0.0
+            for i in range(g * bytes_per_group // 2, min(m, (g + 1) * bytes_per_group) // 2):
+                j = 2 * i
+                a0, c0, a1, c1 = xe[j], xo[j], xe[j + 1], xo[j + 1]
+                for r in range(LANES):
+                    h = high[t, i, r]
+                    b0 = codes[t, j, r]
+                    b1 = codes[t, j + 1, r]
+                    lo0 = U8((b0 & U8(15)) | ((h & U8(3)) << U8(4)))       # code 2j
+                    hi0 = U8((b0 >> U8(4)) | ((h & U8(12)) << U8(2)))      # code 2j + 1
+                    lo1 = U8((b1 & U8(15)) | (h & U8(48)))                # code 2j + 2
+                    hi1 = U8((b1 >> U8(4)) | ((h & U8(192)) >> U8(2)))     # code 2j + 3
+                    s[r] += (np.float32(lo0) * a0 + np.float32(hi0) * c0 +
+                             np.float32(lo1) * a1 + np.float32(hi1) * c1)
+            xs = xsum[g]
+            for r in range(lanes):
+                acc[r] += s[r] * as_f32(scale[t, g, r]) + as_f32(offset[t, g, r]) * xs
+        for r in range(LANES):
+            out[t * LANES + r] = acc[r]
+
+
+U8 = np.uint8
+
+
+# -- many tokens: tiles dequantized for BLAS (and for embedding lookups) ----------------------
+# A tile dequantizes into columns: out[c, 16 i + r] is code column c of row 16 (t0 + i) + r,
+# so the 16 lanes' values are one contiguous store, and the caller multiplies
+# x [tokens, in] @ out [in, 16 tiles] with BLAS. Nibble codes come in split order: row c < m
+# is code 2c (the low nibble of byte c), row m + c is code 2c + 1; the caller orders x's
+# columns the same way. The lanes are computed into stack arrays first and then copied out:
+# computed straight into `out`, the loop stays scalar (LLVM cannot rule out that `out`
+# overlaps the codes; measured 2.5x slower).
+
+@njit(cache=True, parallel=True, fastmath=True)
+def dequantize_nibble_tiles(codes, high, mask_lo, mask_hi, scale, offset, blocks_per_group,
+                            t0, out):
+    """Tiles t0.. of 4/5-bit row tiles as float columns (split order)."""
+    m, lanes = codes.shape[1], codes.shape[2]
+    one_high = high.shape[0] == 1
+    for i in prange(out.shape[1] // LANES):
+        t = t0 + i
+        th = np.int64(0) if one_high else np.int64(t)
+        lo = stack_lanes()
+        hi = stack_lanes()
+        for blk in range(m // 16):
+            g = blk // blocks_per_group
+            for k in range(16):
+                j = blk * 16 + k
+                ml = mask_lo[k]
+                mh = mask_hi[k]
+                for r in range(LANES):
+                    b = codes[t, j, r]
+                    word = high[th, blk, r]
+                    sc = as_f32(scale[t, g, r])
+                    of = as_f32(offset[t, g, r])
+                    lo[r] = sc * (np.float32(np.uint8(b & np.uint8(15))) +
+                                  (np.float32(16.0) if word & ml else np.float32(0.0))) + of
+                    hi[r] = sc * (np.float32(np.uint8(b >> np.uint8(4))) +
+                                  (np.float32(16.0) if word & mh else np.float32(0.0))) + of
+                for r in range(lanes):
+                    out[j, i * LANES + r] = lo[r]
+                    out[m + j, i * LANES + r] = hi[r]
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def dequantize_six_bit_tiles(codes, high, scale, offset, bytes_per_group, t0, out):
+    """Tiles t0.. of 6-bit row tiles as float columns (split order)."""
+    m, lanes = codes.shape[1], codes.shape[2]
+    for i in prange(out.shape[1] // LANES):
+        t = t0 + i
+        lo0, hi0, lo1, hi1 = stack_lanes(), stack_lanes(), stack_lanes(), stack_lanes()
+        for hb in range(m // 2):
+            j = 2 * hb
+            g = j // bytes_per_group     # bytes j and j + 1 share a group (groups are even)
+            for r in range(LANES):
+                h = high[t, hb, r]
+                b0 = codes[t, j, r]
+                b1 = codes[t, j + 1, r]
+                sc = as_f32(scale[t, g, r])
+                of = as_f32(offset[t, g, r])
+                lo0[r] = sc * np.float32(U8((b0 & U8(15)) | ((h & U8(3)) << U8(4)))) + of
+                hi0[r] = sc * np.float32(U8((b0 >> U8(4)) | ((h & U8(12)) << U8(2)))) + of
+                lo1[r] = sc * np.float32(U8((b1 & U8(15)) | (h & U8(48)))) + of
+                hi1[r] = sc * np.float32(U8((b1 >> U8(4)) | ((h & U8(192)) >> U8(2)))) + of
+            for r in range(lanes):
+                out[j, i * LANES + r] = lo0[r]
+                out[m + j, i * LANES + r] = hi0[r]
+                out[j + 1, i * LANES + r] = lo1[r]
+                out[m + j + 1, i * LANES + r] = hi1[r]
+
+
+@njit(cache=True, parallel=True, fastmath=True)
+def dequantize_byte_tiles(codes, scale, offset, group_size, t0, out):
+    """Tiles t0.. of 8-bit row tiles as float columns (code order)."""
+    n, lanes = codes.shape[1], codes.shape[2]
+    for i in prange(out.shape[1] // LANES):
+        t = t0 + i
+        v0, v1 = stack_lanes(), stack_lanes()
+        for c in range(0, n - 1, 2):
+            g0 = c // group_size
+            g1 = (c + 1) // group_size
+            for r in range(LANES):
+                v0[r] = as_f32(scale[t, g0, r]) * np.float32(codes[t, c, r]) + \
+                    as_f32(offset[t, g0, r])
+                v1[r] = as_f32(scale[t, g1, r]) * np.float32(codes[t, c + 1, r]) + \
+                    as_f32(offset[t, g1, r])
+            for r in range(lanes):
+                out[c, i * LANES + r] = v0[r]
+                out[c + 1, i * LANES + r] = v1[r]
+        if n % 2:
+            c = n - 1
+            g0 = c // group_size
+            for r in range(LANES):
+                v0[r] = as_f32(scale[t, g0, r]) * np.float32(codes[t, c, r]) + \
+                    as_f32(offset[t, g0, r])
+            for r in range(lanes):
+                out[c, i * LANES + r] = v0[r]
