@@ -276,25 +276,15 @@ class NumbaBackend:
 _NO_HIGH = np.zeros((1, 1), np.uint8)
 
 
-def group_sums(x, group_size: int, n_groups: int) -> np.ndarray:
-    """xsum[g]: x summed over each group of columns (the last group may be shorter)."""
-    xpad = np.zeros(n_groups * group_size, np.float32)
-    xpad[:x.shape[0]] = x
-    return xpad.reshape(n_groups, group_size).sum(axis=1)
-
-
 def gemv_tiles(x, w: RowTiles) -> np.ndarray:
     """One token through a row-tiled matrix: [in] -> [out]."""
-    xsum = group_sums(x, w.group_size, w.n_groups)
     y = np.empty(w.codes.shape[0] * LANES, np.float32)
     if w.bits == 8:
-        gemv_byte_tiles(w.codes, w.scale, w.offset, x, xsum, w.group_size, y)
+        gemv_byte_tiles(w.codes, w.scale, w.offset, x, w.group_size, y)
     elif w.bits == 6:
-        gemv_six_bit_tiles(w.codes, w.high, w.scale, w.offset, np.ascontiguousarray(x[0::2]),
-                           np.ascontiguousarray(x[1::2]), xsum, w.group_size // 2, y)
+        gemv_six_bit_tiles(w.codes, w.high, w.scale, w.offset, x, w.group_size // 2, y)
     else:
-        gemv_nibble_tiles(w.codes, w.high, MASK_LO, MASK_HI, w.scale, w.offset,
-                          np.ascontiguousarray(x[0::2]), np.ascontiguousarray(x[1::2]), xsum,
+        gemv_nibble_tiles(w.codes, w.high, MASK_LO, MASK_HI, w.scale, w.offset, x,
                           w.group_size // 32, y)
     return y[:w.shape[0]]
 

@@ -25,7 +25,8 @@ For a tile, with x in the codes' column order, lane r computes
 
     y[16t + r] = sum_g scale[t, g, r] * (sum_{c in g} q[t, c, r] * x[c]) + offset[t, g, r] * xsum[g]
 
-where xsum[g] (x summed over group g) is computed once per call, as for the canonical form.
+where xsum[g] (x summed over group g) is computed once per call, before the tiles are
+shared out among the threads.
 The inner loop over the 16 lanes is what LLVM vectorizes (one 512-bit register, or two
 256-bit ones).
 
@@ -185,14 +186,27 @@ def stack_lanes():
 # 64 bits, and 64-bit lanes would halve the vector width), and a high bit is a mask test on
 # the lane's word that adds 16.0 (a select), not a variable shift.
 
+@njit(inline="always")
+def group_sums(x, group_size, n_groups):
+    """xsum[g]: x summed over each group of columns (the last group may be shorter); a
+    serial loop, before the kernel's parallel one."""
+    xsum = np.empty(n_groups, np.float32)
+    for g in range(n_groups):
+        s = np.float32(0.0)
+        for c in range(g * group_size, min(x.shape[0], (g + 1) * group_size)):
+            s += x[c]
+        xsum[g] = s
+    return xsum
+
+
 @njit(cache=True, parallel=True, fastmath=True)
-def gemv_nibble_tiles(codes, high, mask_lo, mask_hi, scale, offset, xe, xo, xsum,
-                      blocks_per_group, out):
-    """4- and 5-bit row tiles: byte k of block blk (lane r) meets xe[16 blk + k] with its low
-    nibble and xo[16 blk + k] with its high one (xe, xo: x's even and odd columns). The two
-    codes' high bits are bits 2k and 2k + 1 of the lane's block word, under mask_lo[k] and
-    mask_hi[k]; 4-bit tiles pass one tile of zero words (high.shape[0] == 1)."""
+def gemv_nibble_tiles(codes, high, mask_lo, mask_hi, scale, offset, x, blocks_per_group, out):
+    """4- and 5-bit row tiles: byte j = 16 blk + k (lane r) meets x[2j] with its low nibble
+    and x[2j + 1] with its high one. The two codes' high bits are bits 2k and 2k + 1 of the
+    lane's block word, under mask_lo[k] and mask_hi[k]; 4-bit tiles pass one tile of zero
+    words (high.shape[0] == 1)."""
     T, lanes = codes.shape[0], codes.shape[2]
+    xsum = group_sums(x, blocks_per_group * 32, scale.shape[1])
     one_high = high.shape[0] == 1
     for t in prange(T):
         th = np.int64(0) if one_high else np.int64(t)
@@ -204,8 +218,8 @@ def gemv_nibble_tiles(codes, high, mask_lo, mask_hi, scale, offset, xe, xo, xsum
             for blk in range(g * blocks_per_group, (g + 1) * blocks_per_group):
                 for k in range(16):
                     j = blk * 16 + k
-                    a = xe[j]
-                    c = xo[j]
+                    a = x[2 * j]
+                    c = x[2 * j + 1]
                     ml = mask_lo[k]
                     mh = mask_hi[k]
                     for r in range(LANES):
@@ -228,11 +242,12 @@ MASK_HI = (np.uint32(2) << (2 * np.arange(16, dtype=np.uint32))).astype(np.uint3
 
 
 @njit(cache=True, parallel=True, fastmath=True)
-def gemv_byte_tiles(codes, scale, offset, x, xsum, group_size, out):
+def gemv_byte_tiles(codes, scale, offset, x, group_size, out):
     """8-bit row tiles: code column c (lane r) meets x[c]; groups of group_size columns, the
     last one shorter when group_size does not divide the row. Four columns a step: with one,
     LLVM unrolls the 16 lanes and vectorizes across columns instead (gathers, 3x slower)."""
     T, n, lanes = codes.shape
+    xsum = group_sums(x, group_size, scale.shape[1])
     for t in prange(T):
         acc = stack_lanes()
         s = stack_lanes()
@@ -260,11 +275,12 @@ def gemv_byte_tiles(codes, scale, offset, x, xsum, group_size, out):
 
 
 @njit(cache=True, parallel=True, fastmath=True)
-def gemv_six_bit_tiles(codes, high, scale, offset, xe, xo, xsum, bytes_per_group, out):
+def gemv_six_bit_tiles(codes, high, scale, offset, x, bytes_per_group, out):
     """6-bit row tiles: bytes j = 2i and 2i + 1 hold four codes' low nibbles as for 4 bits;
     high byte i (lane r) holds their high bits, two each, from bit 0 up (the canonical high
     plane's byte). Two code bytes a step, so every shift and mask is a constant on bytes."""
     T, m, lanes = codes.shape
+    xsum = group_sums(x, 2 * bytes_per_group, scale.shape[1])
     for t in prange(T):
         acc = stack_lanes()
         s = stack_lanes()
@@ -273,7 +289,7 @@ def gemv_six_bit_tiles(codes, high, scale, offset, xe, xo, xsum, bytes_per_group
                 s[r] = 0.0
             for i in range(g * bytes_per_group // 2, min(m, (g + 1) * bytes_per_group) // 2):
                 j = 2 * i
-                a0, c0, a1, c1 = xe[j], xo[j], xe[j + 1], xo[j + 1]
+                a0, c0, a1, c1 = x[2 * j], x[2 * j + 1], x[2 * j + 2], x[2 * j + 3]
                 for r in range(LANES):
                     h = high[t, i, r]
                     b0 = codes[t, j, r]
