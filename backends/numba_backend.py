@@ -355,11 +355,5 @@ def _group_of(w: QuantizedTensor) -> np.ndarray:
     return (np.arange(w.shape[1] + 1) // w.group_size).astype(np.int32)
 
 
-def kernels_take(w: QuantizedTensor) -> bool:
-    """Whether a kernel takes this canonical matrix (as row tiles); other shapes use the
-    NumPy tiles."""
-    return tiles_take(w)
-
-
 def _high(w: QuantizedTensor) -> np.ndarray:
     return w.high if w.high is not None else _NO_HIGH

@@ -167,7 +167,7 @@ def test_numba_kernels_take_the_block_shapes(monkeypatch, name, T):
     w = QW[name]
     expected = name in BLOCK_NAMES or name in ("rtn4-g64-blocks", "rtn8-g48-tail",
                                                 "gptq-actorder")
-    assert nb.kernels_take(w) == expected
+    assert nb.tiles_take(w) == expected
     calls = []
     monkeypatch.setattr(nb, "numpy_linear", lambda x, w: calls.append(1) or
                         get_backend("numpy").linear(x, w))

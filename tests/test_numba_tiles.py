@@ -11,6 +11,8 @@ import pytest
 from conftest import rel_err
 from qwen_np.backends import get_backend
 from qwen_np.quant.gguf import BLOCK_TYPES, block_rows_to_canonical
+from qwen_np.quant.gptq import gptq_to_canonical
+from qwen_np.quant.packing import pack_int32_words
 from qwen_np.quant.rtn import quantize_rtn, rtn_to_canonical
 
 if importlib.util.find_spec("numba") is None:
@@ -48,7 +50,18 @@ def matrices():
         out[f"rtn8-g48-tail-{rows}"] = rtn_to_canonical(*quantize_rtn(w, 8, 48, True), 8, 48)
         w = rng.standard_normal((rows, 256)).astype(np.float32)
         out[f"rtn4-g128-{rows}"] = rtn_to_canonical(*quantize_rtn(w, 4, 128, False), 4, 128)
+        out[f"gptq-actorder-{rows}"] = gptq_act_order(rows if rows % 8 == 0 else 24)  # packed by 8
     return out
+
+
+def gptq_act_order(rows: int):
+    """A GPTQ matrix with act-order groups (its columns sorted by group, x gathered first)."""
+    q = rng.integers(0, 16, (64, rows))
+    z = rng.integers(1, 16, (2, rows))
+    s = rng.uniform(0.01, 0.1, (2, rows)).astype(np.float16)
+    g_idx = (np.arange(64) // 32)[rng.permutation(64)].astype(np.int32)
+    return gptq_to_canonical("m", pack_int32_words(q, 4, 0), pack_int32_words(z - 1, 4, 1), s,
+                             g_idx, 4, 32, False, (rows, 64))
 
 
 MATS = matrices()
