@@ -15,7 +15,7 @@ from .io.hf_dir import read_hf_dir
 from .memory import release_free_heap
 from .model import forward
 from .tokenizer import Tokenizer
-from .weights import ModelWeights, build_weights
+from .weights import ModelWeights, build_weights, prepare_tensors
 
 
 class Model:
@@ -98,8 +98,7 @@ def load(path: str, backend: str = "numpy", dtype: str = "float32",
     be = get_backend(backend, dtype, threads)
     path = os.fspath(path)
     config, tensors, make_tokenizer = read_model(path)
-    for name in list(tensors):  # one at a time, so the loader's form of each can be freed
-        tensors[name] = be.prepare(tensors[name])
+    prepare_tensors(tensors, be.prepare)
     weights = build_weights(config, tensors, be.dtype, path)
     release_free_heap()  # the temporaries of converting quantized tensors
     return Model(config, weights, be, make_tokenizer, path)

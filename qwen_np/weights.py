@@ -96,6 +96,19 @@ def check_tensors(cfg: QwenConfig, tensors: dict, source: str) -> None:
                           f"{cfg.model_type} model with this config)")
 
 
+def prepare_tensors(tensors: dict, prepare) -> None:
+    """Replace each tensor by prepare(tensor) (a backend's own form of it), in place and one at
+    a time, so that the loader's form of each can be freed as soon as it is replaced. A tensor
+    under two names is prepared once: prepare may re-lay its arrays in their own memory."""
+    names_of = {}
+    for name, t in tensors.items():
+        names_of.setdefault(id(t), []).append(name)
+    for names in names_of.values():
+        ready = prepare(tensors[names[0]])
+        for name in names:
+            tensors[name] = ready
+
+
 def build_weights(cfg: QwenConfig, tensors: dict, dtype, source: str) -> ModelWeights:
     check_tensors(cfg, tensors, source)
 

@@ -126,3 +126,14 @@ def test_other_shapes_stay_canonical(nb):
     w = rng.standard_normal((9, 200)).astype(np.float32)
     odd = rtn_to_canonical(*quantize_rtn(w, 4, 9, True), 4, 9)
     assert get_backend("numba").prepare(odd) is odd
+
+
+def test_a_tensor_under_two_names_is_prepared_once():
+    from qwen_np.weights import prepare_tensors
+    shared, other = MATS["Q8_0-32"], MATS["Q5_0-32"]
+    tensors = {"model.embed_tokens.weight": shared, "lm_head.weight": shared, "x": other}
+    calls = []
+    prepare_tensors(tensors, lambda t: calls.append(t) or ("ready", id(t)))
+    assert len(calls) == 2
+    assert tensors["model.embed_tokens.weight"] is tensors["lm_head.weight"]
+    assert tensors["x"] == ("ready", id(other))
