@@ -7,32 +7,37 @@ the 16 rows' copies of each code byte side by side, one vector register holds th
 code column of 16 rows: every lane is a row, and the 16 outputs are added up lane by lane,
 with no horizontal sum at all.
 
-    canonical codes [out, m] (m bytes per row)        row tiles codes [T, m, 16], T = out/16
-                                                       (rounded up; pad rows are zero)
-    row 0:  b0,0  b0,1  ...  b0,m-1                    tile t, byte column j:
-    row 1:  b1,0  b1,1  ...  b1,m-1          ->          codes[t, j, :] = b16t,j b16t+1,j ... b16t+15,j
-    ...                                                (16 bytes: byte j of rows 16t..16t+15)
-    row 15: b15,0 ...
+    canonical codes [out, m]                row tiles codes [T, m, 16], T = out / 16
+    (m bytes per row)                       (rounded up; pad rows are zero)
 
-The code bytes themselves are the canonical ones, untouched: for 4- and 5-bit codes byte j
-holds code 2j in its low nibble and code 2j + 1 in its high nibble; 8-bit codes are a byte
-each. Every per-row array tiles the same way: the 5-bit high plane as one uint32 word per
-32 codes ([T, m/16, 16]: word blk of row 16t + r at [t, blk, r], bit c = bit 4 of code
-32 blk + c), and scale and offset ([T, G, 16]). The bytes are the canonical form's, so the
-tiles take the same memory (plus at most 15 zero rows).
+    row 0:  b[0, 0]   b[0, 1]  ...          tile t, byte column j: 16 bytes,
+    row 1:  b[1, 0]   b[1, 1]  ...    ->      codes[t, j, :] = b[16t, j], b[16t + 1, j], ...,
+    ...                                                        b[16t + 15, j]
+    row 15: b[15, 0]  ...
+
+The code bytes themselves are the canonical ones, untouched: for 4-, 5- and 6-bit codes
+byte j holds code 2j in its low nibble and code 2j + 1 in its high nibble; 8-bit codes are
+a byte each. Every per-row array tiles the same way:
+- the 5-bit high plane as one uint32 word per 32 codes, [T, m/16, 16]: word blk of row
+  16t + r sits at [t, blk, r], and its bit c is bit 4 of code 32 blk + c;
+- the 6-bit high plane as bytes, [T, m/2, 16]: byte i holds bits 4-5 of codes 4i..4i+3,
+  two bits each from bit 0 up;
+- scale and offset, [T, G, 16].
+The bytes are the canonical form's, so the tiles take the same memory (plus at most 15 zero
+rows), and `prepare` re-lays them in place.
 
 For a tile, with x in the codes' column order, lane r computes
 
     y[16t + r] = sum_g scale[t, g, r] * (sum_{c in g} q[t, c, r] * x[c]) + offset[t, g, r] * xsum[g]
 
 where xsum[g] (x summed over group g) is computed once per call, before the tiles are
-shared out among the threads.
-The inner loop over the 16 lanes is what LLVM vectorizes (one 512-bit register, or two
-256-bit ones).
+shared out among the threads. The inner loop over the 16 lanes is what LLVM vectorizes (one
+512-bit register, or two 256-bit ones).
 
-Which matrices tile: 8-bit codes of any shape, and 4/5-bit codes whose rows are whole 32-code
+Which matrices tile: 8-bit codes of any shape; 4/5-bit codes whose rows are whole 32-code
 blocks and whose groups are whole blocks (GGUF Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K, GPTQ and AWQ
-with groups of 32, 64, 128). The 6-bit codes and other shapes stay canonical.
+with groups of 32, 64, 128); 6-bit codes in groups of a multiple of 4 (Q6_K). Other shapes
+stay canonical, and the backend multiplies them with the NumPy reference's product.
 """
 
 from __future__ import annotations
@@ -147,7 +152,7 @@ def _tile_rows(a, out):
 def _tile_rows_in_place(a, out):
     m = a.shape[1]
     for t in prange(out.shape[0]):
-        rows = a[t * LANES:(t + 1) * LANES].copy()      # [16, m], then the tile's bytes anew
+        rows = a[t * LANES:(t + 1) * LANES].copy()      # [16, m]: the tile, set aside
         for j in range(m):
             for r in range(LANES):
                 out[t, j, r] = rows[r, j]
@@ -182,9 +187,6 @@ def stack_lanes():
         a[r] = 0.0
     return a
 
-# Codes are narrowed to uint8 before they become floats (Numba widens integer arithmetic to
-# 64 bits, and 64-bit lanes would halve the vector width), and a high bit is a mask test on
-# the lane's word that adds 16.0 (a select), not a variable shift.
 
 @njit(inline="always")
 def group_sums(x, group_size, n_groups):
@@ -198,6 +200,10 @@ def group_sums(x, group_size, n_groups):
         xsum[g] = s
     return xsum
 
+
+# Codes are narrowed to uint8 before they become floats (Numba widens integer arithmetic to
+# 64 bits, and 64-bit lanes would halve the vector width), and a 5-bit code's high bit is a
+# mask test on the lane's word that adds 16.0 (a select), not a variable shift.
 
 @njit(cache=True, parallel=True, fastmath=True)
 def gemv_nibble_tiles(codes, high, mask_lo, mask_hi, scale, offset, x, blocks_per_group, out):
