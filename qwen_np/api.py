@@ -8,10 +8,11 @@ from typing import Callable
 import numpy as np
 
 from .config import QwenConfig
-from .errors import FormatError
+from .errors import FormatError, InputError
 from .generate import generate as generate_loop
 from .io.gguf_qwen import read_gguf_model
 from .io.hf_dir import read_hf_dir
+from .io.model_files import regular_file
 from .memory import release_free_heap
 from .model import forward
 from .tokenizer import Tokenizer
@@ -63,25 +64,31 @@ class Model:
         ids = [int(i) for i in ids]
         bad = [i for i in ids if not 0 <= i < self.config.vocab_size]
         if bad:
-            raise ValueError(f"token id {bad[0]} is outside the vocabulary (0..{self.config.vocab_size - 1})")
+            raise InputError(f"{self.source}: token id {bad[0]} is outside the vocabulary "
+                             f"(0..{self.config.vocab_size - 1})")
         if not ids:
-            raise ValueError("no token ids given")
+            raise InputError(f"{self.source}: no token ids given")
         return ids
 
 
 def read_model(path: str):
     """(config, tensors under HF names, tokenizer factory or None) of a Hugging Face folder
-    (float, GPTQ or AWQ safetensors) or a GGUF file."""
+    (float, GPTQ or AWQ safetensors) or a GGUF file. A file the system cannot read (no
+    permission, an I/O error) is a FormatError naming it, like a malformed one."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FormatError(f"{path}: no such file or folder")
-    if os.path.isdir(path):
-        config, tensors, tokenizer_path = read_hf_dir(path)
-        make = None if tokenizer_path is None else (lambda: Tokenizer.from_file(tokenizer_path))
-        return config, tensors, make
-    if is_gguf(path) or path.lower().endswith(".gguf"):
-        config, tensors, meta = read_gguf_model(path)
-        return config, tensors, lambda: Tokenizer.from_gguf_metadata(meta, path)
+    try:
+        if os.path.isdir(path):
+            config, tensors, tokenizer_path = read_hf_dir(path)
+            make = None if tokenizer_path is None else (lambda: Tokenizer.from_file(tokenizer_path))
+            return config, tensors, make
+        regular_file(path)          # a FIFO or a device: refused before it is opened
+        if is_gguf(path) or path.lower().endswith(".gguf"):
+            config, tensors, meta = read_gguf_model(path)
+            return config, tensors, lambda: Tokenizer.from_gguf_metadata(meta, path)
+    except OSError as e:
+        raise FormatError(f"{e.filename or path}: cannot read ({e.strerror})") from None
     raise FormatError(f"{path}: neither a model folder (config.json + safetensors) nor a GGUF file")
 
 

@@ -9,13 +9,15 @@ Both: `head_dim` comes from the config when present, else hidden_size // num_att
 
 from __future__ import annotations
 
-import json
+import math
 import os
 from dataclasses import dataclass, field, replace
 
 from .errors import FormatError, UnsupportedModel
+from .io.model_files import read_json, short_repr
 
 SUPPORTED_MODEL_TYPES = ("qwen2", "qwen3")
+REQUIRED = object()   # ConfigReader: the key has no default
 
 
 @dataclass(frozen=True)
@@ -43,87 +45,158 @@ def config_from_hf_dict(d: dict, source: str = "config.json") -> QwenConfig:
     """Build the config from a Hugging Face config.json dictionary.
 
     Accepts the spellings transformers has written over the years: `rope_theta` at the top
-    level or inside `rope_parameters`; `head_dim` present or absent.
+    level or inside `rope_parameters`; `head_dim` present or absent. Every value read is
+    checked for its type and range (a FormatError names the key).
     """
+    if not isinstance(d, dict):
+        raise FormatError(f"{source}: not a JSON object")
     model_type = d.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise UnsupportedModel(
-            f"{source}: model_type {model_type!r} is not supported "
+            f"{source}: model_type {short_repr(model_type)} is not supported "
             f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
+    key = ConfigReader(d, source)
 
-    def need(key):
-        if key not in d:
-            raise FormatError(f"{source}: missing required key {key!r}")
-        return d[key]
-
-    hidden = int(need("hidden_size"))
-    heads = int(need("num_attention_heads"))
-    kv_heads = int(d.get("num_key_value_heads") or heads)
+    hidden = key.integer("hidden_size")
+    heads = key.integer("num_attention_heads")
+    kv_heads = key.integer("num_key_value_heads", heads)
     if heads % kv_heads:
         raise FormatError(f"{source}: num_attention_heads {heads} is not a multiple of "
                           f"num_key_value_heads {kv_heads}")
-    head_dim = int(d.get("head_dim") or hidden // heads)
+    if d.get("head_dim") is None and hidden < heads:
+        raise FormatError(f"{source}: hidden_size {hidden} is smaller than num_attention_heads "
+                          f"{heads} (and there is no head_dim)")
+    head_dim = key.integer("head_dim", hidden // heads)
 
-    rope = d.get("rope_parameters") or {}
-    scaling = d.get("rope_scaling") or {}
+    rope = key.object("rope_parameters")
+    scaling = key.object("rope_scaling")
     rope_type = rope.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
     if rope_type != "default":
-        raise UnsupportedModel(f"{source}: rope type {rope_type!r} is not supported (only 'default')")
-    theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
-    if d.get("use_sliding_window"):
+        raise UnsupportedModel(f"{source}: rope type {short_repr(rope_type)} is not supported (only 'default')")
+    theta = ConfigReader(rope, source).number("rope_theta", None, positive=True) \
+        if "rope_theta" in rope else key.number("rope_theta", 10000.0, positive=True)
+    if key.flag("use_sliding_window", False):
         raise UnsupportedModel(f"{source}: use_sliding_window=true is not supported")
-    if float(d.get("partial_rotary_factor", 1.0)) != 1.0:
+    if key.number("partial_rotary_factor", 1.0) != 1.0:
         raise UnsupportedModel(f"{source}: partial_rotary_factor != 1 is not supported")
 
     if model_type == "qwen2":
         qkv_bias, o_bias, qk_norm = True, False, False
     else:  # qwen3
-        bias = bool(d.get("attention_bias", False))
+        bias = key.flag("attention_bias", False)
         qkv_bias, o_bias, qk_norm = bias, bias, True
-
-    eos = d.get("eos_token_id")
-    eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
 
     return QwenConfig(
         model_type=model_type,
-        vocab_size=int(need("vocab_size")),
+        vocab_size=key.integer("vocab_size"),
         hidden_size=hidden,
-        intermediate_size=int(need("intermediate_size")),
-        num_hidden_layers=int(need("num_hidden_layers")),
+        intermediate_size=key.integer("intermediate_size"),
+        num_hidden_layers=key.integer("num_hidden_layers"),
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
         head_dim=head_dim,
-        rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
-        rope_theta=float(theta),
-        max_position_embeddings=int(d.get("max_position_embeddings", 32768)),
-        tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+        rms_norm_eps=key.number("rms_norm_eps", 1e-6),
+        rope_theta=theta,
+        max_position_embeddings=key.integer("max_position_embeddings", 32768),
+        tie_word_embeddings=key.flag("tie_word_embeddings", False),
         qkv_bias=qkv_bias,
         o_bias=o_bias,
         qk_norm=qk_norm,
-        bos_token_id=d.get("bos_token_id"),
-        eos_token_ids=eos_ids,
+        bos_token_id=key.token_id("bos_token_id"),
+        eos_token_ids=key.token_ids("eos_token_id"),
     )
+
+
+MAX_DIMENSION = 2**31 - 1   # sizes and counts: positive and within int32, so products of a few
+                            # of them stay within int64
+
+
+class ConfigReader:
+    """Typed access to a JSON object's keys: each getter returns the value of the type asked
+    for, or the default when the key is absent or null, and raises a FormatError naming the
+    file and the key for anything else (a string, an array, a bool where a number belongs,
+    a non-finite float, a count of zero)."""
+
+    def __init__(self, d: dict, source: str):
+        self.d, self.source = d, source
+
+    def _bad(self, name, value, want):
+        return FormatError(f"{self.source}: {name} is {short_repr(value)}; expected {want}")
+
+    def integer(self, name, default=REQUIRED, minimum=1, maximum=MAX_DIMENSION):
+        v = self.d.get(name)
+        if v is None:
+            if default is REQUIRED:
+                raise FormatError(f"{self.source}: missing required key {name!r}")
+            return default
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)                  # 896.0: some writers emit integral floats
+        if isinstance(v, bool) or not isinstance(v, int) or not minimum <= v <= maximum:
+            raise self._bad(name, v, f"an integer in {minimum}..{maximum}")
+        return v
+
+    def number(self, name, default=REQUIRED, positive=False):
+        v = self.d.get(name)
+        if v is None:
+            if default is REQUIRED:
+                raise FormatError(f"{self.source}: missing required key {name!r}")
+            return default
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                or v < 0 or (positive and v == 0):
+            raise self._bad(name, v, "a finite " + ("positive" if positive else "non-negative")
+                            + " number")
+        return float(v)
+
+    def flag(self, name, default):
+        v = self.d.get(name)
+        if v is None:
+            return default
+        if not isinstance(v, bool):
+            raise self._bad(name, v, "true or false")
+        return v
+
+    def object(self, name) -> dict:
+        v = self.d.get(name)
+        if v is None:
+            return {}
+        if not isinstance(v, dict):
+            raise self._bad(name, v, "an object")
+        return v
+
+    def token_id(self, name):
+        v = self.d.get(name)
+        if v is None:
+            return None
+        return self.integer(name, minimum=0)
+
+    def token_ids(self, name) -> tuple[int, ...]:
+        """One id or a list of ids (the EOS ids); null means none."""
+        v = self.d.get(name)
+        if v is None:
+            return ()
+        items = v if isinstance(v, list) else [v]
+        ids = []
+        for i in items:
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i <= MAX_DIMENSION:
+                raise self._bad(name, v, "a token id or a list of token ids")
+            ids.append(i)
+        return tuple(ids)
 
 
 def read_hf_config(model_dir: str) -> QwenConfig:
     """config.json of a Hugging Face model folder (plus generation_config.json's EOS ids)."""
     path = os.path.join(model_dir, "config.json")
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         raise FormatError(f"{model_dir}: no config.json (not a Hugging Face model folder)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FormatError(f"{path}: not valid JSON ({e})") from None
-    cfg = config_from_hf_dict(d, source=path)
+    cfg = config_from_hf_dict(read_json(path, "config.json"), source=path)
 
     gen_path = os.path.join(model_dir, "generation_config.json")
-    if os.path.isfile(gen_path):
-        with open(gen_path, encoding="utf-8") as f:
-            eos = json.load(f).get("eos_token_id")
-        extra = eos if isinstance(eos, list) else ([] if eos is None else [eos])
-        ids = tuple(dict.fromkeys(list(cfg.eos_token_ids) + [int(i) for i in extra]))
-        cfg = replace(cfg, eos_token_ids=ids)
+    if os.path.lexists(gen_path):
+        gen = read_json(gen_path, "generation_config.json")
+        if not isinstance(gen, dict):
+            raise FormatError(f"{gen_path}: not a JSON object")
+        extra = ConfigReader(gen, gen_path).token_ids("eos_token_id")
+        cfg = replace(cfg, eos_token_ids=tuple(dict.fromkeys(cfg.eos_token_ids + extra)))
     return cfg
 
 

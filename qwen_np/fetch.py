@@ -59,10 +59,18 @@ def is_fetched() -> bool:
 def fetch_default_model(progress=None) -> str:
     """The path of the default model, downloading and checking it first if needed.
 
-    progress(done, total, what) is called as the parts arrive."""
+    progress(done, total, what) is called as the parts arrive. A cache folder that cannot be
+    written (no permission, disk full) is a FetchError naming it."""
     path = default_model_path()
     if is_fetched():
         return path
+    try:
+        return download_default_model(path, progress)
+    except OSError as e:
+        raise FetchError(f"{e.filename or cache_dir()}: cannot write ({e.strerror})") from None
+
+
+def download_default_model(path: str, progress) -> str:
     os.makedirs(cache_dir(), exist_ok=True)
     partial = path + ".partial"
     with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp, open(partial, "wb") as out:

@@ -7,6 +7,7 @@ from typing import Callable
 import numpy as np
 
 from .cache import new_kv_cache
+from .errors import InputError
 from .model import forward
 from .sampling import sample_next
 
@@ -21,7 +22,9 @@ def generate(cfg, weights, be, ids, max_new_tokens: int = 64, temperature: float
     """
     ids = [int(i) for i in ids]
     if not ids:
-        raise ValueError("generate needs at least one prompt token")
+        raise InputError("generate needs at least one prompt token")
+    if max_new_tokens < 0:
+        raise InputError(f"max_new_tokens is {max_new_tokens}; it cannot be negative")
     if cache is None:
         cache = new_kv_cache(cfg, len(ids) + max_new_tokens, be)
     rng = np.random.default_rng(seed)

@@ -17,6 +17,7 @@ import numpy as np
 
 from .cache import KVCache
 from .config import QwenConfig
+from .errors import CacheFull
 from .weights import LayerWeights, ModelWeights
 
 
@@ -64,8 +65,8 @@ def attention_block(cfg: QwenConfig, layer: LayerWeights, be, x, positions, inv_
     start = int(positions[0])
     if cache is not None:  # append this chunk, then attend over everything cached so far
         if start + T > cache.max_tokens:
-            raise ValueError(f"KV cache holds {cache.max_tokens} positions; "
-                             f"{start + T} were asked for")
+            raise CacheFull(f"KV cache holds {cache.max_tokens} positions; "
+                            f"{start + T} were asked for")
         cache.k[layer_index][start:start + T] = k
         cache.v[layer_index][start:start + T] = v
         k = cache.k[layer_index][:start + T]                        # [S, Hkv, Dh]

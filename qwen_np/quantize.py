@@ -20,9 +20,10 @@ import numpy as np
 from . import __version__
 from .config import config_to_hf_dict
 from .dense import as_compute
-from .errors import FormatError, UnsupportedModel
+from .errors import FormatError, InputError, UnsupportedModel
 from .io.hf_dir import read_hf_config, read_hf_tensors
 from .io.hf_quantized import read_quantization_config
+from .io.model_files import read_json
 from .io.safetensors import write_safetensors
 from .quant import QuantizedTensor
 from .quant.gptq import canonical_codes_to_gptq
@@ -60,9 +61,14 @@ def quantize_folder(src: str, dst: str, bits: int = 4, group_size: int = 128, sy
         raise UnsupportedModel(f"checkpoint format {checkpoint_format!r} (gptq or gptq_v2)")
     if bits not in (4, 8):
         raise UnsupportedModel(f"--bits {bits}: GPTQ output supports 4 or 8 bits")
+    if group_size != -1 and group_size < 1:
+        raise InputError(f"--group-size {group_size}: a positive number of inputs, or -1")
     if os.path.abspath(src) == os.path.abspath(dst):
         raise FormatError(f"{dst}: the output folder must differ from the input")
-    config_json, tensors, write_tokenizer = read_float_source(src)
+    try:
+        config_json, tensors, write_tokenizer = read_float_source(src)
+    except OSError as e:
+        raise FormatError(f"{e.filename or src}: cannot read ({e.strerror})") from None
     names = [n for n in tensors if QUANTIZED.match(n)]
     per_word = 32 // bits
     out, stats = {}, {"quantized": 0, "bytes_in": 0, "bytes_out": 0}
@@ -86,19 +92,21 @@ def quantize_folder(src: str, dst: str, bits: int = 4, group_size: int = 128, sy
         stats["quantized"] += 1
         if progress is not None:
             progress(stats["quantized"], len(names))
-    os.makedirs(dst, exist_ok=True)
-    write_safetensors(os.path.join(dst, "model.safetensors"), out, {"format": "pt"})
     stats["bytes_out"] = sum(int(a.nbytes) for a in out.values())
-
     qcfg = gptq_quantization_config(bits, group_size, sym, checkpoint_format)
     config = dict(config_json, quantization_config=qcfg)
     if any(getattr(t, "dtype", None) == np.float16 for t in out.values()):
         config["torch_dtype"] = "float16"
-    with open(os.path.join(dst, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2)
-    with open(os.path.join(dst, "quantize_config.json"), "w", encoding="utf-8") as f:
-        json.dump({k: v for k, v in qcfg.items() if k != "quant_method"}, f, indent=2)
-    write_tokenizer(dst)
+    try:
+        os.makedirs(dst, exist_ok=True)
+        write_safetensors(os.path.join(dst, "model.safetensors"), out, {"format": "pt"})
+        with open(os.path.join(dst, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2)
+        with open(os.path.join(dst, "quantize_config.json"), "w", encoding="utf-8") as f:
+            json.dump({k: v for k, v in qcfg.items() if k != "quant_method"}, f, indent=2)
+        write_tokenizer(dst)
+    except OSError as e:       # no permission, disk full: the user's to fix, named
+        raise FormatError(f"{e.filename or dst}: cannot write ({e.strerror})") from None
     return stats
 
 
@@ -111,8 +119,7 @@ def read_float_source(src: str):
         read_hf_config(src)  # validates the architecture first
         if read_quantization_config(src) is not None:
             raise FormatError(f"{src}: already quantized")
-        with open(os.path.join(src, "config.json"), encoding="utf-8") as f:
-            config = json.load(f)
+        config = read_json(os.path.join(src, "config.json"), "config.json")
 
         def copy_tokenizer(dst):
             for fname in COPIED_FILES:

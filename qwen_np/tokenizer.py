@@ -15,9 +15,10 @@ Qwen3's template inserts none.
 
 from __future__ import annotations
 
-import os
+import numpy as np
 
 from .errors import FormatError
+from .io.model_files import regular_file, short_repr
 
 # Qwen2's pre-tokenizer split (transformers' tokenization_qwen2.PRETOKENIZE_REGEX; Qwen v1's
 # tokenization_qwen.PAT_STR is the same). GGUF files only name it ("pre = qwen2").
@@ -39,12 +40,11 @@ class Tokenizer:
     @classmethod
     def from_file(cls, path: str) -> "Tokenizer":
         from tokenizers import Tokenizer as HFTokenizer
-        if not os.path.isfile(path):
-            raise FormatError(f"{path}: tokenizer file not found")
+        regular_file(path)
         try:
             return cls(HFTokenizer.from_file(path), path)
         except Exception as e:  # the library raises a bare Exception on malformed JSON
-            raise FormatError(f"{path}: cannot read tokenizer ({str(e).splitlines()[0]})") from None
+            raise FormatError(f"{path}: cannot read tokenizer ({first_line(e)})") from None
 
     @classmethod
     def from_gguf_metadata(cls, meta: dict, source: str) -> "Tokenizer":
@@ -58,27 +58,27 @@ class Tokenizer:
         model = meta.get("tokenizer.ggml.model")
         pre = meta.get("tokenizer.ggml.pre")
         if model != "gpt2" or pre not in ("qwen2", "default", None):
-            raise FormatError(f"{source}: tokenizer {model!r} with pre-tokenizer {pre!r} is not "
-                              f"supported (Qwen2's: model 'gpt2', pre 'qwen2')")
-        tokens = meta.get("tokenizer.ggml.tokens")
-        merges = meta.get("tokenizer.ggml.merges")
-        if tokens is None or merges is None:
-            raise FormatError(f"{source}: no tokenizer in the GGUF metadata (tokens/merges missing)")
+            raise FormatError(f"{source}: tokenizer {short_repr(model)} with pre-tokenizer "
+                              f"{short_repr(pre)} is not supported (Qwen2's: model 'gpt2', "
+                              f"pre 'qwen2')")
+        tokens, merges, types = gguf_vocabulary(meta, source)
         vocab = {t: i for i, t in enumerate(tokens)}
-        bpe = models.BPE(vocab=vocab, merges=[tuple(m.split(" ", 1)) for m in merges],
-                         unk_token=None, fuse_unk=False, byte_fallback=False)
-        tok = HFTokenizer(bpe)
-        tok.normalizer = normalizers.NFC()
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(QWEN2_SPLIT_REGEX), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-        tok.decoder = decoders.ByteLevel()
-        types = meta.get("tokenizer.ggml.token_type")
-        if types is not None:
-            tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                                    for t, k in zip(tokens, types) if k == GGUF_CONTROL])
-            tok.add_tokens([AddedToken(t, special=False, normalized=False)
-                            for t, k in zip(tokens, types) if k == GGUF_USER_DEFINED])
+        try:
+            bpe = models.BPE(vocab=vocab, merges=merges, unk_token=None, fuse_unk=False,
+                             byte_fallback=False)
+            tok = HFTokenizer(bpe)
+            tok.normalizer = normalizers.NFC()
+            tok.pre_tokenizer = pre_tokenizers.Sequence([
+                pre_tokenizers.Split(Regex(QWEN2_SPLIT_REGEX), behavior="isolated", invert=False),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+            tok.decoder = decoders.ByteLevel()
+            if types is not None:
+                tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                        for t, k in zip(tokens, types) if k == GGUF_CONTROL])
+                tok.add_tokens([AddedToken(t, special=False, normalized=False)
+                                for t, k in zip(tokens, types) if k == GGUF_USER_DEFINED])
+        except Exception as e:  # the library raises a bare Exception on inconsistent data
+            raise FormatError(f"{source}: cannot build the tokenizer ({first_line(e)})") from None
         return cls(tok, source)
 
     def encode(self, text: str) -> list[int]:
@@ -97,6 +97,37 @@ class Tokenizer:
 
     def stop_ids(self) -> list[int]:
         return [i for i in (self.token_id(t) for t in STOP_TOKENS) if i is not None]
+
+
+def gguf_vocabulary(meta: dict, source: str):
+    """(tokens, merges as pairs, token types or None) from GGUF metadata, checked: tokens and
+    merges are strings, every merge is two tokens whose concatenation is a token too (what
+    the BPE model needs), and there is one type per token."""
+    tokens = meta.get("tokenizer.ggml.tokens")
+    merges = meta.get("tokenizer.ggml.merges")
+    if tokens is None or merges is None:
+        raise FormatError(f"{source}: no tokenizer in the GGUF metadata (tokens/merges missing)")
+    for key, items in (("tokens", tokens), ("merges", merges)):
+        if not isinstance(items, list) or not all(isinstance(t, str) for t in items):
+            raise FormatError(f"{source}: tokenizer.ggml.{key} is not an array of strings")
+    vocab = set(tokens)
+    pairs = []
+    for i, m in enumerate(merges):
+        a, space, b = m.partition(" ")
+        if not space or a not in vocab or b not in vocab or a + b not in vocab:
+            raise FormatError(f"{source}: tokenizer.ggml.merges[{i}] {short_repr(m)} does not "
+                              f"merge two tokens of the vocabulary into a third")
+        pairs.append((a, b))
+    types = meta.get("tokenizer.ggml.token_type")
+    if types is not None and (not isinstance(types, np.ndarray) or types.dtype.kind not in "iu"
+                              or types.shape != (len(tokens),)):
+        raise FormatError(f"{source}: tokenizer.ggml.token_type is not one integer per token")
+    return tokens, pairs, types
+
+
+def first_line(e: Exception) -> str:
+    lines = str(e).splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 def format_chatml(messages: list[dict], default_system: str | None,

@@ -78,6 +78,18 @@ def expected_shapes(cfg: QwenConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+TENSORS_PER_LAYER = 9   # two norms and seven matrices, before any bias or q/k norm
+
+
+def check_layer_count(cfg: QwenConfig, n_tensors: int, source: str) -> None:
+    """A layer count the files cannot hold is refused before any per-layer list is built
+    (a corrupted num_hidden_layers of 10^9 would otherwise build names until memory ran out)."""
+    if cfg.num_hidden_layers * TENSORS_PER_LAYER > n_tensors:
+        raise FormatError(f"{source}: {cfg.num_hidden_layers} layers need at least "
+                          f"{cfg.num_hidden_layers * TENSORS_PER_LAYER} tensors; the files "
+                          f"hold {n_tensors}")
+
+
 def check_tensors(cfg: QwenConfig, tensors: dict, source: str) -> None:
     """Missing, extra or mis-shaped tensors are errors that name the tensor."""
     shapes = expected_shapes(cfg)

@@ -66,5 +66,5 @@ def test_missing_tokenizer_is_a_clear_error(tmp_path):
 
 def test_bad_ids_are_rejected():
     m = qwen_np.load(fixture_path(NAME))
-    with pytest.raises(ValueError, match="outside the vocabulary"):
+    with pytest.raises(qwen_np.errors.InputError, match="outside the vocabulary"):
         m.logits([1, m.config.vocab_size])

@@ -16,6 +16,7 @@ Here the container is parsed; the block math of each tensor type is in qwen_np/q
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ import numpy as np
 from ..errors import FormatError, UnsupportedModel
 from ..quant.gguf import BLOCK_TYPES
 from .mapped import map_file
+from .model_files import regular_file, short_repr
 
 GGUF_MAGIC = 0x46554747
 SUPPORTED_VERSIONS = (2, 3)
@@ -59,22 +61,30 @@ class GGUFTensor:
         return tuple(reversed(self.ne))
 
 
+# Limits of the format (ggml's gguf.cpp refuses files past them, and so does this reader)
+MAX_KEY_BYTES = 65535            # a metadata key (the spec: at most 2^16 - 1 bytes)
+MAX_NAME_BYTES = 63              # a tensor name (GGML_MAX_NAME is 64, with the NUL)
+MAX_DIMS = 4                     # GGML_MAX_DIMS
+# Limits of this reader, far above any real file, so that a corrupted length cannot make it
+# copy gigabytes or build a list of millions of items before it notices
+MAX_STRING_BYTES = 16 << 20      # a metadata string (a chat template is some kilobytes)
+MAX_ARRAY_ITEMS = 1 << 24        # a metadata array (Qwen's vocabulary: 151,936 tokens)
+
+
 class _Cursor:
-    """Reads little-endian values from the mapped bytes, with a clear error past the end."""
+    """Reads little-endian values from the mapped bytes. Every length and count is checked
+    against the bytes left in the file before anything is read or allocated."""
 
     def __init__(self, buf: np.ndarray, path: str):
         self.mv, self.pos, self.path = memoryview(buf), 0, path
 
+    def left(self) -> int:
+        return len(self.mv) - self.pos
+
     def need(self, n: int) -> None:
-        if self.pos + n > len(self.mv):
+        if n > self.left():
             raise FormatError(f"{self.path}: truncated GGUF header (needs byte {self.pos + n}, "
                               f"file has {len(self.mv)})")
-
-    def take(self, n: int) -> bytes:
-        self.need(n)
-        out = self.mv[self.pos:self.pos + n].tobytes()
-        self.pos += n
-        return out
 
     def scalar(self, fmt: str):
         size = struct.calcsize(fmt)
@@ -83,8 +93,20 @@ class _Cursor:
         self.pos += size
         return v
 
-    def string(self) -> str:
-        return self.take(self.scalar("<Q")).decode("utf-8", errors="replace")
+    def count(self, what: str, item_bytes: int, limit: int) -> int:
+        """A uint64 count of items of at least item_bytes each, checked against the bytes
+        left and against `limit`."""
+        n = self.scalar("<Q")
+        if n > limit or n * item_bytes > self.left():
+            raise FormatError(f"{self.path}: {what} of {n} at byte {self.pos - 8} cannot be "
+                              f"right (file has {self.left()} bytes left)")
+        return n
+
+    def string(self, what: str = "string", limit: int = MAX_STRING_BYTES) -> str:
+        n = self.count(f"{what} length", 1, limit)
+        out = str(self.mv[self.pos:self.pos + n], "utf-8", "replace")
+        self.pos += n
+        return out
 
     def strings(self, count: int) -> list[str]:
         """`count` strings in a row (the vocabulary and merges: some 300,000 of them), read in
@@ -106,46 +128,69 @@ class _Cursor:
             self.need(end - pos + 1)   # raises the truncated-header error
         return out
 
-    def value(self, vtype: int):
+    def value(self, vtype: int, key: str):
+        """One metadata value. Arrays hold scalars or strings; an array of arrays is refused,
+        as ggml's reader refuses it (so nothing here recurses)."""
         if vtype in SCALAR_FORMATS:
             return self.scalar(SCALAR_FORMATS[vtype])
         if vtype == 8:
-            return self.string()
+            return self.string(f"metadata {key}: string")
         if vtype == 9:
-            etype, count = self.scalar("<I"), self.scalar("<Q")
+            etype = self.scalar("<I")
             if etype in ARRAY_DTYPES:
                 dt = np.dtype(ARRAY_DTYPES[etype]).newbyteorder("<")
-                return np.frombuffer(self.take(count * dt.itemsize), dtype=dt).copy()
+                n = self.count(f"metadata {key}: array", dt.itemsize, MAX_ARRAY_ITEMS)
+                out = np.frombuffer(self.mv, dtype=dt, count=n, offset=self.pos)
+                self.pos += n * dt.itemsize
+                return out      # a read-only view of the mapped file: nothing copied
             if etype == 8:
-                return self.strings(count)
-            return [self.value(etype) for _ in range(count)]
-        raise FormatError(f"{self.path}: unknown metadata value type {vtype} at byte {self.pos}")
+                return self.strings(self.count(f"metadata {key}: array", 8, MAX_ARRAY_ITEMS))
+            raise FormatError(f"{self.path}: metadata {key}: array of value type {etype} is "
+                              f"not supported (arrays hold numbers, booleans or strings)")
+        raise FormatError(f"{self.path}: metadata {key}: unknown value type {vtype}")
 
 
 def read_gguf(path: str) -> tuple[dict, dict[str, GGUFTensor]]:
-    """(metadata, tensors by GGUF name), every tensor a view into the mapped file."""
-    buf = map_file(path)
+    """(metadata, tensors by GGUF name), every tensor a view into the mapped file.
+
+    Checked as ggml's own reader checks a file: no repeated key or tensor name, 1 to 4
+    dimensions, an alignment that is a power of two, and tensors that follow each other in
+    the data section (each at the previous one's end, rounded up to the alignment), within
+    the file."""
+    buf = map_file(regular_file(path))
     cur = _Cursor(buf, path)
     if len(buf) < 4 or cur.scalar("<I") != GGUF_MAGIC:
         raise FormatError(f"{path}: not a GGUF file (wrong magic)")
     version = cur.scalar("<I")
     if version not in SUPPORTED_VERSIONS:
         raise FormatError(f"{path}: unsupported GGUF version {version} (supported: 2, 3)")
-    n_tensors, n_kv = cur.scalar("<Q"), cur.scalar("<Q")
+    # the smallest metadata entry: key length, one key byte, value type, one value byte
+    n_tensors = cur.scalar("<Q")
+    n_kv = cur.count("metadata count", 8 + 1 + 4 + 1, MAX_ARRAY_ITEMS)
     meta = {}
     for _ in range(n_kv):
-        key = cur.string()
-        meta[key] = cur.value(cur.scalar("<I"))
-    infos = []
+        key = cur.string("metadata key", MAX_KEY_BYTES)
+        if key in meta:
+            raise FormatError(f"{path}: metadata key {key} appears twice")
+        meta[key] = cur.value(cur.scalar("<I"), key)
+    # the smallest tensor info: name length, n_dims, one dimension, type, offset
+    if n_tensors * (8 + 4 + 8 + 4 + 8) > cur.left():
+        raise FormatError(f"{path}: tensor count {n_tensors} cannot be right (file has "
+                          f"{cur.left()} bytes left)")
+    infos = {}
     for _ in range(n_tensors):
-        name = cur.string()
-        ne = tuple(cur.scalar("<Q") for _ in range(cur.scalar("<I")))
-        infos.append((name, ne, cur.scalar("<I"), cur.scalar("<Q")))
-    align = int(meta.get("general.alignment", 32))
+        name = cur.string("tensor name", MAX_NAME_BYTES)
+        if name in infos:
+            raise FormatError(f"{path}: tensor {name} appears twice")
+        n_dims = cur.scalar("<I")
+        if not 1 <= n_dims <= MAX_DIMS:
+            raise FormatError(f"{path}: tensor {name} has {n_dims} dimensions (1 to {MAX_DIMS})")
+        ne = tuple(cur.scalar("<Q") for _ in range(n_dims))
+        infos[name] = (ne, cur.scalar("<I"), cur.scalar("<Q"))
+    align = alignment(meta, path)
     data_start = -(-cur.pos // align) * align
-    tensors = {}
-    for name, ne, type_id, offset in infos:
-        n = int(np.prod(ne, dtype=np.int64))
+    tensors, expected_offset = {}, 0
+    for name, (ne, type_id, offset) in infos.items():
         if type_id in FLOAT_TYPES:
             _, block, size = FLOAT_TYPES[type_id]
         elif type_id in BLOCK_TYPES:
@@ -158,10 +203,23 @@ def read_gguf(path: str) -> tuple[dict, dict[str, GGUFTensor]]:
         if ne[0] % block:
             raise FormatError(f"{path}: tensor {name}: row of {ne[0]} is not a whole number of "
                               f"{block}-element blocks")
-        nbytes = n // block * size
+        nbytes = math.prod(ne) // block * size          # Python integers: no overflow
+        if offset != expected_offset:
+            raise FormatError(f"{path}: tensor {name} has data offset {offset}; the tensors "
+                              f"before it end at {expected_offset}")
         begin = data_start + offset
         if begin + nbytes > len(buf):
             raise FormatError(f"{path}: truncated: tensor {name} needs bytes {begin}..{begin + nbytes}"
                               f" but the file has {len(buf)}")
         tensors[name] = GGUFTensor(name, type_id, ne, buf[begin:begin + nbytes])
+        expected_offset = -(-(offset + nbytes) // align) * align
     return meta, tensors
+
+
+def alignment(meta: dict, path: str) -> int:
+    """general.alignment: a uint32 power of two (32 when absent)."""
+    align = meta.get("general.alignment", 32)
+    if not isinstance(align, int) or isinstance(align, bool) or align <= 0 \
+            or align & (align - 1):
+        raise FormatError(f"{path}: general.alignment {short_repr(align)} is not a power of two")
+    return align

@@ -11,13 +11,15 @@ import re
 
 import numpy as np
 
-from ..config import QwenConfig
+from ..config import ConfigReader, QwenConfig
 from ..dense import BFloat16Array
 from ..errors import FormatError, UnsupportedModel
 from ..quant import MappedQuantizedRows
 from ..quant.gguf import BLOCK_TYPES, block_rows_to_canonical
 from .gguf import GGUFTensor, read_gguf
+from ..weights import check_layer_count
 from .mapped import drop_pages
+from .model_files import short_repr
 
 SUPPORTED_ARCHS = ("qwen2", "qwen3")
 LATER_ARCHS = ("qwen2moe", "qwen3moe", "qwen")   # recognised; not runnable in this version
@@ -49,47 +51,54 @@ def hf_name(gguf_name: str) -> str | None:
 
 
 def config_from_gguf(meta: dict, tensors: dict[str, GGUFTensor], path: str) -> QwenConfig:
+    """The config from `{arch}.*` metadata, each value's type and range checked (a string, an
+    array or a zero where a count belongs is a FormatError naming the key)."""
     arch = meta.get("general.architecture")
+    arch = arch if isinstance(arch, str) else short_repr(arch)
     if arch in LATER_ARCHS:
         raise UnsupportedModel(f"{path}: GGUF architecture {arch!r} is not supported yet "
                                f"(supported: {', '.join(SUPPORTED_ARCHS)})")
     if arch not in SUPPORTED_ARCHS:
         raise UnsupportedModel(f"{path}: unknown GGUF architecture {arch!r} "
                                f"(supported: {', '.join(SUPPORTED_ARCHS)})")
+    key = ConfigReader(meta, path)
+    a = arch + "."
 
-    def key(name, default=None):
-        v = meta.get(f"{arch}.{name}", default)
-        if v is None:
-            raise FormatError(f"{path}: missing metadata {arch}.{name}")
-        return v
-
-    scaling = meta.get(f"{arch}.rope.scaling.type", "none")
-    if scaling not in ("none", "linear") or (scaling == "linear" and
-                                             meta.get(f"{arch}.rope.scaling.factor", 1.0) != 1.0):
+    scaling = meta.get(a + "rope.scaling.type", "none")
+    scaling = scaling if isinstance(scaling, str) else short_repr(scaling)
+    factor = key.number(a + "rope.scaling.factor", 1.0)
+    if scaling not in ("none", "linear") or (scaling == "linear" and factor != 1.0):
         raise UnsupportedModel(f"{path}: rope scaling {scaling!r} is not supported")
-    hidden, heads = int(key("embedding_length")), int(key("attention.head_count"))
+    hidden, heads = key.integer(a + "embedding_length"), key.integer(a + "attention.head_count")
+    kv_heads = key.integer(a + "attention.head_count_kv", heads)
+    if heads % kv_heads:
+        raise FormatError(f"{path}: {a}attention.head_count {heads} is not a multiple of "
+                          f"{a}attention.head_count_kv {kv_heads}")
+    if a + "attention.key_length" not in meta and hidden < heads:
+        raise FormatError(f"{path}: {a}embedding_length {hidden} is smaller than "
+                          f"{a}attention.head_count {heads}")
     if "token_embd.weight" not in tensors:
         raise FormatError(f"{path}: missing tensor token_embd.weight")
     has_bias = "blk.0.attn_q.bias" in tensors
-    eos = meta.get("tokenizer.ggml.eos_token_id")
+    eos = key.token_id("tokenizer.ggml.eos_token_id")
     return QwenConfig(
         model_type=arch,
         vocab_size=int(tensors["token_embd.weight"].shape[0]),
         hidden_size=hidden,
-        intermediate_size=int(key("feed_forward_length")),
-        num_hidden_layers=int(key("block_count")),
+        intermediate_size=key.integer(a + "feed_forward_length"),
+        num_hidden_layers=key.integer(a + "block_count"),
         num_attention_heads=heads,
-        num_key_value_heads=int(key("attention.head_count_kv", heads)),
-        head_dim=int(meta.get(f"{arch}.attention.key_length", hidden // heads)),
-        rms_norm_eps=float(key("attention.layer_norm_rms_epsilon")),
-        rope_theta=float(key("rope.freq_base", 10000.0)),
-        max_position_embeddings=int(key("context_length", 32768)),
+        num_key_value_heads=kv_heads,
+        head_dim=key.integer(a + "attention.key_length", hidden // heads),
+        rms_norm_eps=key.number(a + "attention.layer_norm_rms_epsilon"),
+        rope_theta=key.number(a + "rope.freq_base", 10000.0, positive=True),
+        max_position_embeddings=key.integer(a + "context_length", 32768),
         tie_word_embeddings="output.weight" not in tensors,
         qkv_bias=True if arch == "qwen2" else has_bias,
         o_bias="blk.0.attn_output.bias" in tensors,
         qk_norm=arch == "qwen3",
-        bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
-        eos_token_ids=() if eos is None else (int(eos),),
+        bos_token_id=key.token_id("tokenizer.ggml.bos_token_id"),
+        eos_token_ids=() if eos is None else (eos,),
     )
 
 
@@ -124,6 +133,7 @@ def read_gguf_model(path: str):
     """(config, tensors under HF names, GGUF metadata) of a Qwen GGUF file."""
     meta, tensors = read_gguf(path)
     config = config_from_gguf(meta, tensors, path)
+    check_layer_count(config, len(tensors), path)
     out = {}
     for name, t in tensors.items():
         hf = hf_name(name)

@@ -3,13 +3,13 @@ model.safetensors.index.json, and (optionally) tokenizer.json."""
 
 from __future__ import annotations
 
-import json
 import os
 
 from ..config import QwenConfig, read_hf_config
 from ..errors import FormatError
-from ..weights import expected_shapes
+from ..weights import check_layer_count, expected_shapes
 from .hf_quantized import convert_quantized_tensors, read_quantization_config
+from .model_files import file_in_folder, read_json, short_repr
 from .safetensors import open_safetensors
 
 SINGLE_FILE = "model.safetensors"
@@ -17,19 +17,16 @@ INDEX_FILE = "model.safetensors.index.json"
 
 
 def read_hf_tensors(model_dir: str) -> dict:
-    """name -> memory-mapped tensor, over a single file or every shard of the index."""
+    """name -> memory-mapped tensor, over a single file or every shard of the index. Shard
+    names are confined to the model folder (io/model_files.py)."""
     single = os.path.join(model_dir, SINGLE_FILE)
     index = os.path.join(model_dir, INDEX_FILE)
-    if os.path.isfile(index):
-        try:
-            with open(index, encoding="utf-8") as f:
-                weight_map = json.load(f)["weight_map"]
-        except (json.JSONDecodeError, KeyError, UnicodeDecodeError):
-            raise FormatError(f"{index}: not a safetensors index (no weight_map)") from None
+    if os.path.lexists(index):
+        weight_map = read_weight_map(index)
         tensors = {}
         for shard in sorted(set(weight_map.values())):
-            shard_path = os.path.join(model_dir, shard)
-            if not os.path.isfile(shard_path):
+            shard_path = file_in_folder(model_dir, shard, index)
+            if not os.path.lexists(shard_path):
                 raise FormatError(f"{index}: shard {shard} is listed but missing")
             for name, t in open_safetensors(shard_path).items():
                 if weight_map.get(name) != shard:
@@ -40,12 +37,25 @@ def read_hf_tensors(model_dir: str) -> dict:
         if missing:
             raise FormatError(f"{index}: tensor {missing[0]} is listed but not in its shard")
         return tensors
-    if os.path.isfile(single):
+    if os.path.lexists(single):
         return open_safetensors(single)
     if any(f.endswith(".bin") for f in os.listdir(model_dir)):
         raise FormatError(f"{model_dir}: only PyTorch .bin weights found; qwen-np reads "
                           f"safetensors (convert with transformers' save_pretrained)")
     raise FormatError(f"{model_dir}: no {SINGLE_FILE} or {INDEX_FILE}")
+
+
+def read_weight_map(index: str) -> dict[str, str]:
+    """The index's tensor name -> shard file name, checked to be strings both."""
+    d = read_json(index, INDEX_FILE)
+    weight_map = d.get("weight_map") if isinstance(d, dict) else None
+    if not isinstance(weight_map, dict):
+        raise FormatError(f"{index}: not a safetensors index (no weight_map object)")
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str):
+            raise FormatError(f"{index}: tensor {name} is mapped to {short_repr(shard)}, "
+                              f"not a file name")
+    return weight_map
 
 
 def read_hf_dir(model_dir: str) -> tuple[QwenConfig, dict, str | None]:
@@ -57,8 +67,9 @@ def read_hf_dir(model_dir: str) -> tuple[QwenConfig, dict, str | None]:
         raise FormatError(f"{model_dir}: no such model folder")
     config = read_hf_config(model_dir)
     tensors = read_hf_tensors(model_dir)
+    check_layer_count(config, len(tensors), model_dir)
     quant = read_quantization_config(model_dir)
     if quant is not None:
         tensors = convert_quantized_tensors(tensors, quant, expected_shapes(config), model_dir)
     tok = os.path.join(model_dir, "tokenizer.json")
-    return config, tensors, (tok if os.path.isfile(tok) else None)
+    return config, tensors, (tok if os.path.lexists(tok) else None)

@@ -15,6 +15,7 @@ one to NumPy either).
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 
@@ -23,6 +24,7 @@ import numpy as np
 from ..dense import BFloat16Array
 from ..errors import FormatError
 from .mapped import map_file
+from .model_files import parse_json, regular_file, short_repr
 
 NUMPY_DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16,
@@ -32,8 +34,13 @@ NUMPY_DTYPES = {
 }
 
 
+MAX_HEADER_BYTES = 100_000_000   # the safetensors library's own limit on the JSON header
+
+
 def read_safetensors_header(path: str) -> tuple[dict, int]:
-    """The header dictionary and the offset at which the data section starts."""
+    """The header dictionary and the offset at which the data section starts. Its length is
+    checked against the file before it is read, and its JSON against the layout above."""
+    regular_file(path)
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(8)
@@ -43,40 +50,75 @@ def read_safetensors_header(path: str) -> tuple[dict, int]:
         if n > size - 8:
             raise FormatError(f"{path}: truncated safetensors file (header of {n} bytes, "
                               f"file of {size})")
-        try:
-            header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise FormatError(f"{path}: not a safetensors file (header is not JSON)") from None
+        if n > MAX_HEADER_BYTES:
+            raise FormatError(f"{path}: safetensors header of {n} bytes (the format allows "
+                              f"{MAX_HEADER_BYTES})")
+        header = parse_json(f.read(n), path, "safetensors header")
     if not isinstance(header, dict):
         raise FormatError(f"{path}: not a safetensors file (header is not a JSON object)")
-    header.pop("__metadata__", None)
+    meta = header.pop("__metadata__", None)
+    if meta is not None and not isinstance(meta, dict):
+        raise FormatError(f"{path}: __metadata__ is not a JSON object")
     return header, 8 + n
+
+
+def tensor_entries(header: dict, data_bytes: int, path: str) -> dict:
+    """name -> (dtype code, shape, begin, end), every entry checked: a known dtype, a shape of
+    non-negative integers whose bytes equal its offsets' span, and offsets that tile the data
+    section exactly: sorted by offset, each tensor begins where the one before ends, the first
+    at 0 and the last ending at the end of the file (as the safetensors library requires, so a
+    header length that is off by a byte, or tensors that overlap, are refused)."""
+    entries = {}
+    for name, info in header.items():
+        if not isinstance(info, dict):
+            raise FormatError(f"{path}: tensor {name}: header entry is not a JSON object")
+        dtype_code, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if not isinstance(dtype_code, str) or dtype_code not in NUMPY_DTYPES:
+            raise FormatError(f"{path}: tensor {name}: unsupported dtype {short_repr(dtype_code)}")
+        if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+            raise FormatError(f"{path}: tensor {name}: shape {short_repr(shape)} is not a list of "
+                              f"non-negative integers")
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(map(_is_count, offsets)) \
+                or offsets[0] > offsets[1]:
+            raise FormatError(f"{path}: tensor {name}: data_offsets {short_repr(offsets)} are not "
+                              f"[begin, end] with 0 <= begin <= end")
+        begin, end = offsets
+        expected = math.prod(shape) * np.dtype(NUMPY_DTYPES[dtype_code]).itemsize
+        if end - begin != expected:
+            raise FormatError(f"{path}: tensor {name}: {end - begin} bytes for shape {shape} "
+                              f"{dtype_code} (expected {expected})")
+        entries[name] = (dtype_code, tuple(shape), begin, end)
+    position = 0
+    for name, (_, _, begin, end) in sorted(entries.items(), key=lambda e: (e[1][2], e[1][3])):
+        if end > data_bytes:
+            raise FormatError(f"{path}: truncated: tensor {name} ends at byte {end} of the data "
+                              f"section, which has only {data_bytes}")
+        if begin != position:
+            raise FormatError(f"{path}: tensor {name} begins at byte {begin} of the data "
+                              f"section; the tensors before it end at {position} (tensors must "
+                              f"follow each other without gaps or overlaps)")
+        position = end
+    if position != data_bytes:
+        raise FormatError(f"{path}: the tensors end at byte {position} of the data section, "
+                          f"which has {data_bytes} (header length or offsets are wrong)")
+    return entries
 
 
 def open_safetensors(path: str) -> dict[str, np.ndarray | BFloat16Array]:
     """All tensors of one file, as memory-mapped views (nothing is copied)."""
     header, data_start = read_safetensors_header(path)
-    data_bytes = os.path.getsize(path) - data_start
+    entries = tensor_entries(header, os.path.getsize(path) - data_start, path)
     mm = map_file(path)
     tensors = {}
-    for name, info in header.items():
-        dtype_code = info.get("dtype")
-        if dtype_code not in NUMPY_DTYPES:
-            raise FormatError(f"{path}: tensor {name}: unsupported dtype {dtype_code!r}")
-        dtype = np.dtype(NUMPY_DTYPES[dtype_code])
-        shape = tuple(int(s) for s in info["shape"])
-        begin, end = (int(o) for o in info["data_offsets"])
-        expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if end - begin != expected:
-            raise FormatError(f"{path}: tensor {name}: {end - begin} bytes for shape {list(shape)} "
-                              f"{dtype_code} (expected {expected})")
-        if end > data_bytes:
-            raise FormatError(f"{path}: truncated: tensor {name} ends at byte {end} of the data "
-                              f"section, which has only {data_bytes}")
+    for name, (dtype_code, shape, begin, end) in entries.items():
         raw = mm[data_start + begin: data_start + end]
-        arr = raw.view(dtype).reshape(shape)
+        arr = raw.view(NUMPY_DTYPES[dtype_code]).reshape(shape)
         tensors[name] = BFloat16Array(arr) if dtype_code == "BF16" else arr
     return tensors
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63
 
 
 SAFETENSORS_CODES = {np.dtype(v): k for k, v in NUMPY_DTYPES.items() if k != "BF16"}

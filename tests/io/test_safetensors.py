@@ -91,7 +91,7 @@ def test_unknown_dtype_and_not_json(tmp_path):
     with pytest.raises(FormatError, match="tensor w: unsupported dtype 'F8_E4M3'"):
         open_safetensors(str(p))
     p.write_bytes(struct.pack("<Q", 4) + b"abcd")
-    with pytest.raises(FormatError, match="header is not JSON"):
+    with pytest.raises(FormatError, match="not valid JSON"):
         open_safetensors(str(p))
 
 
