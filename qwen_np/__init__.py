@@ -11,12 +11,11 @@ import importlib.util as _importlib_util
 import os as _os
 import sys as _sys
 
-# OpenBLAS's worker threads busy-wait for 2^28 cycles (about 0.1 s) after each product before
-# they sleep, and meanwhile the Numba kernels between two products find their cores taken
-# (measured on 2 cores: a 128-token prefill 1.5x slower, RMSNorm and RoPE 4x). 2^4 cycles
-# keeps the spin short. OpenBLAS reads this when NumPy first loads it, so it takes effect
-# when qwen_np is imported before numpy (as the CLI does); an explicit setting wins.
-_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+# Before anything imports NumPy: the speed settings (qwen_np/process_settings.py says what
+# each does and when it takes effect).
+from .process_settings import apply_speed_settings as _apply_speed_settings  # noqa: E402
+
+_apply_speed_settings()
 
 
 def _attach_backends_from_source_tree():
