@@ -73,8 +73,9 @@ def config_from_hf_dict(d: dict, source: str = "config.json") -> QwenConfig:
     rope_type = rope.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
     if rope_type != "default":
         raise UnsupportedModel(f"{source}: rope type {short_repr(rope_type)} is not supported (only 'default')")
-    theta = ConfigReader(rope, source).number("rope_theta", None, positive=True) \
-        if "rope_theta" in rope else key.number("rope_theta", 10000.0, positive=True)
+    theta = ConfigReader(rope, source).number("rope_theta", None, positive=True)
+    if theta is None:
+        theta = key.number("rope_theta", 10000.0, positive=True)
     if key.flag("use_sliding_window", False):
         raise UnsupportedModel(f"{source}: use_sliding_window=true is not supported")
     if key.number("partial_rotary_factor", 1.0) != 1.0:

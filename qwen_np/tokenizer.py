@@ -15,10 +15,12 @@ Qwen3's template inserts none.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 
 from .errors import FormatError
-from .io.model_files import regular_file, short_repr
+from .io.model_files import first_line_of, regular_file, short_repr
 
 # Qwen2's pre-tokenizer split (transformers' tokenization_qwen2.PRETOKENIZE_REGEX; Qwen v1's
 # tokenization_qwen.PAT_STR is the same). GGUF files only name it ("pre = qwen2").
@@ -41,10 +43,8 @@ class Tokenizer:
     def from_file(cls, path: str) -> "Tokenizer":
         from tokenizers import Tokenizer as HFTokenizer
         regular_file(path)
-        try:
+        with library_errors(path, "cannot read tokenizer"):
             return cls(HFTokenizer.from_file(path), path)
-        except Exception as e:  # the library raises a bare Exception on malformed JSON
-            raise FormatError(f"{path}: cannot read tokenizer ({first_line(e)})") from None
 
     @classmethod
     def from_gguf_metadata(cls, meta: dict, source: str) -> "Tokenizer":
@@ -57,13 +57,14 @@ class Tokenizer:
         from tokenizers import Tokenizer as HFTokenizer
         model = meta.get("tokenizer.ggml.model")
         pre = meta.get("tokenizer.ggml.pre")
-        if model != "gpt2" or pre not in ("qwen2", "default", None):
+        if not isinstance(model, str) or model != "gpt2" or not (pre is None or (isinstance(pre, str) and
+                                                  pre in ("qwen2", "default"))):
             raise FormatError(f"{source}: tokenizer {short_repr(model)} with pre-tokenizer "
                               f"{short_repr(pre)} is not supported (Qwen2's: model 'gpt2', "
                               f"pre 'qwen2')")
         tokens, merges, types = gguf_vocabulary(meta, source)
         vocab = {t: i for i, t in enumerate(tokens)}
-        try:
+        with library_errors(source, "cannot build the tokenizer"):
             bpe = models.BPE(vocab=vocab, merges=merges, unk_token=None, fuse_unk=False,
                              byte_fallback=False)
             tok = HFTokenizer(bpe)
@@ -77,16 +78,16 @@ class Tokenizer:
                                         for t, k in zip(tokens, types) if k == GGUF_CONTROL])
                 tok.add_tokens([AddedToken(t, special=False, normalized=False)
                                 for t, k in zip(tokens, types) if k == GGUF_USER_DEFINED])
-        except Exception as e:  # the library raises a bare Exception on inconsistent data
-            raise FormatError(f"{source}: cannot build the tokenizer ({first_line(e)})") from None
         return cls(tok, source)
 
     def encode(self, text: str) -> list[int]:
         # Special tokens written in the text (e.g. <|im_start|>) become their single ids.
-        return self._tok.encode(text).ids
+        with library_errors(self.source, "cannot encode with this tokenizer", reading=False):
+            return self._tok.encode(text).ids
 
     def decode(self, ids) -> str:
-        return self._tok.decode(list(ids), skip_special_tokens=False)
+        with library_errors(self.source, "cannot decode with this tokenizer", reading=False):
+            return self._tok.decode(list(ids), skip_special_tokens=False)
 
     def save(self, path: str) -> None:
         """Write it as a tokenizer.json."""
@@ -125,9 +126,23 @@ def gguf_vocabulary(meta: dict, source: str):
     return tokens, pairs, types
 
 
-def first_line(e: Exception) -> str:
-    lines = str(e).splitlines()
-    return lines[0] if lines else type(e).__name__
+@contextmanager
+def library_errors(source: str, what: str, reading: bool = True):
+    """The `tokenizers` library reports a malformed tokenizer with a bare Exception while
+    `reading` it, and an inconsistent one can make its Rust code panic later (a
+    PanicException, which is not even an Exception): both become a FormatError naming the
+    tokenizer's file."""
+    try:
+        yield
+    except Exception as e:
+        if not reading:
+            raise
+        raise FormatError(f"{source}: {what} ({first_line_of(e)})") from None
+    except BaseException as e:
+        if type(e).__name__ != "PanicException":
+            raise
+        raise FormatError(f"{source}: {what} (the tokenizers library failed: "
+                          f"{first_line_of(e)})") from None
 
 
 def format_chatml(messages: list[dict], default_system: str | None,

@@ -367,3 +367,56 @@ def test_gptq_bfloat16_scales_load_as_their_float16_twin(tmp_path):
                           qwen_np.quant.dequantize(b.weights.layers[0].q)), name_a
     ids = [1, 5, 9, 200]
     assert np.array_equal(a.logits(ids), b.logits(ids))
+
+
+# -- found by tools/fuzz.py ------------------------------------------------------------------
+
+def test_an_integer_of_thousands_of_digits(tmp_path):
+    d = copy_of(F32_DIR, tmp_path)
+    (d / "config.json").write_text((d / "config.json").read_text()
+                                   .replace('"vocab_size": 384', '"vocab_size": 1' + "0" * 5000))
+    assert "config.json: not valid JSON" in clean_error(d)
+
+
+def test_rope_theta_null_in_rope_parameters_falls_back(tmp_path):
+    d = copy_of(F32_DIR, tmp_path)
+    edit_json(d / "config.json", lambda c: c["rope_parameters"].__setitem__("rope_theta", None))
+    assert qwen_np.load(d).config.rope_theta == 10000.0
+
+
+def test_a_tokenizer_that_makes_the_library_panic(tmp_path):
+    d = copy_of(F32_DIR, tmp_path)
+    edit_json(d / "tokenizer.json",
+              lambda t: t["model"].__setitem__("continuing_subword_prefix", "/etc/passwd"))
+    assert "tokenizer.json" in clean_error(d)
+
+
+def test_gguf_tokenizer_model_of_the_wrong_type(tiny_gguf, tmp_path):
+    p = tmp_path / "x.gguf"
+    raw = open(tiny_gguf, "rb").read()
+    key = gguf_string("tokenizer.ggml.model")
+    at = raw.index(key) + len(key)
+    (value_type,) = struct.unpack_from("<I", raw, at)
+    assert value_type == 8                                  # a string: "gpt2"
+    (n,) = struct.unpack_from("<Q", raw, at + 4)
+    empty_array = struct.pack("<IIQ", 9, 0, 0)              # an empty uint8 array instead
+    p.write_bytes(raw[:at] + empty_array + raw[at + 4 + 8 + n:])
+    # the tensor data moved: the reader may stop at the data offsets first; either way clean
+    clean_error(p)
+
+
+def test_non_finite_scales_convert_without_warnings(tiny_gguf, tmp_path):
+    """A file's inf/NaN scale gives non-finite weights (not silently finite ones), and
+    converting it prints no NumPy warning (the CLI's one-line error contract)."""
+    from qwen_np.quant.gguf import block_rows_to_canonical
+    blocks = np.zeros((2, 34), np.uint8)                      # two Q8_0 blocks
+    blocks[0, :2] = np.array([np.inf], np.float16).view(np.uint8)
+    blocks[1, :2] = np.array([np.nan], np.float16).view(np.uint8)
+    blocks[:, 2:] = 3
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        qt = block_rows_to_canonical(blocks.reshape(2, 34), 8, (2, 32))
+    with np.errstate(invalid="ignore"):
+        w = qwen_np.quant.dequantize(qt)
+    assert not np.isfinite(w).any()

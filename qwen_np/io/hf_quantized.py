@@ -83,6 +83,17 @@ def checked_parts(module: str, qweight, qzeros, scales, g_idx, source: str):
     return scales
 
 
+def to_canonical(method, module, qweight, qzeros, scales, g_idx, bits, group, v2, shape, source):
+    """One module's packed tensors -> a QuantizedTensor; errors name the folder."""
+    try:
+        if method == "gptq":
+            return gptq_to_canonical(module, qweight, qzeros, scales, g_idx, bits, group, v2,
+                                     shape)
+        return awq_to_canonical(module, qweight, qzeros, scales, bits, group, shape)
+    except FormatError as e:
+        raise FormatError(f"{source}: {e}") from None
+
+
 def convert_quantized_tensors(tensors: dict, q: dict, expected: dict, source: str) -> dict:
     """Replace every quantized module's packed tensors by one QuantizedTensor at `<module>.weight`.
 
@@ -105,15 +116,9 @@ def convert_quantized_tensors(tensors: dict, q: dict, expected: dict, source: st
         qweight, qzeros, scales = (tensors.pop(f"{m}.{p}") for p in ("qweight", "qzeros", "scales"))
         g_idx = tensors.pop(f"{m}.g_idx", None)
         scales = checked_parts(m, qweight, qzeros, scales, g_idx, source)
-        try:
-            if method == "gptq":
-                tensors[weight_name] = gptq_to_canonical(m, qweight, qzeros, scales, g_idx, bits,
-                                                         group, v2, shape)
-            else:
-                tensors[weight_name] = awq_to_canonical(m, qweight, qzeros, scales, bits, group,
-                                                        shape)
-        except FormatError as e:
-            raise FormatError(f"{source}: {e}") from None
+        with np.errstate(over="ignore", invalid="ignore"):    # a file's inf/NaN scales stay so
+            tensors[weight_name] = to_canonical(method, m, qweight, qzeros, scales, g_idx, bits,
+                                                group, v2, shape, source)
         for packed in (qweight, qzeros, scales, g_idx):  # the file's copy is not needed again
             if isinstance(packed, np.ndarray):
                 drop_pages(packed)

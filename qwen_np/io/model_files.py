@@ -72,10 +72,17 @@ def parse_json(raw: bytes, source: str, what: str = "JSON"):
     except json.JSONDecodeError as e:
         raise FormatError(f"{source}: not valid JSON ({e.msg} at line {e.lineno} "
                           f"column {e.colno})") from None
+    except ValueError as e:  # an integer of more than 4300 digits, say
+        raise FormatError(f"{source}: not valid JSON ({first_line_of(e)})") from None
     except RecursionError:   # the parser's nesting is bounded by Python's recursion limit
         raise FormatError(f"{source}: {what} nests too deeply") from None
     except _DuplicateKey as e:
         raise FormatError(f"{source}: {what} repeats the key {e.args[0]!r}") from None
+
+
+def first_line_of(e: BaseException) -> str:
+    lines = str(e).splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 def short_repr(value) -> str:

@@ -182,7 +182,8 @@ def block_rows_to_canonical(raw: np.ndarray, type_id: int, shape: tuple[int, int
     codes, high, scales, offsets = [], [], [], []
     group = block
     for r in range(0, out, rows_per_chunk):
-        q, scale, offset, group = convert(blocks[r:r + rows_per_chunk])
+        with np.errstate(over="ignore", invalid="ignore"):  # a file's inf/NaN scales stay so
+            q, scale, offset, group = convert(blocks[r:r + rows_per_chunk])
         q = q.reshape(q.shape[0], n_in)
         if bits == 8:
             codes.append(np.ascontiguousarray(q, dtype=np.uint8))

@@ -107,7 +107,8 @@ def dequantize(qt: QuantizedTensor, dtype=np.float32) -> np.ndarray:
 
 def smallest_exact_float(x32: np.ndarray) -> np.ndarray:
     """x in float16 if every value survives the round trip, else float32 (x32 unchanged)."""
-    x16 = x32.astype(np.float16)
+    with np.errstate(over="ignore"):    # values beyond float16 overflow: then float32 stays
+        x16 = x32.astype(np.float16)
     return x16 if np.array_equal(x16.astype(np.float32), x32) else x32
 
 
