@@ -36,8 +36,13 @@ shared out among the threads. The inner loop over the 16 lanes is what LLVM vect
 
 Which matrices tile: 8-bit codes of any shape; 4/5-bit codes whose rows are whole 32-code
 blocks and whose groups are whole blocks (GGUF Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K, GPTQ and AWQ
-with groups of 32, 64, 128); 6-bit codes in groups of a multiple of 4 (Q6_K). Other shapes
-stay canonical, and the backend multiplies them with the NumPy reference's product.
+with groups of 32, 64, 128, or per channel); 6-bit codes whose rows and groups are a multiple
+of 4 codes (Q6_K). Any number of rows tiles (the last tile is padded). The last group of a
+row may be shorter than the others, when the group size does not divide the row (in 96,
+groups of 64: 64 codes, then 32) or exceeds it (in 96, groups of 128: one group of 96); every
+kernel stops at the row's end. Other shapes (4/5-bit rows or groups of part of a 32-code
+block, 6-bit rows or groups not a multiple of 4 codes) stay canonical, and the backend
+multiplies them with the NumPy reference's product.
 """
 
 from __future__ import annotations
@@ -93,7 +98,7 @@ class RowTiles:
 def tiles_take(w: QuantizedTensor) -> bool:
     """Whether a canonical matrix has a row-tile kernel: 8-bit codes always; 4/5-bit codes
     when rows are whole 32-code blocks and a group is whole blocks; 6-bit codes when rows
-    and groups are whole bytes of the high plane (4 codes)."""
+    and groups are whole bytes of the high plane (4 codes). The last group may be partial."""
     if w.bits == 8:
         return True
     if w.bits == 6:
@@ -239,8 +244,10 @@ def gemv_nibble_tiles(codes, high, mask_lo, mask_hi, scale, offset, x, blocks_pe
     """4- and 5-bit row tiles: byte j = 16 blk + k (lane r) meets x[2j] with its low nibble
     and x[2j + 1] with its high one. The two codes' high bits are bits 2k and 2k + 1 of the
     lane's block word, under mask_lo[k] and mask_hi[k]; 4-bit tiles pass one tile of zero
-    words (high.shape[0] == 1)."""
-    T, lanes = codes.shape[0], codes.shape[2]
+    words (high.shape[0] == 1). Groups of blocks_per_group 32-code blocks, the last one
+    shorter when the group size does not divide the row (or exceeds it)."""
+    T, m, lanes = codes.shape
+    n_blocks = m // 16
     xsum = group_sums(x, blocks_per_group * 32, scale.shape[1])
     one_high = high.shape[0] == 1
     for t in prange(T):
@@ -250,7 +257,7 @@ def gemv_nibble_tiles(codes, high, mask_lo, mask_hi, scale, offset, x, blocks_pe
         for g in range(scale.shape[1]):
             for r in range(LANES):
                 s[r] = 0.0
-            for blk in range(g * blocks_per_group, (g + 1) * blocks_per_group):
+            for blk in range(g * blocks_per_group, min(n_blocks, (g + 1) * blocks_per_group)):
                 for k in range(16):
                     j = blk * 16 + k
                     a = x[2 * j]
@@ -319,7 +326,9 @@ def gemv_byte_tiles(codes, scale, offset, x, group_size, out):
 def gemv_six_bit_tiles(codes, high, scale, offset, x, bytes_per_group, out):
     """6-bit row tiles: bytes j = 2i and 2i + 1 hold four codes' low nibbles as for 4 bits;
     high byte i (lane r) holds their high bits, two each, from bit 0 up (the canonical high
-    plane's byte). Two code bytes a step, so every shift and mask is a constant on bytes."""
+    plane's byte). Two code bytes a step, so every shift and mask is a constant on bytes.
+    Groups of bytes_per_group code bytes (even), the last one shorter when the group size
+    does not divide the row."""
     T, m, lanes = codes.shape
     xsum = group_sums(x, 2 * bytes_per_group, scale.shape[1])
     for t in prange(T):
@@ -363,7 +372,8 @@ U8 = np.uint8
 @njit(cache=True, parallel=True, fastmath=True)
 def dequantize_nibble_tiles(codes, high, mask_lo, mask_hi, scale, offset, blocks_per_group,
                             t0, out):
-    """Tiles t0.. of 4/5-bit row tiles as float columns (split order)."""
+    """Tiles t0.. of 4/5-bit row tiles as float columns (split order); a block's group is
+    found by division, so a partial last group needs nothing more."""
     m, lanes = codes.shape[1], codes.shape[2]
     one_high = high.shape[0] == 1
     for i in prange(out.shape[1] // LANES):

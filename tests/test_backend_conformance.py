@@ -2,6 +2,7 @@
 shapes (odd token counts, group tails, one token and many, GQA ratios 1, 2 and 7), then whole
 models. Tolerances are float32 ones, stated per op (max |a - b| / max |b|)."""
 
+import copy
 import importlib.util
 import subprocess
 import sys
@@ -13,10 +14,12 @@ from conftest import FIXTURE_MODELS, fixture_path, rel_err
 from qwen_np.backends import get_backend
 from qwen_np.dense import BFloat16Array
 from qwen_np.model import rope_inv_freq
+from qwen_np.quant import QuantizedTensor
 from qwen_np.quant.gguf import BLOCK_TYPES, block_rows_to_canonical
 from qwen_np.quant.gptq import gptq_to_canonical
-from qwen_np.quant.packing import pack_int32_words
+from qwen_np.quant.packing import pack_codes, pack_high_bits, pack_int32_words
 from qwen_np.quant.rtn import quantize_rtn, rtn_to_canonical
+from qwen_np.quant.tensor import smallest_exact_float
 
 OTHER_BACKENDS = [b for b, mod in (("numba", "numba"),) if importlib.util.find_spec(mod)]
 if not OTHER_BACKENDS:
@@ -36,11 +39,26 @@ def ref():
     return get_backend("numpy")
 
 
+def rtn(w: np.ndarray, bits: int, group_size: int, sym: bool = True) -> QuantizedTensor:
+    """Our RTN quantizer's codes as a canonical tensor, of any width: 4 and 8 bits as
+    rtn_to_canonical packs them, 5 and 6 bits split into a nibble plane and a high plane as the
+    GGUF converter splits them (group_size -1: one group per row)."""
+    if bits in (4, 8):
+        return rtn_to_canonical(*quantize_rtn(w, bits, group_size, sym), bits, group_size)
+    q, zero, scale = quantize_rtn(w, bits, group_size, sym)
+    offset = smallest_exact_float(-(scale.astype(np.float32) * zero.astype(np.float32)))
+    return QuantizedTensor(shape=w.shape, bits=bits,
+                           group_size=w.shape[1] if group_size == -1 else group_size,
+                           codes=pack_codes(q & 15, 4), scale=scale, offset=offset,
+                           high=pack_high_bits(q >> 4, bits - 4))
+
+
 def quantized_weights():
-    """One of each canonical form: 4/8-bit RTN with group tails, GPTQ act-order, and every
-    GGUF block type (5- and 6-bit planes included)."""
+    """One of each canonical form: RTN with group tails, per-channel and odd widths, GPTQ
+    act-order, and every GGUF block type (5- and 6-bit planes included). Row counts are mostly
+    not a multiple of 16 (the Numba tiles' width)."""
     out = {}
-    w = rng.standard_normal((37, 200)).astype(np.float32)
+    w = rng.standard_normal((37, 200)).astype(np.float32)   # 4-bit: not whole 32-code blocks
     out["rtn4-g64-tail"] = rtn_to_canonical(*quantize_rtn(w, 4, 64, False), 4, 64)
     out["rtn8-g48-tail"] = rtn_to_canonical(*quantize_rtn(w, 8, 48, True), 8, 48)
     out["rtn4-perchannel"] = rtn_to_canonical(*quantize_rtn(w, 4, -1, True), 4, -1)
@@ -61,17 +79,39 @@ def quantized_weights():
             raw[..., at:at + 2] = rng.uniform(-0.1, 0.1, (9, 2)).astype(np.float16) \
                 .view(np.uint8).reshape(9, 2, 2)
         out[name] = block_rows_to_canonical(raw.reshape(9, -1), type_id, (9, 2 * block))
+    # Rows of whole 32-code blocks whose last group is partial (96 = 64 + 32, 896 = 3 x 256
+    # + 128, 200 = 3 x 64 + 8), or one group wider than the row: the one-token kernels must
+    # stop at the row's end.
+    for bits in (4, 5):
+        out[f"rtn{bits}-g64-in96"] = rtn(rng.standard_normal((37, 96)), bits, 64, False)
+        out[f"rtn{bits}-g256-in896"] = rtn(rng.standard_normal((48, 896)), bits, 256)
+    out["rtn4-g128-in96"] = rtn(rng.standard_normal((21, 96)), 4, 128)
+    out["rtn6-g64-in200"] = rtn(rng.standard_normal((37, 200)), 6, 64, False)
+    out["rtn6-perchannel-in200"] = rtn(rng.standard_normal((21, 200)), 6, -1)
+    out["rtn8-g64-in200"] = rtn(rng.standard_normal((37, 200)), 8, 64, False)
+    # Per-channel (group_size == in) with an odd width, every code width.
+    for bits in (4, 5, 6, 8):
+        out[f"rtn{bits}-perchannel-in201"] = rtn(rng.standard_normal((21, 201)), bits, -1)
     return out
 
 
 QW = quantized_weights()
 
 
+def inputs(T: int, n: int) -> np.ndarray:
+    """x [T, n] as the first n columns of a wider array whose other columns are NaN, so that a
+    kernel that reads past the end of x's row returns NaN (one token: the view is contiguous
+    and reaches the kernel as it is)."""
+    wide = np.full((T, n + 64), np.nan, np.float32)
+    wide[:, :n] = rng.standard_normal((T, n))
+    return wide[:, :n]
+
+
 @pytest.mark.parametrize("name", sorted(QW))
 @pytest.mark.parametrize("T", [1, 7])
 def test_linear_quantized(be, ref, name, T):
     w = QW[name]
-    x = rng.standard_normal((T, w.shape[1])).astype(np.float32)
+    x = inputs(T, w.shape[1])
     bias = rng.standard_normal(w.shape[0]).astype(np.float32)
     assert rel_err(be.to_numpy(be.linear(be.asarray(x), w, bias)), ref.linear(x, w, bias)) \
         < TOL["linear"]
@@ -87,10 +127,31 @@ def test_linear_dense(be, ref, dtype, T):
     assert rel_err(be.to_numpy(be.linear(be.asarray(x), w)), ref.linear(x, w)) < TOL["linear"]
 
 
-@pytest.mark.parametrize("name", ["rtn4-g64-tail", "gptq-actorder", "Q5_0", "Q6_K", "Q8_0"])
+@pytest.mark.parametrize("name", ["rtn4-g64-tail", "gptq-actorder", "Q5_0", "Q6_K", "Q8_0",
+                                  "rtn4-g64-in96", "rtn5-g256-in896", "rtn6-g64-in200",
+                                  "rtn4-perchannel-in201", "rtn5-perchannel-in201",
+                                  "rtn6-perchannel-in201", "rtn8-perchannel-in201"])
 def test_embed(be, ref, name):
-    ids = [3, 0, 3, 8]
+    ids = [3, 0, 3, 8, QW[name].shape[0] - 1]
     assert rel_err(be.to_numpy(be.embed(QW[name], ids)), ref.embed(QW[name], ids)) <= TOL["embed"]
+
+
+@pytest.mark.parametrize("name", sorted(QW))
+@pytest.mark.parametrize("T", [1, 7])
+def test_prepared_and_unprepared_weights_agree(be, ref, name, T):
+    """`prepare` changes a weight's layout, never its numbers: linear (the same kernels, so the
+    same bits) and embed (other kernels: float32 rounding apart) read either form alike, and
+    both match the reference."""
+    w = QW[name]
+    prepared = be.prepare(copy.deepcopy(w))    # may re-lay the arrays in place
+    x = inputs(T, w.shape[1])
+    y = be.to_numpy(be.linear(be.asarray(x), prepared))
+    assert np.array_equal(y, be.to_numpy(be.linear(be.asarray(x), w)))
+    assert rel_err(y, ref.linear(x, w)) < TOL["linear"]
+    ids = [0, w.shape[0] - 1, 3, 3]
+    rows = be.to_numpy(be.embed(prepared, ids))
+    assert rel_err(rows, be.to_numpy(be.embed(w, ids))) < 1e-6
+    assert rel_err(rows, ref.embed(w, ids)) < 1e-6
 
 
 @pytest.mark.parametrize("shape", [(1, 64), (7, 48), (5, 3, 12)])
@@ -160,13 +221,14 @@ def test_numpy_backend_works_without_numba():
 @pytest.mark.parametrize("name", sorted(QW))
 @pytest.mark.parametrize("T", [1, 7])
 def test_numba_kernels_take_the_block_shapes(monkeypatch, name, T):
-    """Every GGUF block type, groups of whole 32-code blocks (act-order too: x is permuted
-    first) and any 8-bit matrix run in the Numba kernels, not in the NumPy fallback (which
-    would give the same numbers, only slower); group tails and odd groups fall back."""
+    """Every GGUF block type, 4/5-bit rows of whole 32-code blocks in groups of whole blocks,
+    the last group partial or not (act-order too: x is permuted first), 6-bit rows and groups
+    of whole 4-code bytes, and any 8-bit matrix run in the Numba kernels, not in the NumPy
+    fallback (which would give the same numbers, only slower); 4/5-bit rows of part of a
+    block (in=200, 201) and odd groups fall back."""
     nb = sys.modules[type(get_backend("numba")).__module__]
     w = QW[name]
-    expected = name in BLOCK_NAMES or name in ("rtn4-g64-blocks", "rtn8-g48-tail",
-                                                "gptq-actorder")
+    expected = name in BLOCK_NAMES or name in TILED
     assert nb.tiles_take(w) == expected
     calls = []
     monkeypatch.setattr(nb, "numpy_linear", lambda x, w: calls.append(1) or
@@ -177,3 +239,6 @@ def test_numba_kernels_take_the_block_shapes(monkeypatch, name, T):
 
 
 BLOCK_NAMES = {name for name, *_ in BLOCK_TYPES.values()}
+TILED = {"rtn4-g64-blocks", "rtn8-g48-tail", "gptq-actorder", "rtn4-g64-in96", "rtn5-g64-in96",
+         "rtn4-g256-in896", "rtn5-g256-in896", "rtn4-g128-in96", "rtn6-g64-in200",
+         "rtn6-perchannel-in200", "rtn8-g64-in200", "rtn8-perchannel-in201"}

@@ -10,10 +10,12 @@ import pytest
 
 from conftest import rel_err
 from qwen_np.backends import get_backend
+from qwen_np.quant import QuantizedTensor
 from qwen_np.quant.gguf import BLOCK_TYPES, block_rows_to_canonical
 from qwen_np.quant.gptq import gptq_to_canonical
-from qwen_np.quant.packing import pack_int32_words
+from qwen_np.quant.packing import pack_codes, pack_high_bits, pack_int32_words
 from qwen_np.quant.rtn import quantize_rtn, rtn_to_canonical
+from qwen_np.quant.tensor import smallest_exact_float
 
 if importlib.util.find_spec("numba") is None:
     pytest.skip("numba is not installed", allow_module_level=True)
@@ -39,9 +41,19 @@ def gguf_matrix(name: str, rows: int, blocks: int):
     return block_rows_to_canonical(raw.reshape(rows, -1), type_id, (rows, blocks * block))
 
 
+def rtn_split(w: np.ndarray, bits: int, group_size: int) -> QuantizedTensor:
+    """5- or 6-bit RTN codes as a canonical tensor: a nibble plane and a high plane, as the
+    GGUF converter splits them (rtn_to_canonical packs only 4 and 8 bits)."""
+    q, zero, scale = quantize_rtn(w, bits, group_size, False)
+    offset = smallest_exact_float(-(scale.astype(np.float32) * zero.astype(np.float32)))
+    return QuantizedTensor(shape=w.shape, bits=bits, group_size=group_size,
+                           codes=pack_codes(q & 15, 4), scale=scale, offset=offset,
+                           high=pack_high_bits(q >> 4, bits - 4))
+
+
 def matrices():
     """Every code width the tiles take, with rows a multiple of 16 (re-laid in place) and
-    not (copied, with zero rows padding the last tile)."""
+    not (copied, with zero rows padding the last tile), and a partial last group for each."""
     out = {}
     for rows in (32, 21):
         for name in ("Q4_0", "Q4_K", "Q5_0", "Q5_K", "Q6_K", "Q8_0"):
@@ -51,6 +63,12 @@ def matrices():
         w = rng.standard_normal((rows, 256)).astype(np.float32)
         out[f"rtn4-g128-{rows}"] = rtn_to_canonical(*quantize_rtn(w, 4, 128, False), 4, 128)
         out[f"gptq-actorder-{rows}"] = gptq_act_order(rows if rows % 8 == 0 else 24)  # packed by 8
+        w = rng.standard_normal((rows, 96)).astype(np.float32)    # groups of 64 and 32
+        out[f"rtn4-g64-tail-{rows}"] = rtn_to_canonical(*quantize_rtn(w, 4, 64, False), 4, 64)
+        w = rng.standard_normal((rows, 896)).astype(np.float32)   # 3 x 256 and 128
+        out[f"rtn5-g256-tail-{rows}"] = rtn_split(w, 5, 256)
+        w = rng.standard_normal((rows, 200)).astype(np.float32)   # 3 x 64 and 8
+        out[f"rtn6-g64-tail-{rows}"] = rtn_split(w, 6, 64)
     return out
 
 
@@ -108,7 +126,9 @@ def test_prepared_matrix_against_the_reference(nb, name, T):
     w = MATS[name]
     prepared = be.prepare(copy.deepcopy(w))
     assert isinstance(prepared, tiles.RowTiles)
-    x = rng.standard_normal((T, w.shape[1])).astype(np.float32)
+    wide = np.full((T, w.shape[1] + 64), np.nan, np.float32)   # NaN past the row's end
+    wide[:, :w.shape[1]] = rng.standard_normal((T, w.shape[1]))
+    x = wide[:, :w.shape[1]]
     assert rel_err(be.linear(x, prepared), ref.linear(x, w)) < 1e-5
     ids = [0, w.shape[0] - 1, 3, 3]
     assert rel_err(be.embed(prepared, ids), ref.embed(w, ids)) < 1e-6
