@@ -15,7 +15,8 @@ Prefill (many tokens) dequantizes a tile of rows once into float32 and lets BLAS
 with all the tokens (compute-bound, not dequantize-bound).
 
 Every kernel is @njit(cache=True), so a second start loads them from the cache instead of
-compiling; `parallel=True` with prange splits rows over threads.
+compiling; `parallel=True` with prange splits rows over threads. Their fast-math flags are
+chosen per kind of loop (numba_floats.py): never the ones that make inf or NaN undefined.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ except ImportError as e:  # reported by get_backend as a one-line error
     raise BackendUnavailable("backend 'numba' needs the numba package "
                              "(pip install 'qwen-np[numba]')") from e
 
-from .numba_floats import as_f32, kernel_floats
+from .numba_floats import LANE_MATH, ROW_SUM_MATH, as_f32, kernel_floats
 from .numba_tiles import (LANES, MASK_HI, MASK_LO, RowTiles, dequantize_byte_tiles,
                           dequantize_nibble_tiles, dequantize_six_bit_tiles, gemv_byte_tiles,
                           gemv_nibble_tiles, gemv_six_bit_tiles, tiles_take, to_row_tiles)
@@ -73,7 +74,7 @@ PREFILL_TILE_ELEMENTS = 1 << 20
 
 # -- dequantizing tiles (prefill, embedding rows) ---------------------------------------------
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, parallel=True, fastmath=LANE_MATH)
 def dequantize_tile(codes, high, bits, scale, offset, group_of, n_in, row_ids, out):
     """out[r, c] = scale[o, g] * q[o, c] + offset[o, g] with g = group_of[c], for o = row_ids[r],
     in code order. `high` is ignored for 4 and 8 bits."""
@@ -120,8 +121,10 @@ def dequantize_tile(codes, high, bits, scale, offset, group_of, n_in, row_ids, o
 
 # -- the small ops ---------------------------------------------------------------------------
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, parallel=True, fastmath=ROW_SUM_MATH)
 def rms_norm_rows(x, w, eps, out):
+    """A sum of squares past float32's range is inf, and the row becomes zeros (x / inf), as
+    in the reference."""
     rows, n = x.shape
     for r in prange(rows):
         ss = np.float32(0.0)
@@ -132,7 +135,7 @@ def rms_norm_rows(x, w, eps, out):
             out[r, i] = x[r, i] * inv * w[i]
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, parallel=True, fastmath=LANE_MATH)
 def rope_rows(x, cos, sin, out):
     """x [T, h, Dh], cos/sin [T, Dh/2]: rotate-half, pairs (i, i + Dh/2)."""
     T, h, d = x.shape
@@ -145,8 +148,10 @@ def rope_rows(x, cos, sin, out):
                 out[t, k, i + half] = b * cos[t, i] + a * sin[t, i]
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, parallel=True, fastmath=LANE_MATH)
 def silu_mul_rows(gate, up, out):
+    """For a gate below about -88.7, exp(-g) is inf and silu(g) = g / inf = -0, as in the
+    reference (a reason the flags leave inf defined)."""
     rows, n = gate.shape
     for r in prange(rows):
         for i in range(n):
@@ -154,10 +159,12 @@ def silu_mul_rows(gate, up, out):
             out[r, i] = g / (np.float32(1.0) + np.exp(-g)) * up[r, i]
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, parallel=True, fastmath=ROW_SUM_MATH)
 def attention_heads(q, k, v, start, out):
     """q [T, H, Dh], k/v [S, Hkv, Dh]; query t (position start + t) sees keys 0..start+t;
-    query head h reads KV head h // (H / Hkv)."""
+    query head h reads KV head h // (H / Hkv). The running maximum starts at -inf (defined:
+    the flags leave out ninf), and each score has it taken off before exp, which would
+    overflow float32 for scores above about 88."""
     T, H, d = q.shape
     Hkv = k.shape[1]
     rep = H // Hkv

@@ -58,7 +58,7 @@ from numba.extending import intrinsic
 
 from qwen_np.quant import QuantizedTensor
 
-from .numba_floats import as_f32, kernel_floats
+from .numba_floats import LANE_MATH, as_f32, kernel_floats
 
 LANES = 16
 
@@ -176,7 +176,10 @@ def _tile_rows_in_place(a, out):
 #   gathers (3x slower). Hence several code bytes a step;
 # - the end of a group (sums scaled into the accumulators) loops over `lanes`, the tile
 #   width read at run time (16): a loop of a known 16 is unrolled into 16 scalar float16
-#   conversions, a loop of unknown length is vectorized into one (1.15x faster in all).
+#   conversions, a loop of unknown length is vectorized into one (1.15x faster in all);
+# - the fast-math flags allow fused multiply-adds only (LANE_MATH, see numba_floats.py): with
+#   reassoc as well, LLVM takes a lane's sum over the code columns for a reduction and
+#   vectorizes across columns with gathers again (1.1-1.3x slower, each of the three).
 
 @intrinsic
 def _stack_float32(typingctx, size):
@@ -239,7 +242,7 @@ def group_sums(x, group_size, n_groups):
 # 64 bits, and 64-bit lanes would halve the vector width), and a 5-bit code's high bit is a
 # mask test on the lane's word that adds 16.0 (a select), not a variable shift.
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, parallel=True, fastmath=LANE_MATH)
 def gemv_nibble_tiles(codes, high, mask_lo, mask_hi, scale, offset, x, blocks_per_group, out):
     """4- and 5-bit row tiles: byte j = 16 blk + k (lane r) meets x[2j] with its low nibble
     and x[2j + 1] with its high one. The two codes' high bits are bits 2k and 2k + 1 of the
@@ -283,7 +286,7 @@ MASK_LO = (np.uint32(1) << (2 * np.arange(16, dtype=np.uint32))).astype(np.uint3
 MASK_HI = (np.uint32(2) << (2 * np.arange(16, dtype=np.uint32))).astype(np.uint32)
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, parallel=True, fastmath=LANE_MATH)
 def gemv_byte_tiles(codes, scale, offset, x, group_size, out):
     """8-bit row tiles: code column c (lane r) meets x[c]; groups of group_size columns, the
     last one shorter when group_size does not divide the row. Four columns a step: with one,
@@ -322,7 +325,7 @@ def gemv_byte_tiles(codes, scale, offset, x, group_size, out):
             out[t * LANES + r] = acc[r]
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, parallel=True, fastmath=LANE_MATH)
 def gemv_six_bit_tiles(codes, high, scale, offset, x, bytes_per_group, out):
     """6-bit row tiles: bytes j = 2i and 2i + 1 hold four codes' low nibbles as for 4 bits;
     high byte i (lane r) holds their high bits, two each, from bit 0 up (the canonical high
@@ -369,7 +372,7 @@ U8 = np.uint8
 # computed straight into `out`, the loop stays scalar (LLVM cannot rule out that `out`
 # overlaps the codes; measured 2.5x slower).
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, parallel=True, fastmath=LANE_MATH)
 def dequantize_nibble_tiles(codes, high, mask_lo, mask_hi, scale, offset, blocks_per_group,
                             t0, out):
     """Tiles t0.. of 4/5-bit row tiles as float columns (split order); a block's group is
@@ -401,7 +404,7 @@ def dequantize_nibble_tiles(codes, high, mask_lo, mask_hi, scale, offset, blocks
                     out[m + j, i * LANES + r] = hi[r]
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, parallel=True, fastmath=LANE_MATH)
 def dequantize_six_bit_tiles(codes, high, scale, offset, bytes_per_group, t0, out):
     """Tiles t0.. of 6-bit row tiles as float columns (split order)."""
     m, lanes = codes.shape[1], codes.shape[2]
@@ -428,7 +431,7 @@ def dequantize_six_bit_tiles(codes, high, scale, offset, bytes_per_group, t0, ou
                 out[m + j + 1, i * LANES + r] = hi1[r]
 
 
-@njit(cache=True, parallel=True, fastmath=True)
+@njit(cache=True, parallel=True, fastmath=LANE_MATH)
 def dequantize_byte_tiles(codes, scale, offset, group_size, t0, out):
     """Tiles t0.. of 8-bit row tiles as float columns (code order)."""
     n, lanes = codes.shape[1], codes.shape[2]

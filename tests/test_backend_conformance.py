@@ -1,6 +1,7 @@
 """Every available backend against the NumPy reference, op by op, on random inputs of awkward
-shapes (odd token counts, group tails, one token and many, GQA ratios 1, 2 and 7), then whole
-models. Tolerances are float32 ones, stated per op (max |a - b| / max |b|)."""
+shapes (odd token counts, group tails, one token and many, GQA ratios 1, 2 and 7) and on
+extreme values (gates and attention scores whose exp overflows float32, zero and huge rows),
+then whole models. Tolerances are float32 ones, stated per op (max |a - b| / max |b|)."""
 
 import copy
 import importlib.util
@@ -188,6 +189,79 @@ def test_silu_mul(be, ref, shape):
     u = rng.standard_normal(shape).astype(np.float32)
     assert rel_err(be.to_numpy(be.silu_mul(be.asarray(g), be.asarray(u))), ref.silu_mul(g, u)) \
         < TOL["silu_mul"]
+
+
+GATES = [-1000, -100, -90, -89, -88.7, -88, -87, -50, -1, -0.0, 0.0, 1, 50, 88, 89, 100, 1000]
+UPS = [1, -1, 0, 3.5, -2e-30, 1e36]
+
+
+@pytest.mark.parametrize("width", [len(GATES), 99])      # a remainder loop alone; and vectors
+def test_silu_mul_extreme_gates(be, ref, width):
+    """Below a gate of about -88.7, exp(-g) overflows float32: silu(g) = g / inf = -0, and
+    the reference's product is a signed zero, never NaN (one NaN would reach every logit).
+    Each element is compared on its own, relative to itself: values span 1e-37 to inf."""
+    g = np.resize(np.array(GATES, np.float32), width)[None].repeat(len(UPS), 0)   # [6, width]
+    u = np.array(UPS, np.float32)[:, None].repeat(width, 1)
+    got = be.to_numpy(be.silu_mul(be.asarray(g), be.asarray(u)))
+    want = ref.silu_mul(g, u)
+    assert not np.isnan(got).any()
+    assert np.array_equal(np.isinf(got), np.isinf(want)) and np.array_equal(got[np.isinf(got)],
+                                                                            want[np.isinf(want)])
+    finite = np.isfinite(want)
+    assert np.all(np.abs(got[finite] - want[finite]) <= TOL["silu_mul"] * np.abs(want[finite]))
+    zero = want == 0
+    assert np.array_equal(np.signbit(got[zero]), np.signbit(want[zero]))
+
+
+@pytest.mark.parametrize("kind", ["scores-to-1000", "scores-to-100", "all-far-below-zero"])
+def test_attention_scores_beyond_exp_range(be, ref, kind):
+    """Scores q.k / sqrt(Dh) of hundreds, where exp overflows float32 unless the row's
+    maximum is taken off first, and a row whose scores are all far below zero. q and k are
+    small integers with Dh = 16, so the scores are exact in float32 in any summation order
+    and the backends differ only in exp and the softmax. One query row is zero, and so is one
+    key where the scores need not all be far below zero."""
+    T, H, Hkv, Dh, start = 3, 4, 2, 16, 5
+    S = start + T
+    m = {"scores-to-1000": 40, "scores-to-100": 12, "all-far-below-zero": 8}[kind]
+    draw = np.random.default_rng(3)      # its own stream: the scores' range is asserted below
+    q = draw.integers(-m, m + 1, (T, H, Dh)).astype(np.float32)
+    k = draw.integers(-m, m + 1, (S, Hkv, Dh)).astype(np.float32)
+    if kind == "all-far-below-zero":     # every score -m * m * Dh / 4 = -256
+        q[:] = m
+        k[:] = -m
+    else:
+        k[2] = 0.0
+    q[1, 2] = 0.0
+    v = draw.standard_normal((S, Hkv, Dh)).astype(np.float32)
+    scores = np.einsum("thd,shd->ths", q, np.repeat(k, H // Hkv, axis=1)) / 4
+    assert np.abs(scores).max() > {"scores-to-1000": 1000, "scores-to-100": 100,
+                                   "all-far-below-zero": 200}[kind]
+    got = be.to_numpy(be.attention(be.asarray(q), be.asarray(k), be.asarray(v), start))
+    assert not np.isnan(got).any()
+    assert rel_err(got, ref.attention(q, k, v, start)) < TOL["attention"]
+
+
+def test_rms_norm_zero_and_huge_rows(be, ref):
+    """A row of zeros (eps keeps it finite: zeros out), rows whose sum of squares is near
+    float32's top (1e18) or past it (1e25: the reference divides by sqrt(inf) and gives
+    zeros, never NaN; so does a row with a few values of 1e30), and tiny ones (1e-30: eps
+    dominates). Compared row by row, as their scales differ by 1e55."""
+    x = rng.standard_normal((6, 64)).astype(np.float32)
+    x[0] = 0.0
+    x[1] *= np.float32(1e18)
+    x[2] *= np.float32(1e25)
+    x[3] *= np.float32(1e-30)
+    x[4, :5] = np.float32(1e30)
+    w = rng.standard_normal(64).astype(np.float32)
+    got = be.to_numpy(be.rms_norm(be.asarray(x), w, 1e-6))
+    with np.errstate(over="ignore"):
+        want = ref.rms_norm(x, w, 1e-6)
+    assert not np.isnan(got).any() and not np.isnan(want).any()
+    for r in range(x.shape[0]):
+        if not want[r].any():
+            assert not got[r].any(), r
+        else:
+            assert rel_err(got[r], want[r]) < TOL["rms_norm"], r
 
 
 QUANT_FIXTURES = ["quant/gptqmodel-4bit-g32-descact-asym", "quant/gptqmodel-8bit-g64-sym",
