@@ -76,6 +76,10 @@ def config_from_hf_dict(d: dict, source: str = "config.json") -> QwenConfig:
     theta = ConfigReader(rope, source).number("rope_theta", None, positive=True)
     if theta is None:
         theta = key.number("rope_theta", 10000.0, positive=True)
+    act = d.get("hidden_act", "silu")
+    if act != "silu":     # the MLP is SwiGLU: another activation would be silently wrong
+        raise UnsupportedModel(f"{source}: hidden_act {short_repr(act)} is not supported "
+                               f"(only 'silu')")
     if key.flag("use_sliding_window", False):
         raise UnsupportedModel(f"{source}: use_sliding_window=true is not supported")
     if key.number("partial_rotary_factor", 1.0) != 1.0:

@@ -16,8 +16,8 @@ from qwen_np.errors import FormatError
 from conftest import TESTS, fixture_path
 
 FUZZ = os.path.join(os.path.dirname(TESTS), "tools", "fuzz.py")
-# 20-40 s on 2 cores (60-140 inputs/s, measured; tools/README.md)
-FUZZ_COUNT = 2500
+# about 1-2 minutes on 2 cores (60-140 inputs/s, measured; tools/README.md)
+FUZZ_COUNT = 6000
 
 
 def load_fuzz():

@@ -61,7 +61,8 @@ def edit_json(path, change):
     ("rms_norm_eps", float("inf")), ("rms_norm_eps", "1e-6"), ("rope_parameters", {"rope_theta": 0}),
     ("intermediate_size", 2**63), ("num_hidden_layers", -1), ("eos_token_id", [None]),
     ("eos_token_id", "2"), ("tie_word_embeddings", "yes"), ("rope_scaling", [1]),
-    ("head_dim", {}), ("quantization_config", True)])
+    ("head_dim", {}), ("quantization_config", True), ("hidden_act", "gelu"),
+    ("hidden_act", 1e308)])
 def test_config_values_of_the_wrong_type_or_range(tmp_path, key, value):
     d = copy_of(F32_DIR, tmp_path)
     edit_json(d / "config.json", lambda c: c.__setitem__(key, value))
