@@ -21,35 +21,13 @@ chosen per kind of loop (numba_floats.py): never the ones that make inf or NaN u
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-# Numba's OpenMP threads spin after each parallel kernel (GOMP_SPINCOUNT, 300000 by default),
-# which takes the cores away from OpenBLAS's threads in the prefill's matrix products (measured
-# here: a 128-token prefill 2.6x slower). A short spin keeps decoding as fast. Set before the
-# first parallel kernel loads libgomp; an explicit setting in the environment wins.
-os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+# Numba's thread spin and 512-bit vectors: set before the first kernel loads libgomp or
+# compiles (qwen_np/process_settings.py says what each does; an explicit setting wins).
+from qwen_np.process_settings import apply_speed_settings
 
-
-def _prefer_512_bit_vectors() -> None:
-    """LLVM's tuning for recent Intel CPUs vectorizes with 256-bit registers even where 512-bit
-    ones exist; the row-tile kernels are one 16-lane register wide and run about 1.4x faster
-    with them (measured on an AVX-512 Xeon). Numba reads NUMBA_CPU_FEATURES when it first
-    compiles, so this is set before the first kernel (an explicit setting wins). On a CPU
-    without AVX-512 the flag changes nothing."""
-    if "NUMBA_CPU_FEATURES" in os.environ:
-        return
-    try:
-        import llvmlite.binding as llvm
-        features = llvm.get_host_cpu_features().flatten()
-    except Exception:  # no llvmlite (numba missing: reported below), or an unknown host
-        return
-    if "+avx512f" in features:
-        os.environ["NUMBA_CPU_FEATURES"] = features + ",-prefer-256-bit"
-
-
-_prefer_512_bit_vectors()
+apply_speed_settings(numba=True)
 
 from qwen_np.dense import rows_as_compute
 from qwen_np.errors import BackendUnavailable
