@@ -37,10 +37,10 @@ def _attach_backends_from_source_tree():
 
 _attach_backends_from_source_tree()
 
-from .api import Model, load  # noqa: E402
+from .api import Model, load, load_tokenizer  # noqa: E402
 from .config import QwenConfig  # noqa: E402
 from .errors import BackendUnavailable, FormatError, QwenNpError, UnsupportedModel  # noqa: E402
 
-__all__ = ["load", "Model", "QwenConfig", "QwenNpError", "UnsupportedModel", "FormatError",
+__all__ = ["load", "load_tokenizer", "Model", "QwenConfig", "QwenNpError", "UnsupportedModel", "FormatError",
            "BackendUnavailable"]
 __version__ = "0.1.0"

@@ -11,7 +11,8 @@ from .config import QwenConfig
 from .errors import FormatError, InputError
 from .generate import generate as generate_loop
 from .io.gguf_qwen import read_gguf_model
-from .io.hf_dir import read_hf_dir
+from .io.gguf import read_gguf
+from .io.hf_dir import read_hf_dir, tokenizer_file
 from .io.model_files import regular_file
 from .memory import release_free_heap
 from .model import forward
@@ -35,7 +36,8 @@ class Model:
     def tokenizer(self) -> Tokenizer:
         if self._tokenizer is None:
             if self._make_tokenizer is None:
-                raise FormatError(f"{self.source}: no tokenizer.json (needed to turn text into ids)")
+                raise FormatError(f"{self.source}: no tokenizer.json or qwen.tiktoken (needed "
+                                  f"to turn text into ids)")
             self._tokenizer = self._make_tokenizer()
         return self._tokenizer
 
@@ -81,7 +83,7 @@ def read_model(path: str):
     try:
         if os.path.isdir(path):
             config, tensors, tokenizer_path = read_hf_dir(path)
-            make = None if tokenizer_path is None else (lambda: Tokenizer.from_file(tokenizer_path))
+            make = None if tokenizer_path is None else (lambda: Tokenizer.from_path(tokenizer_path))
             return config, tensors, make
         regular_file(path)          # a FIFO or a device: refused before it is opened
         if is_gguf(path) or path.lower().endswith(".gguf"):
@@ -90,6 +92,30 @@ def read_model(path: str):
     except OSError as e:
         raise FormatError(f"{e.filename or path}: cannot read ({e.strerror})") from None
     raise FormatError(f"{path}: neither a model folder (config.json + safetensors) nor a GGUF file")
+
+
+def load_tokenizer(path: str) -> Tokenizer:
+    """The tokenizer of a model folder (its tokenizer.json, else its qwen.tiktoken) or of a
+    GGUF file (its metadata), without loading the weights: the same tokenizer as
+    `load(path).tokenizer`."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FormatError(f"{path}: no such file or folder")
+    try:
+        if os.path.isdir(path):
+            file = tokenizer_file(path)
+            if file is None:
+                raise FormatError(f"{path}: no tokenizer.json or qwen.tiktoken")
+            return Tokenizer.from_path(file)
+        regular_file(path)
+        if is_gguf(path):
+            meta, _ = read_gguf(path)
+            return Tokenizer.from_gguf_metadata(meta, path)
+        if path.endswith(".tiktoken"):
+            return Tokenizer.from_tiktoken(path)
+        return Tokenizer.from_file(path)
+    except OSError as e:
+        raise FormatError(f"{e.filename or path}: cannot read ({e.strerror})") from None
 
 
 def is_gguf(path: str) -> bool:

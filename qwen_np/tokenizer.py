@@ -15,6 +15,8 @@ Qwen3's template inserts none.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from contextlib import contextmanager
 
 import numpy as np
@@ -30,6 +32,9 @@ GGUF_CONTROL, GGUF_USER_DEFINED = 3, 4   # tokenizer.ggml.token_type values (lla
 QWEN2_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 DEFAULT_SYSTEM_BY_MODEL_TYPE = {"qwen2": QWEN2_DEFAULT_SYSTEM, "qwen3": None}
 STOP_TOKENS = ("<|endoftext|>", "<|im_end|>")
+# the original Qwen's special tokens, at ids len(ranks), len(ranks) + 1, ... (151643 onwards)
+QWEN_V1_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>",
+                          *(f"<|extra_{i}|>" for i in range(205)))
 
 
 class Tokenizer:
@@ -38,6 +43,11 @@ class Tokenizer:
     def __init__(self, tok, source: str):
         self._tok = tok
         self.source = source
+
+    @classmethod
+    def from_path(cls, path: str) -> "Tokenizer":
+        """A tokenizer file by its kind: a .tiktoken ranks file, else a tokenizer.json."""
+        return cls.from_tiktoken(path) if path.endswith(".tiktoken") else cls.from_file(path)
 
     @classmethod
     def from_file(cls, path: str) -> "Tokenizer":
@@ -53,7 +63,7 @@ class Tokenizer:
         ("a b" strings), NFC, Qwen2's split regex, byte-level mapping and decoding. Tokens
         typed CONTROL become special tokens, USER_DEFINED ones plain added tokens; both are
         matched whole in the text."""
-        from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
+        from tokenizers import AddedToken, models
         from tokenizers import Tokenizer as HFTokenizer
         model = meta.get("tokenizer.ggml.model")
         pre = meta.get("tokenizer.ggml.pre")
@@ -68,17 +78,43 @@ class Tokenizer:
             bpe = models.BPE(vocab=vocab, merges=merges, unk_token=None, fuse_unk=False,
                              byte_fallback=False)
             tok = HFTokenizer(bpe)
-            tok.normalizer = normalizers.NFC()
-            tok.pre_tokenizer = pre_tokenizers.Sequence([
-                pre_tokenizers.Split(Regex(QWEN2_SPLIT_REGEX), behavior="isolated", invert=False),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-            tok.decoder = decoders.ByteLevel()
+            set_qwen_byte_level(tok)
             if types is not None:
                 tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
                                         for t, k in zip(tokens, types) if k == GGUF_CONTROL])
                 tok.add_tokens([AddedToken(t, special=False, normalized=False)
                                 for t, k in zip(tokens, types) if k == GGUF_USER_DEFINED])
         return cls(tok, source)
+
+    @classmethod
+    def from_tiktoken(cls, path: str) -> "Tokenizer":
+        """The original Qwen's tokenizer from its `qwen.tiktoken` ranks file, as a `tokenizers`
+        byte-level BPE that encodes exactly as tiktoken does with those ranks:
+
+            qwen.tiktoken, one line per token:  base64(token bytes) <space> rank
+                                                "IQ== 0"  is the byte "!" with rank 0
+
+        tiktoken merges, again and again, the adjacent pair whose concatenation has the lowest
+        rank. A BPE whose merges are every pair (a, b) with a, b and a + b all tokens, in the
+        order of rank(a + b), does the same (tiktoken_merges). Then NFC, Qwen's split regex,
+        the byte-to-unicode mapping, and the special tokens at their fixed ids after the
+        ranks: <|endoftext|>, <|im_start|>, <|im_end|>, <|extra_0|> ... <|extra_204|>
+        (tokenization_qwen.py)."""
+        from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models
+        ranks = read_tiktoken_ranks(path)
+        chars = byte_to_unicode()
+
+        def text(b: bytes) -> str:
+            return "".join(chars[x] for x in b)
+        vocab = {text(b): r for b, r in ranks.items()}
+        merges = [(text(a), text(b)) for a, b in tiktoken_merges(ranks)]
+        with library_errors(path, "cannot build the tokenizer"):
+            tok = HFTokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=None,
+                                         fuse_unk=False, byte_fallback=False))
+            set_qwen_byte_level(tok)
+            tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                    for t in QWEN_V1_SPECIAL_TOKENS])
+        return cls(tok, path)
 
     def encode(self, text: str) -> list[int]:
         # Special tokens written in the text (e.g. <|im_start|>) become their single ids.
@@ -98,6 +134,59 @@ class Tokenizer:
 
     def stop_ids(self) -> list[int]:
         return [i for i in (self.token_id(t) for t in STOP_TOKENS) if i is not None]
+
+
+def set_qwen_byte_level(tok) -> None:
+    """What every Qwen tokenizer does around its BPE: NFC, Qwen's split regex, bytes mapped to
+    printable characters (GPT-2's byte-to-unicode table) and back when decoding."""
+    from tokenizers import Regex, decoders, normalizers, pre_tokenizers
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+
+
+def read_tiktoken_ranks(path: str) -> dict[bytes, int]:
+    """token bytes -> rank from a .tiktoken file; the ranks must be 0, 1, 2 ... in order."""
+    regular_file(path)
+    ranks = {}
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            parts = line.split()
+            try:
+                token, rank = base64.b64decode(parts[0], validate=True), int(parts[1])
+            except (IndexError, ValueError, binascii.Error):
+                raise FormatError(f"{path}: line {n} is not 'base64-token rank'") from None
+            if len(parts) != 2 or rank != len(ranks) or token in ranks or not token:
+                raise FormatError(f"{path}: line {n}: expected a new token of rank "
+                                  f"{len(ranks)}")
+            ranks[token] = rank
+    if not ranks:
+        raise FormatError(f"{path}: no tokens")
+    return ranks
+
+
+def tiktoken_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
+    """Every split (a, b) of every token with a and b tokens too, ordered by the rank of
+    a + b (then by the ranks of a and b). With these merges a BPE merges the pair whose
+    concatenation has the lowest rank first: tiktoken's rule."""
+    merges = []
+    for token, rank in ranks.items():
+        splits = [(ranks[token[:i]], ranks[token[i:]], token[:i], token[i:])
+                  for i in range(1, len(token)) if token[:i] in ranks and token[i:] in ranks]
+        merges.extend((rank, ra, rb, a, b) for ra, rb, a, b in splits)
+    merges.sort(key=lambda m: m[:3])
+    return [(a, b) for _, _, _, a, b in merges]
+
+
+def byte_to_unicode() -> dict[int, str]:
+    """GPT-2's printable stand-in for each byte: printable Latin-1 bytes stand for
+    themselves, the other 68 bytes become U+0100, U+0101, ... in byte order."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+            *range(ord("®"), ord("ÿ") + 1)]
+    moved = [b for b in range(256) if b not in keep]
+    return {**{b: chr(b) for b in keep}, **{b: chr(256 + i) for i, b in enumerate(moved)}}
 
 
 def gguf_vocabulary(meta: dict, source: str):

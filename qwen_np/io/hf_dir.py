@@ -59,7 +59,7 @@ def read_weight_map(index: str) -> dict[str, str]:
 
 
 def read_hf_dir(model_dir: str) -> tuple[QwenConfig, dict, str | None]:
-    """(config, tensors, path of tokenizer.json or None).
+    """(config, tensors, path of the tokenizer file or None).
 
     Quantized modules (GPTQ, AWQ) come back as canonical QuantizedTensors under `.weight`.
     """
@@ -71,5 +71,16 @@ def read_hf_dir(model_dir: str) -> tuple[QwenConfig, dict, str | None]:
     quant = read_quantization_config(model_dir)
     if quant is not None:
         tensors = convert_quantized_tensors(tensors, quant, expected_shapes(config), model_dir)
-    tok = os.path.join(model_dir, "tokenizer.json")
-    return config, tensors, (tok if os.path.lexists(tok) else None)
+    return config, tensors, tokenizer_file(model_dir)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "qwen.tiktoken")   # Hugging Face's; the original Qwen's
+
+
+def tokenizer_file(model_dir: str) -> str | None:
+    """The folder's tokenizer file (tokenizer.json first, else qwen.tiktoken), or None."""
+    for name in TOKENIZER_FILES:
+        path = os.path.join(model_dir, name)
+        if os.path.lexists(path):
+            return path
+    return None
