@@ -102,10 +102,10 @@ class Tokenizer:
         (tokenization_qwen.py)."""
         from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models
         ranks = read_tiktoken_ranks(path)
-        chars = byte_to_unicode()
+        table = {b: ord(c) for b, c in byte_to_unicode().items()}
 
-        def text(b: bytes) -> str:
-            return "".join(chars[x] for x in b)
+        def text(b: bytes) -> str:   # each byte as its printable stand-in (a table lookup in C)
+            return b.decode("latin-1").translate(table)
         vocab = {text(b): r for b, r in ranks.items()}
         merges = [(text(a), text(b)) for a, b in tiktoken_merges(ranks)]
         with library_errors(path, "cannot build the tokenizer"):
