@@ -132,8 +132,24 @@ def test_the_same_seed_makes_the_same_inputs(tmp_path):
         assert (a.seed, a.fmt, a.mutator, a.description) == (b.seed, b.fmt, b.mutator, b.description)
         assert tree(a.dir, a.dir) == tree(b.dir, b.dir)
     assert len({x.mutator for x in made["a"]}) > 5
+    assert "tiktoken" in {x.fmt for x in made["a"]}
     other = fuzz.make_input(seeds_a, formats, 8, 0, str(tmp_path / "a" / "other"), MARKER)
     assert other.description != made["a"][0].description or other.seed != made["a"][0].seed
+
+
+def test_the_tiktoken_seed_holds_the_float_fixtures_vocabulary_as_ranks(tmp_path):
+    import qwen_np
+    seed = next(s for s in fuzz.build_seeds(str(tmp_path), with_gguf=False)
+                if s.name == fuzz.TIKTOKEN_SEED)
+    assert "tiktoken" in seed.targets and "tokenizer" not in seed.targets
+    with open(os.path.join(fixture_path("qwen2-tied-f32"), "tokenizer.json")) as f:
+        tok_json = json.load(f)
+    added = {t["id"] for t in tok_json["added_tokens"]}
+    assert added == {0, 1, 2}          # so the ranks are the other ids minus 3
+    tok = qwen_np.load_tokenizer(seed.path)
+    vocab = {t: i for t, i in tok_json["model"]["vocab"].items() if i not in added}
+    assert {t: tok.token_id(t) for t in vocab} == {t: i - 3 for t, i in vocab.items()}
+    assert fuzz.load_and_generate(seed.path)["new"]
 
 
 def tree(folder, root):

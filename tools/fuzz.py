@@ -6,22 +6,28 @@ mutations, each loaded in a forked child the way a user would load it, each outc
     python tools/fuzz.py --replay DIR      # one saved input, in the foreground, full traceback
 
 Seeds: the test fixtures (float single-file, bf16 sharded, GPTQ 4/8-bit, AWQ, a GPTQ folder
-whose settings are in quantize_config.json as older AutoGPTQ wrote them) and tiny GGUF files
-(F32, F16, Q8_0, Q4_0; Qwen2 and Qwen3) written at start-up by gguf-py. Input i of --seed S is
-made by random.Random(f"S/i") alone, so the same seed and count give the same inputs. Every
-file is written under one temporary folder; next to each model (outside it) lies a file
-holding a random marker, which some mutations point shard names and symlinks at.
+whose settings are in quantize_config.json as older AutoGPTQ wrote them), the float fixture
+with a qwen.tiktoken (the original Qwen's tokenizer file, made from its tokenizer.json) in
+place of its tokenizer.json, and tiny GGUF files (F32, F16, Q8_0, Q4_0; Qwen2 and Qwen3)
+written at start-up by gguf-py. Input i of --seed S is made by random.Random(f"S/i") alone,
+so the same seed and count give the same inputs. Every file is written under one temporary
+folder; next to each model (outside it) lies a file holding a random marker, which some
+mutations point shard names and symlinks at.
 
 Mutations, one per input: bytes of any file (bit flips, interesting bytes and 4/8-byte
 integers, truncation, chunks inserted or deleted); JSON (any value replaced, keys deleted or
 added, known keys given wrong types, nesting 1,000-100,000 deep, shard names pointing out of
 the folder, tokenizer ids past the vocabulary); safetensors header entries and header length;
-GGUF integer fields (found by walking the header) and metadata entries; file kinds (FIFO,
-folder, empty file, symlinks out of the folder or to /dev/zero), the model path itself too.
+GGUF integer fields (found by walking the header) and metadata entries; qwen.tiktoken lines
+(deleted, repeated, swapped, blank; ranks near, negative, huge or not numbers; tokens with bad
+base64, empty, or new; extra fields; CR/CRLF endings; a line of 10^6 characters; an empty
+file; ranks past the vocabulary); file kinds (FIFO, folder, empty file, symlinks out of the
+folder or to /dev/zero), the model path itself too.
 
-What a child does: m = qwen_np.load(path); ids = m.tokenizer.encode(...) (ids [1, 2, 3] when
-the folder has no tokenizer.json); m.generate(ids[:8], max_new_tokens=2); decode. With
---cli-every N, every Nth input also runs `qwen-np run -m PATH -p hi -n 2` in its own child.
+What a child does: m = qwen_np.load(path); qwen_np.load_tokenizer(path) and m.tokenizer
+encode the same ids (ids [1, 2, 3] when the folder has no tokenizer file);
+m.generate(ids[:8], max_new_tokens=2); decode. With --cli-every N, every Nth input also runs
+`qwen-np run -m PATH -p hi -n 2` in its own child.
 
 Outcomes:
     clean      a QwenNpError on one line that names the input (the path, or a file inside it);
@@ -40,6 +46,7 @@ The exit status is 0 only when there are none.
 from __future__ import annotations
 
 import argparse
+import base64
 import errno
 import faulthandler
 import json
@@ -67,7 +74,7 @@ FIXTURES = os.path.join(REPO, "tests", "fixtures")
 OUTCOMES = ("clean", "load", "traceback", "hang", "memory", "crash", "leak")
 FAILURES = ("traceback", "hang", "memory", "crash", "leak")
 FORMATS = ("gguf", "safetensors", "index", "config", "generation_config", "quant_config",
-           "tokenizer")
+           "tokenizer", "tiktoken")
 JSON_FILES = {"config": "config.json", "generation_config": "generation_config.json",
               "index": "model.safetensors.index.json", "quant_config": "quantize_config.json",
               "tokenizer": "tokenizer.json"}
@@ -86,6 +93,8 @@ HF_SEEDS = {
     "gptq-8bit-g64-sym": "quant/gptqmodel-8bit-g64-sym",
     "awq-4bit-g32-gemm": "quant/autoawq-4bit-g32-gemm",
 }
+# qwen2-tied-f32 with a qwen.tiktoken made from its tokenizer.json in place of that file
+TIKTOKEN_SEED = "qwen2-tied-f32-tiktoken"
 
 # Run in a separate Python: gguf_writer reads safetensors through torch, which the fuzzing
 # parent should not carry into every forked child. The Q4_0 and F16 files need matrices whose
@@ -155,6 +164,12 @@ def build_seeds(root: str, with_gguf: bool = True) -> list[Seed]:
         json.dump(cfg.pop("quantization_config"), f, indent=2)
     with open(os.path.join(legacy, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
+    # the original Qwen's tokenizer file in place of tokenizer.json
+    tiktoken = os.path.join(seeds_dir, TIKTOKEN_SEED)
+    shutil.copytree(os.path.join(seeds_dir, "qwen2-tied-f32"), tiktoken)
+    with open(os.path.join(tiktoken, "qwen.tiktoken"), "wb") as f:
+        f.write(tiktoken_from_tokenizer_json(os.path.join(tiktoken, "tokenizer.json")))
+    os.unlink(os.path.join(tiktoken, "tokenizer.json"))
     if with_gguf:
         subprocess.run([sys.executable, "-c", GGUF_SEED_SCRIPT, os.path.join(REPO, "tests"),
                         FIXTURES, seeds_dir], check=True)
@@ -170,6 +185,8 @@ def seed_targets(path: str) -> dict:
         return {"gguf": [""]}
     files = set(os.listdir(path))
     targets = {fmt: [name] for fmt, name in JSON_FILES.items() if name in files}
+    if "qwen.tiktoken" in files:
+        targets["tiktoken"] = ["qwen.tiktoken"]
     with open(os.path.join(path, "config.json")) as f:
         if "quantization_config" in json.load(f):
             # config.json's quantization_config wins over quantize_config.json (as in
@@ -177,6 +194,32 @@ def seed_targets(path: str) -> dict:
             targets["quant_config"] = ["config.json#quantization_config"]
     targets["safetensors"] = sorted(f for f in files if f.endswith(".safetensors"))
     return targets
+
+
+def tiktoken_from_tokenizer_json(path: str) -> bytes:
+    """A qwen.tiktoken (`base64(token bytes) rank` per line) with a byte-level BPE
+    tokenizer.json's vocabulary: each token's characters mapped back to bytes through GPT-2's
+    byte-to-unicode table, added tokens left out (qwen.tiktoken has none: the library adds
+    its special tokens after the ranks), ranks 0, 1, 2 ... in the order of the ids."""
+    with open(path, encoding="utf-8") as f:
+        tok = json.load(f)
+    added = {t["id"] for t in tok.get("added_tokens", [])}
+    to_byte = {c: b for b, c in gpt2_byte_to_unicode().items()}
+    vocab = sorted((i, t) for t, i in tok["model"]["vocab"].items() if i not in added)
+    lines = [base64.b64encode(bytes(to_byte[c] for c in t)) + b" %d" % rank
+             for rank, (_, t) in enumerate(vocab)]
+    return b"".join(line + b"\n" for line in lines)
+
+
+def gpt2_byte_to_unicode() -> dict[int, str]:
+    """GPT-2's printable stand-in for each byte (its encoder.py bytes_to_unicode): printable
+    Latin-1 bytes stand for themselves, the other 68 become U+0100, U+0101, ... in order.
+    Written out here rather than imported: the parent must not import NumPy (which
+    qwen_np.tokenizer does) before import_libraries sets the thread counts."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+            *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    moved = [b for b in range(256) if b not in keep]
+    return {**{b: chr(b) for b in keep}, **{b: chr(256 + i) for i, b in enumerate(moved)}}
 
 
 # --- interesting values ---------------------------------------------------------------------
@@ -766,6 +809,130 @@ def mutate_gguf_kv(rng, data: bytes) -> tuple[bytes, str]:
         f"tensor {name} repeated"
 
 
+# --- qwen.tiktoken mutations ---------------------------------------------------------------
+
+def tiktoken_lines(data: bytes) -> list[list[bytes]]:
+    """[token field, rank field] of each line of a file this script wrote."""
+    return [line.split(b" ") for line in data.splitlines()]
+
+
+def join_tiktoken(lines: list[list[bytes]], end: bytes = b"\n") -> bytes:
+    return b"".join(b" ".join(fields) + end for fields in lines)
+
+
+def renumber(lines: list[list[bytes]]) -> None:
+    """Ranks 0, 1, 2 ... again, after lines were added or removed."""
+    for rank, fields in enumerate(lines):
+        fields[1] = b"%d" % rank
+
+
+def mutate_tiktoken_line(rng, data: bytes) -> tuple[bytes, str]:
+    """Whole lines deleted, repeated, swapped, or blank: ranks missing or out of order and
+    tokens repeated, or (ranks renumbered) a shorter or reordered vocabulary."""
+    lines = tiktoken_lines(data)
+    i, j = rng.randrange(len(lines)), rng.randrange(len(lines))
+    op = rng.choice(["delete", "duplicate", "swap", "blank"])
+    if op == "delete":
+        del lines[i]
+        desc = f"line {i + 1} deleted"
+    elif op == "duplicate":
+        lines.insert(i, list(lines[i]))
+        desc = f"line {i + 1} repeated"
+    elif op == "swap":
+        lines[i], lines[j] = lines[j], lines[i]
+        desc = f"lines {i + 1} and {j + 1} swapped"
+    else:
+        lines.insert(i, [b""])
+        desc = f"blank line before line {i + 1}"
+    if op != "blank" and rng.random() < 0.3:
+        renumber(lines)
+        desc += ", ranks renumbered"
+    return join_tiktoken(lines), desc
+
+
+def mutate_tiktoken_rank(rng, data: bytes) -> tuple[bytes, str]:
+    """One rank set to another number (near, negative, huge) or to something else."""
+    lines = tiktoken_lines(data)
+    i = rng.randrange(len(lines))
+    r = int(lines[i][1])
+    numbers = [r + 1, r - 1, 0, len(lines), -1, -r, -2**63, 2**31, 2**32, 2**63, 2**64, 10**30]
+    others = [b"", b"x", b"1.5", b"1e3", b"0x10", b"+%d" % r, b"0%d" % r, b"%d_0" % r,
+              b"\xd9\xa1", b"1" * 5000, b"%d\0" % r, b"nan", b"-0"]
+    new = b"%d" % rng.choice(numbers) if rng.random() < 0.5 else rng.choice(others)
+    old, lines[i][1] = lines[i][1], new
+    return join_tiktoken(lines), f"line {i + 1}: rank {old.decode()} -> {new[:20]!r}"
+
+
+def mutate_tiktoken_token(rng, data: bytes) -> tuple[bytes, str]:
+    """One token field corrupted (bad base64, empty), extra fields, or a new token added at
+    the next rank (special tokens' text, bytes that are not UTF-8, a long one)."""
+    lines = tiktoken_lines(data)
+    i = rng.randrange(len(lines))
+    token = lines[i][0]
+    op = rng.choice(["base64", "base64", "empty", "extra_field", "new_token"])
+    if op == "base64":
+        new = rng.choice([token[:-1], token + b"=", token.rstrip(b"="), b"!" + token,
+                          token + b"\xff", b"====", b"=" + token, token.lower(), token.upper(),
+                          token.replace(b"=", b"-"), b"-_" + token, token[:2] + b"\0" + token[2:],
+                          base64.urlsafe_b64encode(b"\xfb\xff"), b"\xef\xbb\xbf" + token])
+        lines[i][0] = new
+        return join_tiktoken(lines), f"line {i + 1}: token {token!r} -> {new[:20]!r}"
+    if op == "empty":
+        lines[i][0] = rng.choice([b"", b"="])
+        return join_tiktoken(lines), f"line {i + 1}: token {token!r} -> {lines[i][0]!r}"
+    if op == "extra_field":
+        extra = rng.choice([b" 0", b" x", b" " + lines[i][1], b"\t", b" ", b"\x0b", b" #"])
+        lines[i][1] += extra
+        return join_tiktoken(lines), f"line {i + 1}: {extra!r} appended"
+    new = rng.choice([b"<|endoftext|>", b"<|im_start|>", b"<|extra_0|>", b"\0", b"\xff\xfe",
+                      b"\xe4\xbd\xa0\xe5\xa5\xbd", b"def", b" return", b"x" * 1000,
+                      base64.b64decode(token) + b"\x80", base64.b64decode(token)])
+    lines.append([base64.b64encode(new), b"%d" % len(lines)])
+    return join_tiktoken(lines), f"token {new[:20]!r} added at rank {len(lines) - 1}"
+
+
+def mutate_tiktoken_file(rng, data: bytes) -> tuple[bytes, str]:
+    """The file as a whole: line endings, a byte-order mark, an empty file, a line of 10^6
+    characters, or so many tokens first that every rank lies past the model's vocabulary."""
+    lines = tiktoken_lines(data)
+    op = rng.choice(["crlf", "cr", "no_final_newline", "bom", "empty", "long_line",
+                     "ranks_past_vocab"])
+    if op == "crlf":
+        return join_tiktoken(lines, b"\r\n"), "CRLF line endings"
+    if op == "cr":
+        return join_tiktoken(lines, b"\r"), "CR line endings"
+    if op == "no_final_newline":
+        return join_tiktoken(lines)[:-1], "no newline after the last line"
+    if op == "bom":
+        return b"\xef\xbb\xbf" + data, "UTF-8 byte-order mark first"
+    if op == "empty":
+        new = rng.choice([b"", b"\n", b"\r\n", b" "])
+        return new, f"file = {new!r}"
+    if op == "long_line":
+        n = 10**6
+        i = rng.randrange(len(lines) + 1)
+        kind = rng.choice(["token", "not_base64", "rank", "no_newline"])
+        if kind == "token":     # a valid token of 750,000 bytes, at rank i
+            lines.insert(i, [base64.b64encode(rng.randbytes(n * 3 // 4)), b""])
+            renumber(lines)
+        elif kind == "not_base64":
+            lines.insert(i, [b"!" * n, b"%d" % i])
+        elif kind == "rank":
+            lines.insert(i, [base64.b64encode(b"\0\1"), b"7" * n])
+        else:
+            return data + b"A" * n, "10^6 characters after the last line, no newline"
+        return join_tiktoken(lines), f"line of 10^6 characters ({kind}) at line {i + 1}"
+    k = rng.choice([100, 1000, 20_000])
+    filler = [[base64.b64encode(b"\0fill%d" % n), b""] for n in range(k)]
+    lines = filler + lines
+    renumber(lines)
+    return join_tiktoken(lines), f"{k} tokens first (every rank + {k})"
+
+
+TIKTOKEN_MUTATORS = {"tiktoken_line": mutate_tiktoken_line, "tiktoken_rank": mutate_tiktoken_rank,
+                     "tiktoken_token": mutate_tiktoken_token, "tiktoken_file": mutate_tiktoken_file}
+
+
 # --- file-system mutations -----------------------------------------------------------------
 
 def replace_path(path: str) -> None:
@@ -820,6 +987,7 @@ for _fmt in ("config", "generation_config", "quant_config", "tokenizer"):
     MUTATORS[_fmt] = ["json_value", "json_keys", "json_known", "json_known", "json_deep",
                       "bytes", "fs"]
 MUTATORS["tokenizer"] += ["tokenizer_ids"]
+MUTATORS["tiktoken"] = [*TIKTOKEN_MUTATORS, "bytes", "fs"]
 MUTATORS["config"] += ["swap"]
 MUTATORS["safetensors"] += ["swap"]
 
@@ -889,7 +1057,8 @@ def make_input(seeds: list[Seed], formats: list[str], run_seed: int, index: int,
         with open(file_path, "rb") as f:
             data = f.read()
         binary = {"bytes": mutate_bytes, "st_entry": mutate_st_entry, "st_header": mutate_st_header,
-                  "gguf_field": mutate_gguf_field, "gguf_kv": mutate_gguf_kv}[mutator]
+                  "gguf_field": mutate_gguf_field, "gguf_kv": mutate_gguf_kv,
+                  **TIKTOKEN_MUTATORS}[mutator]
         data, desc = binary(rng, data)
         with open(file_path, "wb") as f:
             f.write(data)
@@ -929,11 +1098,20 @@ def copy_input(src: str, dst: str, top: tuple[str, str] | None = None) -> None:
 # --- running one input in a child -----------------------------------------------------------
 
 def load_and_generate(path: str) -> dict:
-    """What a user does with a model: load, encode, generate, decode."""
+    """What a user does with a model: load, encode, generate, decode. load_tokenizer (the
+    tokenizer alone) runs after load, which builds its tokenizer only when it is first used,
+    so that a mutated tokenizer file reaches load_tokenizer first; its ids must be the
+    model tokenizer's."""
     import qwen_np
     m = qwen_np.load(path, backend="numpy")
-    has_tokenizer = not os.path.isdir(path) or os.path.isfile(os.path.join(path, "tokenizer.json"))
-    ids = m.tokenizer.encode(PROMPT) if has_tokenizer else [1, 2, 3]
+    has_tokenizer = not os.path.isdir(path) or any(
+        os.path.lexists(os.path.join(path, name)) for name in ("tokenizer.json", "qwen.tiktoken"))
+    ids = [1, 2, 3]
+    if has_tokenizer:
+        alone = qwen_np.load_tokenizer(path).encode(PROMPT)
+        ids = m.tokenizer.encode(PROMPT)
+        if alone != ids:
+            raise AssertionError(f"load_tokenizer encodes {alone}, load(...).tokenizer {ids}")
     new = m.generate(ids[:8], max_new_tokens=2)
     text = m.tokenizer.decode(new) if has_tokenizer else ""
     return {"new": [int(i) for i in new], "text": text}
@@ -1280,7 +1458,7 @@ class Report:
         for r in api:
             table[(r.task.input.fmt, r.task.input.mutator)][r.outcome] += 1
         for (fmt, mut), counts in sorted(table.items()):
-            print(f"  {fmt:18} {mut:13} " +
+            print(f"  {fmt:18} {mut:14} " +
                   " ".join(f"{o} {counts[o]}" for o in OUTCOMES if counts[o]))
         failures = [r for r in self.results if r.outcome in FAILURES]
         if failures:
@@ -1349,6 +1527,11 @@ class Tee:
         return "".join(self.parts)
 
 
+class TimeLimit(BaseException):
+    """replay's alarm: neither an OSError (as TimeoutError is) nor an Exception, which the
+    library turns into errors of its own (an OSError into "cannot read"), hiding the hang."""
+
+
 def replay(folder: str) -> int:
     """One saved input in the foreground, with the same limits; prints the full traceback."""
     with open(os.path.join(folder, "replay.json")) as f:
@@ -1360,8 +1543,11 @@ def replay(folder: str) -> int:
     resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
     faulthandler.enable()
 
+    fired = []
+
     def on_alarm(signum, frame):
-        raise TimeoutError(f"still running after {info['time_limit']} s")
+        fired.append(signum)
+        raise TimeLimit(f"still running after {info['time_limit']} s")
 
     signal.signal(signal.SIGALRM, on_alarm)
     signal.alarm(max(1, int(info["time_limit"])))
@@ -1376,7 +1562,9 @@ def replay(folder: str) -> int:
     else:
         print(f"result: {report['result']}", file=sys.stderr)
     task = Task(0, info["mode"], path, folder, None)
-    r = classify(task, report, 0, False, stdout, stderr, info["marker"])
+    r = classify(task, report, 0, bool(fired), stdout, stderr, info["marker"])
+    if r.outcome == "hang":     # where it was: the traceback, not a faulthandler dump
+        r.where = where_of((report["error"] or {}).get("frames", []))
     print(f"outcome: {r.outcome}" + (f": {describe(r)}" if r.outcome != "load" else ""))
     return 1 if r.outcome in FAILURES else 0
 
