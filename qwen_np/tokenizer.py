@@ -147,6 +147,10 @@ def set_qwen_byte_level(tok) -> None:
     tok.decoder = decoders.ByteLevel()
 
 
+MAX_TIKTOKEN_BYTES = 1024   # qwen.tiktoken's longest token has 128 bytes; deriving merges
+                            # costs the square of a token's length
+
+
 def read_tiktoken_ranks(path: str) -> dict[bytes, int]:
     """token bytes -> rank from a .tiktoken file; the ranks must be 0, 1, 2 ... in order."""
     regular_file(path)
@@ -161,6 +165,9 @@ def read_tiktoken_ranks(path: str) -> dict[bytes, int]:
             if len(parts) != 2 or rank != len(ranks) or token in ranks or not token:
                 raise FormatError(f"{path}: line {n}: expected a new token of rank "
                                   f"{len(ranks)}")
+            if len(token) > MAX_TIKTOKEN_BYTES:
+                raise FormatError(f"{path}: line {n}: a token of {len(token)} bytes (this "
+                                  f"reader takes up to {MAX_TIKTOKEN_BYTES})")
             ranks[token] = rank
     if not ranks:
         raise FormatError(f"{path}: no tokens")
@@ -171,10 +178,15 @@ def tiktoken_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
     """Every split (a, b) of every token with a and b tokens too, ordered by the rank of
     a + b (then by the ranks of a and b). With these merges a BPE merges the pair whose
     concatenation has the lowest rank first: tiktoken's rule."""
+    lengths = sorted({len(t) for t in ranks})
     merges = []
     for token, rank in ranks.items():
+        # a split leaves two tokens, so only the lengths tokens have are tried: a token of a
+        # million bytes costs a few cuts, not a million (real files: some 90 lengths)
+        n = len(token)
+        cuts = range(1, n) if n <= len(lengths) else [i for i in lengths if i < n]
         splits = [(ranks[token[:i]], ranks[token[i:]], token[:i], token[i:])
-                  for i in range(1, len(token)) if token[:i] in ranks and token[i:] in ranks]
+                  for i in cuts if token[:i] in ranks and token[i:] in ranks]
         merges.extend((rank, ra, rb, a, b) for ra, rb, a, b in splits)
     merges.sort(key=lambda m: m[:3])
     return [(a, b) for _, _, _, a, b in merges]

@@ -94,7 +94,8 @@ def test_a_folder_without_a_tokenizer(tmp_path):
     (b"IQ== 0\nIQ== 1\n", "line 2: expected a new token of rank 1"),
     (b"IQ== 0\n!!! 1\n", "line 2 is not 'base64-token rank'"),
     (b"IQ==\n", "line 1 is not 'base64-token rank'"),
-    (b"", "no tokens")])
+    (b"", "no tokens"),
+    (b"IQ== 0\n" + base64.b64encode(b"x" * 750000) + b" 1\n", "a token of 750000 bytes")])
 def test_malformed_ranks_files(tmp_path, content, message):
     p = tmp_path / "qwen.tiktoken"
     p.write_bytes(content)
