@@ -100,7 +100,7 @@ class Tokenizer:
         the byte-to-unicode mapping, and the special tokens at their fixed ids after the
         ranks: <|endoftext|>, <|im_start|>, <|im_end|>, <|extra_0|> ... <|extra_204|>
         (tokenization_qwen.py)."""
-        from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models
+        from tokenizers import AddedToken, Tokenizer as HFTokenizer, models
         ranks = read_tiktoken_ranks(path)
         table = {b: ord(c) for b, c in byte_to_unicode().items()}
 
