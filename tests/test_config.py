@@ -49,9 +49,9 @@ def test_untied_and_eos_list():
     assert not c.tie_word_embeddings and c.eos_token_ids == (151645, 151643)
 
 
-@pytest.mark.parametrize("model_type", ["llama", "qwen", "qwen2_moe", None])
+@pytest.mark.parametrize("model_type", ["llama", "qwen2_moe", "qwen3_moe", None])
 def test_unsupported_model_type_names_what_is_supported(model_type):
-    with pytest.raises(UnsupportedModel, match="supported: qwen2, qwen3"):
+    with pytest.raises(UnsupportedModel, match="supported: qwen, qwen2, qwen3"):
         config_from_hf_dict({**QWEN25_05B, "model_type": model_type})
 
 
@@ -76,3 +76,52 @@ def test_generation_config_adds_eos_ids(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(QWEN25_05B))
     (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [151645, 151643]}))
     assert read_hf_config(str(tmp_path)).eos_token_ids == (151643, 151645)
+
+
+# The original Qwen's two config.json spellings, as published: Qwen-7B v1.1 (Qwen/Qwen-7B) and
+# the first Qwen-7B-Chat (August 2023; legacy names n_embd, n_head, n_layer, ffn_hidden_size,
+# padded_vocab_size, n_positions).
+QWEN_7B = {
+    "architectures": ["QWenLMHeadModel"], "model_type": "qwen", "hidden_size": 4096,
+    "intermediate_size": 22016, "kv_channels": 128, "layer_norm_epsilon": 1e-06,
+    "max_position_embeddings": 32768, "no_bias": True, "num_attention_heads": 32,
+    "num_hidden_layers": 32, "rotary_emb_base": 10000, "rotary_pct": 1.0, "seq_length": 8192,
+    "tie_word_embeddings": False, "use_dynamic_ntk": True, "use_logn_attn": True,
+    "vocab_size": 151936, "bf16": False, "fp16": False, "fp32": False, "use_flash_attn": "auto",
+}
+QWEN_7B_CHAT_AUG_2023 = {
+    "activation": "swiglu", "architectures": ["QWenLMHeadModel"], "bos_token_id": 151643,
+    "eos_token_id": 151643, "ffn_hidden_size": 22016, "kv_channels": 128,
+    "layer_norm_epsilon": 1e-06, "model_type": "qwen", "n_embd": 4096, "n_head": 32,
+    "n_layer": 32, "n_positions": 6144, "no_bias": True, "padded_vocab_size": 151936,
+    "rotary_emb_base": 10000, "rotary_pct": 1.0, "seq_length": 2048, "tie_word_embeddings": False,
+    "vocab_size": 151936, "use_dynamic_ntk": True, "use_logn_attn": True,
+}
+
+
+@pytest.mark.parametrize("d", [QWEN_7B, QWEN_7B_CHAT_AUG_2023])
+def test_qwen_v1_configs_in_both_spellings(d):
+    c = config_from_hf_dict(d)
+    assert (c.model_type, c.hidden_size, c.num_attention_heads, c.num_key_value_heads,
+            c.head_dim, c.num_hidden_layers) == ("qwen", 4096, 32, 32, 128, 32)
+    assert c.intermediate_size == 11008          # the config holds twice the MLP width
+    assert c.vocab_size == 151936 and c.rope_theta == 10000 and c.rope_dim == 128
+    assert c.qkv_bias and not c.o_bias and not c.tie_word_embeddings
+    assert c.dynamic_ntk and c.logn_attn and not c.kv_cache_quantization
+    assert c.seq_length == d["seq_length"]
+    assert c.max_position_embeddings == d.get("max_position_embeddings", d.get("n_positions"))
+
+
+@pytest.mark.parametrize("change, err, needle", [
+    ({"seq_length": None}, FormatError, "missing required key 'seq_length'"),
+    ({"kv_channels": 64}, UnsupportedModel, "kv_channels 64 x num_attention_heads 32 != hidden_size"),
+    ({"rotary_pct": 0.01}, UnsupportedModel, "rotates 1 of 128 dims"),
+    ({"rotary_pct": 1.5}, FormatError, "rotary_pct is 1.5"),
+    ({"no_bias": False}, UnsupportedModel, "no_bias=false"),
+    ({"intermediate_size": 22017}, FormatError, "intermediate_size 22017 is odd"),
+    ({"use_logn_attn": "yes"}, FormatError, "use_logn_attn is 'yes'"),
+])
+def test_qwen_v1_config_errors(change, err, needle):
+    d = {k: v for k, v in {**QWEN_7B, **change}.items() if v is not None}
+    with pytest.raises(err, match=needle):
+        config_from_hf_dict(d, "config.json")

@@ -180,3 +180,119 @@ def test_chat_stops_at_qwens_stop_words(tmp_path, v1_tokenizer):
     stop = qwen_np.load(str(d)).stop_ids()
     expected = {i for pair in make_context_cases()["stop_words_ids"] for i in pair}
     assert expected | {151643} <= set(stop)
+
+
+# -- bad input: one-line errors naming the file ------------------------------------------------
+
+def cli(*args):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "qwen_np", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def one_line_cli_error(r, *needles):
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert all(n in lines[0] for n in needles), lines[0]
+
+
+def copy_fixture(tmp_path, name="qwen1-f32-ntk-logn"):
+    import shutil
+    d = tmp_path / name
+    shutil.copytree(path(name), d)
+    return d
+
+
+def test_a_v1_config_without_seq_length(tmp_path):
+    from qwen_np.errors import FormatError
+    d = copy_fixture(tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    del cfg["seq_length"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(FormatError, match=r"config.json: missing required key 'seq_length'"):
+        qwen_np.load(str(d))
+    one_line_cli_error(cli("run", "-m", str(d), "-p", "hi"), str(d / "config.json"), "seq_length")
+
+
+def test_a_c_attn_whose_rows_are_not_three_times_hidden(tmp_path):
+    from safetensors.numpy import load_file, save_file
+    from qwen_np.errors import FormatError
+    d = copy_fixture(tmp_path)
+    tensors = load_file(str(d / "model.safetensors"))
+    name = "transformer.h.1.attn.c_attn.weight"
+    tensors[name] = tensors[name][:100]
+    save_file(tensors, str(d / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(FormatError, match=rf"{name} has shape \[100, 48\], the config implies "
+                                          r"\[144, 48\]"):
+        qwen_np.load(str(d))
+    one_line_cli_error(cli("run", "-m", str(d), "-p", "hi"), str(d), name)
+
+
+def test_a_quantized_c_attn_of_the_wrong_width(tmp_path):
+    from safetensors.numpy import load_file, save_file
+    from qwen_np.errors import FormatError
+    d = copy_fixture(tmp_path, "qwen1-gptq-int4")
+    tensors = load_file(str(d / "model.safetensors"))
+    m = "transformer.h.0.attn.c_attn"
+    for part in ("qweight", "scales", "bias"):
+        tensors[f"{m}.{part}"] = tensors[f"{m}.{part}"][..., :96]
+    tensors[f"{m}.qzeros"] = tensors[f"{m}.qzeros"][..., :12]
+    save_file(tensors, str(d / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(FormatError) as e:
+        qwen_np.load(str(d))
+    assert str(d) in str(e.value) and "c_attn" in str(e.value)
+
+
+def test_a_missing_qwen_tiktoken(tmp_path):
+    from qwen_np.errors import FormatError
+    d = copy_fixture(tmp_path)
+    model = qwen_np.load(str(d))            # the weights load; text needs the tokenizer
+    with pytest.raises(FormatError, match="no tokenizer.json or qwen.tiktoken"):
+        model.tokenizer
+    with pytest.raises(FormatError, match="no tokenizer.json or qwen.tiktoken"):
+        qwen_np.load_tokenizer(str(d))
+    one_line_cli_error(cli("run", "-m", str(d), "-p", "hi", "--chat"), str(d), "qwen.tiktoken")
+    with pytest.raises(FormatError, match="qwen.tiktoken"):
+        qwen_np.load_tokenizer(str(tmp_path / "nothing" / "qwen.tiktoken"))
+
+
+def random_v1_folder(d, tiktoken_path):
+    """A random original-Qwen model with the real vocabulary (151936 rows, hidden 16), so the
+    ChatML ids exist: for the command-line plumbing, not for numbers."""
+    import shutil
+    from safetensors.numpy import save_file
+    rng = np.random.default_rng(0)
+    D, F, V = 16, 24, 151936
+    t = {"transformer.wte.weight": rng.normal(0, 0.5, (V, D)), "lm_head.weight": rng.normal(0, 0.5, (V, D)),
+         "transformer.ln_f.weight": np.ones(D)}
+    p = "transformer.h.0."
+    t.update({p + "ln_1.weight": np.ones(D), p + "ln_2.weight": np.ones(D),
+              p + "attn.c_attn.weight": rng.normal(0, 0.3, (3 * D, D)),
+              p + "attn.c_attn.bias": rng.normal(0, 0.1, 3 * D),
+              p + "attn.c_proj.weight": rng.normal(0, 0.3, (D, D)),
+              p + "mlp.w1.weight": rng.normal(0, 0.3, (F, D)), p + "mlp.w2.weight": rng.normal(0, 0.3, (F, D)),
+              p + "mlp.c_proj.weight": rng.normal(0, 0.3, (D, F))})
+    d.mkdir()
+    save_file({k: v.astype(np.float32) for k, v in t.items()}, str(d / "model.safetensors"))
+    (d / "config.json").write_text(json.dumps({
+        "model_type": "qwen", "hidden_size": D, "num_attention_heads": 2, "kv_channels": 8,
+        "num_hidden_layers": 1, "intermediate_size": 2 * F, "vocab_size": V, "seq_length": 8,
+        "max_position_embeddings": 64}))
+    shutil.copy(tiktoken_path, d / "qwen.tiktoken")
+
+
+def test_the_cli_runs_and_chats_with_a_v1_model(tmp_path):
+    from qwen_np.fetch import QWEN_TIKTOKEN, fetch_file
+    d = tmp_path / "v1"
+    random_v1_folder(d, fetch_file(QWEN_TIKTOKEN))
+    for kv in ("float32", "int8"):
+        r = cli("run", "-m", str(d), "-p", "hi", "--chat", "-n", "3", "--kv-cache", kv)
+        assert r.returncode == 0, r.stderr
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "qwen_np", "chat", "-m", str(d), "-n", "3",
+                        "--backend", "numba"], input="hello\nand again\n/exit\n",
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.splitlines()) == 2          # one answer line per turn
