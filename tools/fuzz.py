@@ -92,7 +92,11 @@ HF_SEEDS = {
     "gptq-4bit-g32-descact-asym": "quant/gptqmodel-4bit-g32-descact-asym",
     "gptq-8bit-g64-sym": "quant/gptqmodel-8bit-g64-sym",
     "awq-4bit-g32-gemm": "quant/autoawq-4bit-g32-gemm",
+    "qwen1-f32-ntk-logn": "qwen1/qwen1-f32-ntk-logn",
+    "qwen1-gptq-int4": "qwen1/qwen1-gptq-int4",
 }
+# the original Qwen's fixtures hold no tokenizer: they get qwen2-tied-f32's (300 ids < 320 rows)
+TOKENIZER_FROM = "qwen2-tied-f32"
 # qwen2-tied-f32 with a qwen.tiktoken made from its tokenizer.json in place of that file
 TIKTOKEN_SEED = "qwen2-tied-f32-tiktoken"
 
@@ -155,6 +159,9 @@ def build_seeds(root: str, with_gguf: bool = True) -> list[Seed]:
     os.makedirs(seeds_dir)
     for name, fixture in HF_SEEDS.items():
         shutil.copytree(os.path.join(FIXTURES, fixture), os.path.join(seeds_dir, name))
+        if name.startswith("qwen1"):
+            shutil.copy(os.path.join(FIXTURES, TOKENIZER_FROM, "tokenizer.json"),
+                        os.path.join(seeds_dir, name))
     # older AutoGPTQ checkpoints keep the settings in quantize_config.json, not in config.json
     legacy = os.path.join(seeds_dir, "gptq-4bit-g32-quantize-config-json")
     shutil.copytree(os.path.join(seeds_dir, "gptq-4bit-g32-sym"), legacy)
