@@ -29,9 +29,13 @@ from .quant import QuantizedTensor
 from .quant.gptq import canonical_codes_to_gptq
 from .quant.rtn import quantize_rtn
 
-QUANTIZED = re.compile(r"model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.weight$")
+# the decoder projections: Qwen2/Qwen3 names, and the original Qwen's (whose output is then
+# the Qwen-7B-Chat-Int4 layout: c_attn, c_proj, w1, w2 quantized, c_attn keeping its bias)
+QUANTIZED = re.compile(r"(model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)"
+                       r"|transformer\.h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.w1|mlp\.w2"
+                       r"|mlp\.c_proj))\.weight$")
 COPIED_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json",
-                "special_tokens_map.json", "vocab.json", "merges.txt")
+                "special_tokens_map.json", "vocab.json", "merges.txt", "qwen.tiktoken")
 
 
 def to_float16_if_float32(t, name: str, src: str):

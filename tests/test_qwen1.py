@@ -296,3 +296,25 @@ def test_the_cli_runs_and_chats_with_a_v1_model(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.splitlines()) == 2          # one answer line per turn
+
+
+def test_quantize_writes_the_qwen_7b_chat_int4_layout(tmp_path):
+    """`qwen-np quantize` on an original-Qwen folder: the v1 names with qweight/qzeros/scales/
+    g_idx for c_attn, c_proj, w1, w2 and mlp.c_proj, c_attn's bias kept; it loads packed, and
+    each quantized matrix dequantizes to within half a step of the float one."""
+    from safetensors.numpy import load_file
+    from qwen_np.quantize import quantize_folder
+    src, dst = path("qwen1-f32-ntk-logn"), str(tmp_path / "int4")
+    stats = quantize_folder(src, dst, 4, 16, True)
+    assert stats["quantized"] == 10
+    names = set(load_file(dst + "/model.safetensors"))
+    assert "transformer.h.0.attn.c_attn.qweight" in names and "transformer.h.0.attn.c_attn.bias" in names
+    assert "transformer.h.1.mlp.w2.g_idx" in names and "transformer.wte.weight" in names
+    float_model, int4 = qwen_np.load(src), qwen_np.load(dst)
+    for a, b in ((float_model.weights.layers[0].k, int4.weights.layers[0].k),
+                 (float_model.weights.layers[1].gate, int4.weights.layers[1].gate)):
+        assert isinstance(b, QuantizedTensor)
+        w = np.asarray(a, np.float32)
+        step = np.abs(w).reshape(w.shape[0], -1, 16).max(-1) / 7     # sym 4-bit: absmax / 7..8
+        err = np.abs(dequantize(b) - w).reshape(w.shape[0], -1, 16).max(-1)
+        assert np.all(err <= step / 2 * 1.01 + 1e-6)
