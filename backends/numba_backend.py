@@ -29,7 +29,7 @@ from qwen_np.process_settings import apply_speed_settings
 
 apply_speed_settings(numba=True)
 
-from qwen_np.dense import rows_as_compute
+from qwen_np.dense import BFloat16Array, rows_as_compute
 from qwen_np.errors import BackendUnavailable
 from qwen_np.quant import MappedQuantizedRows, QuantizedTensor
 
@@ -115,15 +115,54 @@ def rms_norm_rows(x, w, eps, out):
 
 @njit(cache=True, parallel=True, fastmath=LANE_MATH)
 def rope_rows(x, cos, sin, out):
-    """x [T, h, Dh], cos/sin [T, Dh/2]: rotate-half, pairs (i, i + Dh/2)."""
+    """x [T, h, Dh], cos/sin [T, n]: rotate-half over the first 2n dims, pairs (i, i + n);
+    dims 2n.. are copied (partial rotary)."""
     T, h, d = x.shape
-    half = d // 2
+    half = cos.shape[1]
     for t in prange(T):
         for k in range(h):
             for i in range(half):
                 a, b = x[t, k, i], x[t, k, i + half]
                 out[t, k, i] = a * cos[t, i] - b * sin[t, i]
                 out[t, k, i + half] = b * cos[t, i] + a * sin[t, i]
+            for i in range(2 * half, d):
+                out[t, k, i] = x[t, k, i]
+
+
+@njit(cache=True, parallel=True, fastmath=ROW_SUM_MATH)
+def gemv_half_rows(bits, lut, x, out):
+    """out[o] = sum_i lut[bits[o, i]] * x[i]: a float16 or bfloat16 matrix (its 16-bit
+    patterns) times one vector, each weight decoded through a 65,536-entry float32 table
+    (exact for every pattern, inf and NaN included), read once."""
+    rows, n = bits.shape
+    for o in prange(rows):
+        acc = np.float32(0.0)
+        for i in range(n):
+            acc += lut[bits[o, i]] * x[i]
+        out[o] = acc
+
+
+def half_table(kind: str) -> np.ndarray:
+    """float32 value of every 16-bit pattern of float16 or bfloat16 (bfloat16: bits << 16)."""
+    patterns = np.arange(1 << 16, dtype=np.uint32)
+    if kind == "float16":
+        return patterns.astype(np.uint16).view(np.float16).astype(np.float32)
+    return (patterns << 16).view(np.float32)
+
+
+HALF_TABLES = {"float16": half_table("float16"), "bfloat16": half_table("bfloat16")}
+
+
+@njit(cache=True, parallel=True, fastmath=LANE_MATH)
+def dequantize_kv_rows(codes, scale, zero, out):
+    """out[s, k, i] = scale[s, k] * (codes[s, k, i] - zero[s, k]) (an int8 KV cache read)."""
+    S, h, d = codes.shape
+    for s in prange(S):
+        for k in range(h):
+            sc = np.float32(scale[s, k])
+            z = np.float32(zero[s, k])
+            for i in range(d):
+                out[s, k, i] = sc * (np.float32(codes[s, k, i]) - z)
 
 
 @njit(cache=True, parallel=True, fastmath=LANE_MATH)
@@ -224,6 +263,12 @@ class NumbaBackend:
                 y = numpy_linear(x, w)
         elif isinstance(w, np.ndarray) and w.dtype == np.float32:
             y = x @ w.T
+        elif x.shape[0] == 1 and (isinstance(w, BFloat16Array) or w.dtype == np.float16):
+            # decoding: one pass over the 16-bit weights, decoded in the kernel
+            kind = "bfloat16" if isinstance(w, BFloat16Array) else "float16"
+            bits = w.bits if kind == "bfloat16" else w.view(np.uint16)
+            y = np.empty((1, w.shape[0]), np.float32)
+            gemv_half_rows(bits, HALF_TABLES[kind], x[0], y[0])
         else:  # float16 / bfloat16 matrices: a tile at a time, as the NumPy backend does
             y = np.empty((x.shape[0], w.shape[0]), np.float32)
             step = max(1, PREFILL_TILE_ELEMENTS // w.shape[1])
@@ -249,6 +294,12 @@ class NumbaBackend:
         attention_heads(np.ascontiguousarray(q, dtype=np.float32),
                         np.ascontiguousarray(k, dtype=np.float32),
                         np.ascontiguousarray(v, dtype=np.float32), int(start), out)
+        return out
+
+    def dequantize_kv(self, codes, scale, zero):
+        out = np.empty(codes.shape, np.float32)
+        dequantize_kv_rows(codes, np.ascontiguousarray(scale, dtype=np.float32),
+                           np.ascontiguousarray(zero, dtype=np.float32), out)
         return out
 
     def silu_mul(self, gate, up):

@@ -172,6 +172,38 @@ def test_rope(be, ref, T, start):
         < TOL["rope"]
 
 
+@pytest.mark.parametrize("rope_dim", [2, 6, 10])
+def test_partial_rope(be, ref, rope_dim):
+    """The original Qwen's rotary_pct < 1: the first rope_dim dims rotate, the rest pass."""
+    x = rng.standard_normal((5, 3, 12)).astype(np.float32)
+    pos = np.arange(40, 45)
+    inv = rope_inv_freq(rope_dim, 1e4)
+    got = be.to_numpy(be.rope(be.asarray(x), pos, inv))
+    assert rel_err(got, ref.rope(x, pos, inv)) < TOL["rope"]
+    assert np.array_equal(got[..., rope_dim:], x[..., rope_dim:])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_decoding_16_bit_weights_with_extreme_values(be, ref, dtype):
+    """One token through a 16-bit matrix (the Numba backend decodes each pattern through a
+    table): subnormals, the largest finite values, zeros of both signs, and a row with inf and
+    one with NaN give what the reference gives."""
+    w32 = rng.standard_normal((37, 45)).astype(np.float32)
+    big = 65504.0 if dtype == "float16" else 3.0e38
+    w32[0, :4] = [6e-8, -6e-8, big, -big] if dtype == "float16" else [1e-40, -1e-40, big, -big]
+    w32[1, :2] = [0.0, -0.0]
+    w32[2, 5] = np.inf
+    w32[3, 7] = np.nan
+    w = BFloat16Array((w32.view(np.uint32) >> 16).astype(np.uint16)) if dtype == "bfloat16" \
+        else w32.astype(np.float16)
+    x = rng.standard_normal((1, 45)).astype(np.float32) * 1e-3
+    got, want = be.to_numpy(be.linear(be.asarray(x), w)), ref.linear(x, w)
+    assert np.array_equal(np.isnan(got), np.isnan(want)) and np.isnan(got[0, 3])
+    assert np.isinf(got[0, 2]) and np.sign(got[0, 2]) == np.sign(want[0, 2])
+    finite = np.isfinite(want)
+    assert rel_err(got[finite], want[finite]) < TOL["linear"]
+
+
 @pytest.mark.parametrize("H,Hkv", [(4, 4), (6, 3), (14, 2)])    # GQA ratios 1, 2, 7
 @pytest.mark.parametrize("T,start", [(1, 0), (1, 23), (7, 0), (5, 11)])
 def test_attention(be, ref, H, Hkv, T, start):
