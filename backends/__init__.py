@@ -17,11 +17,14 @@ Hkv key/value heads, Dh head dim, S cached positions):
     embed(table, ids)              [V, D] table, [T] ids            -> [T, D]
     linear(x, w, bias=None)        [T, in] x, w [out, in]           -> [T, out]  (x @ w.T + bias)
     rms_norm(x, w, eps)            [..., n] x, [n] w                -> [..., n]
-    rope(x, positions, inv_freq)   [T, h, Dh] x, [T] positions      -> [T, h, Dh] (rotate-half)
+    rope(x, positions, inv_freq)   [T, h, Dh] x, [T] positions      -> [T, h, Dh] (rotate-half
+                                   over the first 2 * len(inv_freq) dims; the rest unchanged)
     attention(q, k, v, start)      q [T, H, Dh], k/v [S, Hkv, Dh]; query t sits at position
                                    start + t and sees keys 0..start+t (causal, GQA)
                                                                     -> [T, H, Dh]
     silu_mul(gate, up)             [T, F], [T, F]                   -> [T, F]  silu(gate) * up
+    dequantize_kv(codes, scale, zero)  uint8 [S, Hkv, Dh], [S, Hkv] x2  -> [S, Hkv, Dh]
+                                   scale * (code - zero): an int8 KV cache read (cache.py)
 
 Weights are passed as the loader produced them (memory-mapped, in their file dtype), or as
 `prepare` returned them; an op converts what it reads. The NumPy backend is the definition

@@ -73,19 +73,21 @@ class NumpyBackend:
         return x / np.sqrt(mean_sq + self.dtype.type(eps)) * w
 
     def rope(self, x, positions, inv_freq):
-        """Rotate-half ("NeoX") RoPE: element i pairs with element i + Dh/2.
+        """Rotate-half ("NeoX") RoPE over the first 2n = 2 * len(inv_freq) dims of each head:
+        element i pairs with element i + n; dims from 2n on pass through unchanged (partial
+        rotary, as the original Qwen's rotary_pct < 1).
 
-        angle[t, j] = positions[t] * inv_freq[j]           j < Dh/2
-        x'[..., :Dh/2] = x1 * cos - x2 * sin
-        x'[..., Dh/2:] = x2 * cos + x1 * sin
+        angle[t, j] = positions[t] * inv_freq[j]           j < n
+        x'[..., :n]   = x1 * cos - x2 * sin
+        x'[..., n:2n] = x2 * cos + x1 * sin
         The angles and their cos/sin are computed in float64, then rounded to the compute dtype.
         """
         angle = np.asarray(positions, np.float64)[:, None] * np.asarray(inv_freq, np.float64)
-        cos = np.cos(angle).astype(self.dtype)[:, None, :]  # [T, 1, Dh/2]
+        cos = np.cos(angle).astype(self.dtype)[:, None, :]  # [T, 1, n]
         sin = np.sin(angle).astype(self.dtype)[:, None, :]
-        half = x.shape[-1] // 2
-        x1, x2 = x[..., :half], x[..., half:]
-        return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+        n = angle.shape[1]
+        x1, x2, rest = x[..., :n], x[..., n:2 * n], x[..., 2 * n:]
+        return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], axis=-1)
 
     def attention(self, q, k, v, start):
         T, H, Dh = q.shape
@@ -102,6 +104,12 @@ class NumpyBackend:
         p = p / p.sum(axis=-1, keepdims=True)                         # softmax over keys
         out = p @ vg                                                  # [Hkv, rep, T, Dh]
         return out.transpose(2, 0, 1, 3).reshape(T, H, Dh)
+
+    def dequantize_kv(self, codes, scale, zero):
+        """An int8 KV cache's codes [S, Hkv, Dh] (uint8) with scale, zero [S, Hkv]:
+        scale * (code - zero), in the compute dtype (cache.py)."""
+        return scale.astype(self.dtype)[..., None] * (codes.astype(self.dtype)
+                                                      - zero.astype(self.dtype)[..., None])
 
     def silu_mul(self, gate, up):
         with np.errstate(over="ignore"):  # exp(-g) -> inf for very negative g gives silu -> -0

@@ -7,6 +7,7 @@ from typing import Callable
 
 import numpy as np
 
+from .cache import KVCache, check_kv_kind, default_kv_kind, new_kv_cache
 from .config import QwenConfig
 from .errors import FormatError, InputError
 from .generate import generate as generate_loop
@@ -24,11 +25,15 @@ class Model:
     """A loaded model: config, weights, a backend, and (if the checkpoint has one) a tokenizer."""
 
     def __init__(self, config: QwenConfig, weights: ModelWeights, backend,
-                 make_tokenizer: Callable[[], Tokenizer] | None, source: str):
+                 make_tokenizer: Callable[[], Tokenizer] | None, source: str,
+                 kv_cache: str | None = None):
         self.config = config
         self.weights = weights
         self.backend = backend
         self.source = source
+        # the KV cache's storage (cache.py): float32, float16 or int8; by default the compute
+        # dtype, or int8 for a Qwen v1 checkpoint whose config asks for cache quantization
+        self.kv_cache = check_kv_kind(kv_cache or default_kv_kind(config, backend))
         self._make_tokenizer = make_tokenizer   # built on first use (it takes a moment)
         self._tokenizer = None
 
@@ -42,15 +47,25 @@ class Model:
         return self._tokenizer
 
     def stop_ids(self) -> list[int]:
+        """The config's EOS ids and the tokenizer's <|endoftext|> and <|im_end|> (and, for the
+        original Qwen, <|im_start|>, as its chat's stop words are)."""
         ids = list(self.config.eos_token_ids)
         if self._make_tokenizer is not None:
             ids += self.tokenizer.stop_ids()
+            if self.config.model_type == "qwen" and self.tokenizer.token_id("<|im_start|>"):
+                ids.append(self.tokenizer.token_id("<|im_start|>"))
         return list(dict.fromkeys(ids))
 
+    def new_cache(self, max_tokens: int) -> KVCache:
+        """An empty KV cache of this model's kind for max_tokens positions."""
+        return new_kv_cache(self.config, max_tokens, self.backend, self.kv_cache)
+
     def logits(self, ids) -> np.ndarray:
-        """[len(ids), V]: one full forward pass from position 0, no cache."""
+        """[len(ids), V]: one full forward pass from position 0 (through a fresh cache of the
+        model's kind, so that an int8 cache's rounding is in these logits too)."""
         ids = self._check_ids(ids)
-        return self.backend.to_numpy(forward(self.config, self.weights, self.backend, ids))
+        return self.backend.to_numpy(forward(self.config, self.weights, self.backend, ids,
+                                             self.new_cache(len(ids))))
 
     def generate(self, ids, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
                  top_p: float = 1.0, seed: int | None = None,
@@ -58,6 +73,8 @@ class Model:
                  stop_ids=None, cache=None) -> list[int]:
         """New ids only; stops on the model's EOS tokens (or `stop_ids`) or max_new_tokens."""
         ids = self._check_ids(ids)
+        if cache is None:
+            cache = self.new_cache(len(ids) + max(max_new_tokens, 0))
         return generate_loop(self.config, self.weights, self.backend, ids, max_new_tokens,
                              temperature, top_k, top_p, repetition_penalty, seed,
                              self.stop_ids() if stop_ids is None else stop_ids, stream, cache)
@@ -124,9 +141,13 @@ def is_gguf(path: str) -> bool:
 
 
 def load(path: str, backend: str = "numpy", dtype: str = "float32",
-         threads: int | None = None) -> Model:
+         threads: int | None = None, kv_cache: str | None = None) -> Model:
     """Load a Hugging Face model folder or a GGUF file for the named backend ("numpy", the
-    reference, or "numba") and dtype; `threads` (default: all cores) for kernels and BLAS."""
+    reference, or "numba") and dtype; `threads` (default: all cores) for kernels and BLAS;
+    `kv_cache` the KV cache's storage: "float32", "float16" or "int8" (cache.py; default the
+    compute dtype, or int8 where a Qwen v1 config sets use_cache_quantization)."""
+    if kv_cache is not None:
+        check_kv_kind(kv_cache)
     from .backends import get_backend
     be = get_backend(backend, dtype, threads)
     path = os.fspath(path)
@@ -134,4 +155,4 @@ def load(path: str, backend: str = "numpy", dtype: str = "float32",
     prepare_tensors(tensors, be.prepare)
     weights = build_weights(config, tensors, be.dtype, path)
     release_free_heap()  # the temporaries of converting quantized tensors
-    return Model(config, weights, be, make_tokenizer, path)
+    return Model(config, weights, be, make_tokenizer, path, kv_cache)

@@ -53,25 +53,25 @@ print(json.dumps({"system": "llama.cpp (llama-cpp-python " + llama_cpp.__version
 """
 
 
-def measure_here(path: str, backend: str, threads: int | None, P: int, G: int) -> dict:
+def measure_here(path: str, backend: str, threads: int | None, P: int, G: int,
+                 kv_cache: str | None = None) -> dict:
     """Run in this (fresh) process: load, prefill P tokens, decode G tokens."""
     import time
 
     import numpy as np
 
     from .api import load
-    from .cache import new_kv_cache
     from .memory import rss_bytes
     from .model import forward
     t0 = time.perf_counter()
-    model = load(path, backend=backend, threads=threads)
+    model = load(path, backend=backend, threads=threads, kv_cache=kv_cache)
     cfg, w, be = model.config, model.weights, model.backend
     base = model.tokenizer.encode(TEXT)
     prompt = (base * (P // len(base) + 1))[:P]
     # one short warm-up pass so that JIT compilation (numba) is counted in load, not prefill
-    forward(cfg, w, be, prompt[:2], new_kv_cache(cfg, 4, be), last_only=True)
+    forward(cfg, w, be, prompt[:2], model.new_cache(4), last_only=True)
     load_s = time.perf_counter() - t0
-    cache = new_kv_cache(cfg, P + G + 1, be)
+    cache = model.new_cache(P + G + 1)
     t = time.perf_counter()
     tok = int(np.argmax(be.to_numpy(forward(cfg, w, be, prompt, cache, last_only=True))[-1]))
     prefill_s = time.perf_counter() - t
@@ -81,7 +81,8 @@ def measure_here(path: str, backend: str, threads: int | None, P: int, G: int) -
         tok = int(np.argmax(be.to_numpy(forward(cfg, w, be, [tok], cache, last_only=True))[-1]))
         gen.append(tok)
     decode_s = time.perf_counter() - t
-    return {"system": f"qwen-np ({backend})", "load_s": load_s, "prefill_tok_s": P / prefill_s,
+    label = backend if kv_cache is None else f"{backend}, KV cache {kv_cache}"
+    return {"system": f"qwen-np ({label})", "load_s": load_s, "prefill_tok_s": P / prefill_s,
             "ttft_s": prefill_s, "decode_tok_s": G / decode_s,
             "peak_rss_mib": (rss_bytes("VmHWM") or 0) / 2**20, "ids": gen[:16]}
 
@@ -95,9 +96,9 @@ def run_json(cmd: list[str]) -> dict:
 
 
 def bench(path: str, backend: str, threads: int | None, P: int, G: int, vs: str | None,
-          llama_python: str) -> list[dict]:
+          llama_python: str, kv_cache: str | None = None) -> list[dict]:
     ours = run_json([sys.executable, "-m", "qwen_np.bench", path, backend, str(threads or 0),
-                     str(P), str(G)])
+                     str(P), str(G), kv_cache or ""])
     rows = [ours]
     if vs == "llama.cpp":
         rows.append(run_json([llama_python, "-c", LLAMA_CPP, path, str(P), str(G),
@@ -122,5 +123,5 @@ def format_table(rows: list[dict], P: int) -> str:
 
 
 if __name__ == "__main__":   # the measuring child process
-    path, backend, threads, P, G = sys.argv[1:6]
-    print(json.dumps(measure_here(path, backend, int(threads) or None, int(P), int(G))))
+    path, backend, threads, P, G, kv = sys.argv[1:7]
+    print(json.dumps(measure_here(path, backend, int(threads) or None, int(P), int(G), kv or None)))

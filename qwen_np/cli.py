@@ -17,6 +17,7 @@ import numpy as np
 from .errors import FormatError, InputError, QwenNpError
 
 BACKEND_CHOICES = ("numpy", "numba", "cupy")
+KV_CACHE_CHOICES = ("float32", "float16", "int8")
 PRESET_NAMES = ("Qwen-7B", "Qwen2.5-0.5B", "Qwen2.5-1.5B", "Qwen2.5-7B", "Qwen3-0.6B", "Qwen3-8B")
 
 
@@ -94,8 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     mem.add_argument("model", metavar="PATH_OR_PRESET")
     mem.add_argument("--context", type=count(1), default=2048,
                      help="KV cache positions (default 2048)")
-    mem.add_argument("--kv-dtype", default=None, choices=("float32", "float16", "float64"),
-                     help="KV cache storage (default: the compute dtype)")
+    mem.add_argument("--kv-cache", "--kv-dtype", dest="kv_cache", default=None,
+                     choices=KV_CACHE_CHOICES + ("float64",),
+                     help="KV cache storage (default: the compute dtype, or int8 where a Qwen v1 "
+                          "config sets use_cache_quantization)")
     mem.add_argument("--dtype", default="float32", choices=("float32", "float64"),
                      help="compute dtype (default float32)")
     mem.add_argument("--bits", type=int, default=4, choices=(4, 8),
@@ -165,6 +168,10 @@ def add_model_args(p):
                    help="compute dtype (float64 is the oracle mode; default float32)")
     p.add_argument("--threads", type=count(1), default=None,
                    help="threads for the kernels and BLAS (default: all cores)")
+    p.add_argument("--kv-cache", default=None, choices=KV_CACHE_CHOICES,
+                   help="KV cache storage: float32, float16 (half the memory) or int8 (about a "
+                        "quarter; per position and head scale and zero). Default: the compute "
+                        "dtype, or int8 where a Qwen v1 config sets use_cache_quantization")
 
 
 def add_sampling_args(p, default_max_new=64):
@@ -187,7 +194,8 @@ def sampling_kwargs(args) -> dict:
 def load_model(args):
     from .api import load
     path = args.model if args.model is not None else fetch_with_progress()
-    return load(path, backend=args.backend, dtype=args.dtype, threads=args.threads)
+    return load(path, backend=args.backend, dtype=args.dtype, threads=args.threads,
+                kv_cache=args.kv_cache)
 
 
 def fetch_with_progress() -> str:
@@ -220,16 +228,16 @@ class TextStream:
 
 
 def cmd_run(args) -> int:
-    from .tokenizer import DEFAULT_SYSTEM_BY_MODEL_TYPE, format_chatml
+    from .chat import chat_prompt_ids
+    from .tokenizer import DEFAULT_SYSTEM_BY_MODEL_TYPE
     model = load_model(args)
     tok = model.tokenizer
-    text = args.prompt
     if args.chat:
         system = args.system if args.system is not None else \
             DEFAULT_SYSTEM_BY_MODEL_TYPE.get(model.config.model_type)
-        text = format_chatml([{"role": "user", "content": text}], system)
-    ids = tok.encode(text)
-    if not args.chat:
+        ids = chat_prompt_ids(tok, model.config.model_type, args.prompt, system)
+    else:
+        ids = tok.encode(args.prompt)
         sys.stdout.write(args.prompt)
     stream = TextStream(tok, model.stop_ids())
     model.generate(ids, max_new_tokens=args.max_new_tokens, stream=stream, **sampling_kwargs(args))
@@ -239,15 +247,13 @@ def cmd_run(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    from .cache import new_kv_cache
-    from .tokenizer import DEFAULT_SYSTEM_BY_MODEL_TYPE, format_chatml
+    from .chat import chat_prompt_ids, chat_token_ids, next_turn_ids
+    from .tokenizer import DEFAULT_SYSTEM_BY_MODEL_TYPE
     model = load_model(args)
     tok, cfg = model.tokenizer, model.config
     system = args.system if args.system is not None else \
         DEFAULT_SYSTEM_BY_MODEL_TYPE.get(cfg.model_type)
-    im_end = tok.token_id("<|im_end|>")
-    if im_end is None or tok.token_id("<|im_start|>") is None:
-        raise FormatError(f"{tok.source}: no <|im_start|>/<|im_end|> tokens; chat needs ChatML")
+    _, im_end = chat_token_ids(tok)
     stop = model.stop_ids()
     cache, last = None, None
     interactive = sys.stdin.isatty()
@@ -265,11 +271,11 @@ def cmd_chat(args) -> int:
         if not msg:
             continue
         if cache is None:  # first turn: the whole ChatML prefix
-            cache = new_kv_cache(cfg, args.context, model.backend)
-            ids = tok.encode(format_chatml([{"role": "user", "content": msg}], system))
+            cache = model.new_cache(args.context)
+            ids = chat_prompt_ids(tok, cfg.model_type, msg, system)
         else:  # later turns: close the last answer, then only the new user turn
             ids = [last] if last == im_end else [last, im_end]
-            ids += tok.encode("\n" + format_chatml([{"role": "user", "content": msg}], None))
+            ids += next_turn_ids(tok, cfg.model_type, msg)
         room = cache.max_tokens - cache.length - len(ids)
         if room < 1:
             print("(the conversation fills the context; /reset to start over)", file=sys.stderr)
@@ -321,7 +327,7 @@ def cmd_bench(args) -> int:
                               f"llama-cpp-python as tools/README.md says, or pass --llama-python)")
     try:
         rows = bench(path, args.backend, args.threads, args.prompt_tokens, args.gen_tokens,
-                     args.vs, args.llama_python)
+                     args.vs, args.llama_python, args.kv_cache)
     except RuntimeError as e:
         raise QwenNpError(str(e)) from None
     print(f"{path}: {args.prompt_tokens}-token prompt, {args.gen_tokens} decoded tokens, "
@@ -338,19 +344,19 @@ def cmd_fetch(args) -> int:
 def cmd_memory(args) -> int:
     from . import memory as mm
     baseline = mm.rss_bytes() or 0      # this process now: Python, NumPy, qwen_np imported
-    kv_item = np.dtype(args.kv_dtype or args.dtype).itemsize
     item = np.dtype(args.dtype).itemsize
     if args.model in mm.PRESETS:
         if args.measure:
             raise FormatError(f"{args.model}: --measure needs a model folder, not a preset")
         cfg = mm.preset_config(args.model)
-        cols = {"float32": mm.preset_components(cfg, None, args.group_size, args.context, kv_item,
+        kv = args.kv_cache or args.dtype
+        cols = {"float32": mm.preset_components(cfg, None, args.group_size, args.context, kv,
                                                 item, prompt_tokens=args.prompt_tokens),
                 f"int{args.bits} g{args.group_size}": mm.preset_components(
-                    cfg, args.bits, args.group_size, args.context, kv_item, item,
+                    cfg, args.bits, args.group_size, args.context, kv, item,
                     prompt_tokens=args.prompt_tokens)}
-        print(f"{args.model} (preset), context {args.context}, KV cache "
-              f"{args.kv_dtype or args.dtype}; GiB = 2^30 bytes")
+        print(f"{args.model} (preset), context {args.context}, KV cache {kv}; "
+              f"GiB = 2^30 bytes")
         for c in cols.values():
             c["runtime (measured now)"] = baseline
         print(f"  {'component':<24}" + "".join(f"{k:>18}" for k in cols))
@@ -362,14 +368,13 @@ def cmd_memory(args) -> int:
 
     from .api import load
     from .backends.numpy_backend import TILE_ELEMENTS
-    from .cache import new_kv_cache
-    model = load(args.model, dtype=args.dtype)
+    model = load(args.model, dtype=args.dtype, kv_cache=args.kv_cache)
     cfg = model.config
-    comps = mm.model_components(cfg, model.weights, args.context, kv_item, item,
+    comps = mm.model_components(cfg, model.weights, args.context, model.kv_cache, item,
                                 args.prompt_tokens, TILE_ELEMENTS)
     comps["runtime (measured now)"] = baseline
     predicted = mm.total(comps)
-    print(f"{args.model}: context {args.context}, KV cache {args.kv_dtype or args.dtype}, "
+    print(f"{args.model}: context {args.context}, KV cache {model.kv_cache}, "
           f"compute {args.dtype}")
     for comp, b in comps.items():
         print(f"  {comp:<24} {b:>15,} B {b / mm.MiB:>10.1f} MiB")
@@ -379,7 +384,7 @@ def cmd_memory(args) -> int:
             raise InputError("--prompt-tokens + --gen-tokens exceed --context")
         mm.reset_peak_rss()
         ids = np.random.default_rng(0).integers(0, cfg.vocab_size, args.prompt_tokens).tolist()
-        cache = new_kv_cache(cfg, args.context, model.backend, args.kv_dtype)
+        cache = model.new_cache(args.context)
         model.generate(ids, max_new_tokens=args.gen_tokens, stop_ids=[], cache=cache)
         peak = mm.rss_bytes("VmHWM")
         if peak is None:

@@ -5,6 +5,17 @@ Qwen3 is written as the difference from Qwen2, as transformers' modular files do
   qwen3: per-head RMSNorm on q and k (`q_norm`, `k_norm`, size head_dim) before RoPE;
          biases only if `attention_bias` (then on q, k, v *and* o, as in LlamaAttention).
 Both: `head_dim` comes from the config when present, else hidden_size // num_attention_heads.
+
+The original Qwen (`qwen`, QWenLMHeadModel, Qwen's own modeling_qwen.py) is Qwen2 without GQA
+plus four differences, each a field here:
+  rotary_dim      only the first int(kv_channels * rotary_pct) dims of a head rotate
+  dynamic_ntk     RoPE's base grows with the prompt length past seq_length (model.py)
+  logn_attn       queries past seq_length are scaled by log_{seq_length}(position + 1)
+  kv_cache_quantization   keys and values pass through Qwen's uint8 quantizer (cache.py)
+Its config.json comes in two spellings: the current one (hidden_size, num_attention_heads,
+num_hidden_layers, intermediate_size, max_position_embeddings) and the early one of August
+2023 (n_embd, n_head, n_layer, ffn_hidden_size, padded_vocab_size, n_positions). Either way the
+stored intermediate size is *twice* the MLP width.
 """
 
 from __future__ import annotations
@@ -16,13 +27,13 @@ from dataclasses import dataclass, field, replace
 from .errors import FormatError, UnsupportedModel
 from .io.model_files import read_json, short_repr
 
-SUPPORTED_MODEL_TYPES = ("qwen2", "qwen3")
+SUPPORTED_MODEL_TYPES = ("qwen", "qwen2", "qwen3")
 REQUIRED = object()   # ConfigReader: the key has no default
 
 
 @dataclass(frozen=True)
 class QwenConfig:
-    model_type: str                 # "qwen2" (Qwen2, Qwen2.5) or "qwen3"
+    model_type: str                 # "qwen" (the original), "qwen2" (Qwen2, Qwen2.5) or "qwen3"
     vocab_size: int                 # V: rows of the embedding table
     hidden_size: int                # D
     intermediate_size: int          # F: SwiGLU width
@@ -39,6 +50,15 @@ class QwenConfig:
     qk_norm: bool                   # Qwen3's per-head RMSNorm on q and k
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
+    rotary_dim: int | None = None   # dims of a head that rotate (None: all head_dim of them)
+    seq_length: int | None = None   # Qwen v1: the training length, where NTK and logn begin
+    dynamic_ntk: bool = False       # Qwen v1: RoPE base from the prompt length (model.py)
+    logn_attn: bool = False         # Qwen v1: queries past seq_length scaled by log_seq(p+1)
+    kv_cache_quantization: bool = False   # Qwen v1's use_cache_quantization (cache.py)
+
+    @property
+    def rope_dim(self) -> int:
+        return self.head_dim if self.rotary_dim is None else self.rotary_dim
 
 
 def config_from_hf_dict(d: dict, source: str = "config.json") -> QwenConfig:
@@ -56,6 +76,8 @@ def config_from_hf_dict(d: dict, source: str = "config.json") -> QwenConfig:
             f"{source}: model_type {short_repr(model_type)} is not supported "
             f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
     key = ConfigReader(d, source)
+    if model_type == "qwen":
+        return qwen_v1_config(d, key, source)
 
     hidden = key.integer("hidden_size")
     heads = key.integer("num_attention_heads")
@@ -109,6 +131,78 @@ def config_from_hf_dict(d: dict, source: str = "config.json") -> QwenConfig:
         qk_norm=qk_norm,
         bos_token_id=key.token_id("bos_token_id"),
         eos_token_ids=key.token_ids("eos_token_id"),
+    )
+
+
+# Qwen v1's config keys: the current name and the early (August 2023) one for each.
+QWEN_V1_KEYS = {"hidden_size": "n_embd", "num_attention_heads": "n_head",
+                "num_hidden_layers": "n_layer", "intermediate_size": "ffn_hidden_size",
+                "max_position_embeddings": "n_positions"}
+
+
+def qwen_v1_config(d: dict, key: "ConfigReader", source: str) -> QwenConfig:
+    """The original Qwen's config.json, in either spelling (configuration_qwen.py of
+    Qwen/Qwen-7B, and of the August 2023 Qwen-7B-Chat).
+
+    Where a key is absent the defaults are those of the configuration_qwen.py of the same
+    spelling: the early one leaves NTK and logn off and uses eps 1e-5. `seq_length` has no
+    default in either (modeling_qwen.py reads it unconditionally), so it is required here too.
+    """
+    early = any(old in d for old in QWEN_V1_KEYS.values())
+
+    def name(current: str) -> str:
+        return QWEN_V1_KEYS[current] if early and current in QWEN_V1_KEYS else current
+
+    hidden = key.integer(name("hidden_size"))
+    heads = key.integer(name("num_attention_heads"))
+    kv_channels = key.integer("kv_channels", 128)
+    if kv_channels * heads != hidden:   # modeling_qwen.py splits heads of hidden // heads
+        raise UnsupportedModel(f"{source}: kv_channels {kv_channels} x {name('num_attention_heads')} "
+                               f"{heads} != {name('hidden_size')} {hidden} (modeling_qwen.py "
+                               f"needs them equal)")
+    ffn2 = key.integer(name("intermediate_size"), 22016)
+    if ffn2 % 2:
+        raise FormatError(f"{source}: {name('intermediate_size')} {ffn2} is odd; it is twice "
+                          f"the MLP width")
+    pct = key.number("rotary_pct", 1.0)
+    if not 0 < pct <= 1:
+        raise FormatError(f"{source}: rotary_pct is {short_repr(d.get('rotary_pct'))}; "
+                          f"expected a number in (0, 1]")
+    rotary_dim = kv_channels if pct == 1.0 else int(kv_channels * pct)
+    dynamic_ntk = key.flag("use_dynamic_ntk", not early)
+    if rotary_dim % 2 or rotary_dim < (4 if dynamic_ntk else 2):
+        raise UnsupportedModel(f"{source}: rotary_pct {pct} rotates {rotary_dim} of "
+                               f"{kv_channels} dims; RoPE needs an even number"
+                               + (" of at least 4 with use_dynamic_ntk" if dynamic_ntk else ""))
+    if not key.flag("no_bias", True):
+        raise UnsupportedModel(f"{source}: no_bias=false (biases on attn.c_proj and the MLP) "
+                               f"is not supported")
+    vocab = key.integer("padded_vocab_size") if early and "padded_vocab_size" in d \
+        else key.integer("vocab_size")
+    return QwenConfig(
+        model_type="qwen",
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=ffn2 // 2,
+        num_hidden_layers=key.integer(name("num_hidden_layers")),
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        head_dim=kv_channels,
+        rms_norm_eps=key.number("layer_norm_epsilon", 1e-5 if early else 1e-6),
+        rope_theta=key.number("rotary_emb_base", 10000.0, positive=True),
+        max_position_embeddings=key.integer(name("max_position_embeddings"),
+                                            6144 if early else 8192),
+        tie_word_embeddings=key.flag("tie_word_embeddings", False),
+        qkv_bias=True,       # c_attn always has a bias
+        o_bias=False,
+        qk_norm=False,
+        bos_token_id=key.token_id("bos_token_id"),
+        eos_token_ids=key.token_ids("eos_token_id"),
+        rotary_dim=None if rotary_dim == kv_channels else rotary_dim,
+        seq_length=key.integer("seq_length"),
+        dynamic_ntk=dynamic_ntk,
+        logn_attn=key.flag("use_logn_attn", not early),
+        kv_cache_quantization=key.flag("use_cache_quantization", False),
     )
 
 
@@ -208,6 +302,9 @@ def read_hf_config(model_dir: str) -> QwenConfig:
 def config_to_hf_dict(cfg: QwenConfig) -> dict:
     """A Hugging Face config.json for this config (used when a GGUF model is written out as a
     Hugging Face folder); config_from_hf_dict reads it back to the same config."""
+    if cfg.model_type not in ("qwen2", "qwen3"):
+        raise UnsupportedModel(f"writing a {cfg.model_type!r} config.json is not supported "
+                               f"(only qwen2 and qwen3)")
     arch = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[cfg.model_type]
     d = {"architectures": [arch], "model_type": cfg.model_type, "vocab_size": cfg.vocab_size,
          "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,

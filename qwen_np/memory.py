@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .cache import kv_cache_bytes
 from .config import QwenConfig
 from .quant import MappedQuantizedRows, QuantizedTensor
 
@@ -66,8 +67,6 @@ def vector_params(cfg: QwenConfig) -> int:
     return cfg.num_hidden_layers * per_layer + D
 
 
-def kv_cache_bytes(cfg: QwenConfig, context: int, itemsize: int) -> int:
-    return 2 * cfg.num_hidden_layers * context * cfg.num_key_value_heads * cfg.head_dim * itemsize
 
 
 def working_bytes(cfg: QwenConfig, tokens: int, context: int, itemsize: int,
@@ -87,7 +86,7 @@ def working_bytes(cfg: QwenConfig, tokens: int, context: int, itemsize: int,
 
 
 def preset_components(cfg: QwenConfig, bits: int | None, group_size: int, context: int,
-                      kv_itemsize: int, compute_itemsize: int = 4,
+                      kv_kind: str, compute_itemsize: int = 4,
                       embed_itemsize: int = 2, prompt_tokens: int = 16) -> dict[str, int]:
     """Component bytes of a preset: float32 (bits=None) or GPTQ-style int4/int8 (codes, float16
     scales and offsets per group, embedding and head in float16 as GPTQ checkpoints keep them)."""
@@ -102,14 +101,14 @@ def preset_components(cfg: QwenConfig, bits: int | None, group_size: int, contex
         "embedding": embed,
         "LM head": 0 if cfg.tie_word_embeddings else embed,
         "norms + biases": vector_params(cfg) * compute_itemsize,
-        "KV cache": kv_cache_bytes(cfg, context, kv_itemsize),
+        "KV cache": kv_cache_bytes(cfg, context, kv_kind, compute_itemsize),
         "working buffers": working_bytes(cfg, prompt_tokens, context, compute_itemsize,
                                          0 if bits is None else 1 << 20),
     }
     return c
 
 
-def model_components(cfg: QwenConfig, weights, context: int, kv_itemsize: int,
+def model_components(cfg: QwenConfig, weights, context: int, kv_kind: str,
                      compute_itemsize: int, prompt_tokens: int, tile_elements: int) -> dict[str, int]:
     """Component bytes of a loaded model, read off the arrays it holds."""
     c = dict.fromkeys(["quantized codes", "scales + offsets", "float matrices", "embedding",
@@ -150,7 +149,7 @@ def model_components(cfg: QwenConfig, weights, context: int, kv_itemsize: int,
     if isinstance(weights.embed, MappedQuantizedRows):   # say why it shows 0 bytes
         c = {("embedding (file-mapped, read by row)" if k == "embedding" else k): v
              for k, v in c.items()}
-    c["KV cache"] = kv_cache_bytes(cfg, context, kv_itemsize)
+    c["KV cache"] = kv_cache_bytes(cfg, context, kv_kind, compute_itemsize)
     c["working buffers"] = working_bytes(cfg, prompt_tokens, context, compute_itemsize, largest_tile)
     return c
 

@@ -9,15 +9,29 @@
 
 Qwen3 differs only inside attention: a per-head RMSNorm on q and k before RoPE, and no biases.
 Source: transformers' modeling_qwen2.py and modular_qwen3.py.
+
+The original Qwen (Qwen's own modeling_qwen.py) differs from Qwen2 in four small, named ways,
+all but the last in attention:
+  partial rotary   only the first cfg.rope_dim dims of each head rotate (be.rope leaves the rest)
+  dynamic NTK      RoPE's base is base * alpha^(d / (d - 2)), d = rope_dim, with alpha chosen
+                   from the length L of a prefill (a forward pass on an empty cache):
+                       alpha = max(2^ceil(log2(L / seq_length) + 1) - 1, 1)   (1, 3, 7, 15 ...)
+                   and kept by the cache for every later pass (decoding, or more prompt chunks)
+  logn attention   when the keys reach past seq_length, the query at position p is multiplied
+                   by log(p + 1) / log(seq_length) if p + 1 > seq_length (else by 1)
+  int8 KV cache    with use_cache_quantization, keys and values are stored through Qwen's
+                   quantizer (cache.py) and attention reads them back dequantized
+Its MLP is the same SwiGLU (w2 is the gate, w1 the up projection: io/qwen_v1.py).
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from .cache import KVCache
+from .cache import KVCache, default_kv_kind, new_kv_cache, read_kv, write_kv
 from .config import QwenConfig
-from .errors import CacheFull
 from .weights import LayerWeights, ModelWeights
 
 
@@ -25,14 +39,19 @@ def forward(cfg: QwenConfig, w: ModelWeights, be, ids, cache: KVCache | None = N
             last_only: bool = False):
     """Logits for `ids`, the tokens that follow the `cache.length` positions already cached.
 
-    With no cache this is the plain full forward pass over `ids` from position 0. With a
-    cache, the new keys/values are written into it and attention reads all cached positions.
-    `last_only` computes the LM head for the last token alone (what generation needs).
+    With no cache this is the full forward pass over `ids` from position 0 (through a cache
+    of the config's default kind, made for this call). With a cache, the new keys/values are
+    written into it and attention reads all cached positions. `last_only` computes the LM
+    head for the last token alone (what generation needs).
     """
-    start = 0 if cache is None else cache.length
     T = len(ids)
+    if cache is None:
+        cache = new_kv_cache(cfg, T, be, default_kv_kind(cfg, be))
+    start = cache.length
     positions = np.arange(start, start + T)
-    inv_freq = rope_inv_freq(cfg.head_dim, cfg.rope_theta)
+    if start == 0:   # a prefill: dynamic NTK chooses its alpha here, for this pass and later ones
+        cache.ntk_alpha = ntk_alpha(cfg, T)
+    inv_freq = rope_inv_freq(cfg.rope_dim, ntk_rope_base(cfg, cache.ntk_alpha))
 
     h = be.embed(w.embed, ids)                                       # [T, D]
     for i, layer in enumerate(w.layers):
@@ -40,8 +59,7 @@ def forward(cfg: QwenConfig, w: ModelWeights, be, ids, cache: KVCache | None = N
         h = h + attention_block(cfg, layer, be, x, positions, inv_freq, cache, i)
         x = be.rms_norm(h, layer.mlp_norm, cfg.rms_norm_eps)
         h = h + mlp_block(layer, be, x)
-    if cache is not None:
-        cache.length = start + T
+    cache.length = start + T
 
     if last_only:
         h = h[-1:]
@@ -50,7 +68,7 @@ def forward(cfg: QwenConfig, w: ModelWeights, be, ids, cache: KVCache | None = N
 
 
 def attention_block(cfg: QwenConfig, layer: LayerWeights, be, x, positions, inv_freq,
-                    cache: KVCache | None, layer_index: int):
+                    cache: KVCache, layer_index: int):
     T = x.shape[0]
     H, Hkv, Dh = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     q = be.linear(x, layer.q, layer.q_bias).reshape(T, H, Dh)       # [T, H, Dh]
@@ -59,18 +77,14 @@ def attention_block(cfg: QwenConfig, layer: LayerWeights, be, x, positions, inv_
     if cfg.qk_norm:  # Qwen3: RMSNorm over each head's Dh values, before RoPE
         q = be.rms_norm(q, layer.q_norm, cfg.rms_norm_eps)
         k = be.rms_norm(k, layer.k_norm, cfg.rms_norm_eps)
-    q = be.rope(q, positions, inv_freq)
+    q = be.rope(q, positions, inv_freq)       # the first 2 * len(inv_freq) dims rotate
     k = be.rope(k, positions, inv_freq)
 
     start = int(positions[0])
-    if cache is not None:  # append this chunk, then attend over everything cached so far
-        if start + T > cache.max_tokens:
-            raise CacheFull(f"KV cache holds {cache.max_tokens} positions; "
-                            f"{start + T} were asked for")
-        cache.k[layer_index][start:start + T] = k
-        cache.v[layer_index][start:start + T] = v
-        k = cache.k[layer_index][:start + T]                        # [S, Hkv, Dh]
-        v = cache.v[layer_index][:start + T]
+    write_kv(cache, layer_index, start, k, v)   # append this chunk, then attend over all of it
+    k, v = read_kv(cache, layer_index, start + T, be)               # [S, Hkv, Dh]
+    if cfg.logn_attn and start + T > cfg.seq_length:
+        q = q * be.asarray(logn_scale(positions, cfg.seq_length))[:, None, None]
     out = be.attention(q, k, v, start)                              # [T, H, Dh]
     return be.linear(out.reshape(T, H * Dh), layer.o, layer.o_bias) # [T, D]
 
@@ -81,6 +95,30 @@ def mlp_block(layer: LayerWeights, be, x):
     return be.linear(be.silu_mul(gate, up), layer.down)              # [T, D]
 
 
-def rope_inv_freq(head_dim: int, theta: float) -> np.ndarray:
-    """inv_freq[j] = 1 / theta^(2j / Dh), j < Dh/2, in float64."""
-    return 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+def rope_inv_freq(dim: int, theta: float) -> np.ndarray:
+    """inv_freq[j] = 1 / theta^(2j / dim), j < dim/2, in float64 (dim: the rotated dims)."""
+    return 1.0 / theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+
+
+def ntk_alpha(cfg: QwenConfig, length: int) -> float:
+    """Qwen v1's dynamic-NTK alpha for a prefill of `length` tokens (modeling_qwen.py's
+    get_ntk_alpha): 1 up to seq_length, then 3, 7, 15 ... as the length doubles."""
+    if not cfg.dynamic_ntk:
+        return 1.0
+    alpha = 2 ** math.ceil(math.log(length / cfg.seq_length, 2) + 1) - 1
+    return float(max(alpha, 1))
+
+
+def ntk_rope_base(cfg: QwenConfig, alpha: float) -> float:
+    """RoPE's base scaled for alpha: base * alpha^(d / (d - 2)), d the rotated dims."""
+    if alpha == 1.0:
+        return cfg.rope_theta
+    d = cfg.rope_dim
+    return cfg.rope_theta * alpha ** (d / (d - 2))
+
+
+def logn_scale(positions, seq_length: int) -> np.ndarray:
+    """Qwen v1's logn attention factor of each query position p: log(p + 1) / log(seq_length)
+    where p + 1 > seq_length, else 1 (float64)."""
+    p1 = np.asarray(positions, dtype=np.float64) + 1
+    return np.where(p1 > seq_length, np.log(p1) / math.log(seq_length), 1.0)

@@ -30,7 +30,9 @@ QWEN2_SPLIT_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{
                      r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 GGUF_CONTROL, GGUF_USER_DEFINED = 3, 4   # tokenizer.ggml.token_type values (llama.cpp)
 QWEN2_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
-DEFAULT_SYSTEM_BY_MODEL_TYPE = {"qwen2": QWEN2_DEFAULT_SYSTEM, "qwen3": None}
+QWEN_V1_DEFAULT_SYSTEM = "You are a helpful assistant."   # qwen_generation_utils.make_context
+DEFAULT_SYSTEM_BY_MODEL_TYPE = {"qwen": QWEN_V1_DEFAULT_SYSTEM, "qwen2": QWEN2_DEFAULT_SYSTEM,
+                                "qwen3": None}
 STOP_TOKENS = ("<|endoftext|>", "<|im_end|>")
 # the original Qwen's special tokens, at ids len(ranks), len(ranks) + 1, ... (151643 onwards)
 QWEN_V1_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>",
@@ -120,6 +122,17 @@ class Tokenizer:
         # Special tokens written in the text (e.g. <|im_start|>) become their single ids.
         with library_errors(self.source, "cannot encode with this tokenizer", reading=False):
             return self._tok.encode(text).ids
+
+    def encode_plain(self, text: str) -> list[int]:
+        """Ids of `text` with special-token strings in it encoded as ordinary text (tiktoken's
+        allowed_special=set(), disallowed_special=()): how Qwen v1's chat prompt encodes a role
+        or a message, so that a user cannot type <|im_end|> into the prompt."""
+        with library_errors(self.source, "cannot encode with this tokenizer", reading=False):
+            self._tok.encode_special_tokens = True
+            try:
+                return self._tok.encode(text).ids
+            finally:
+                self._tok.encode_special_tokens = False
 
     def decode(self, ids) -> str:
         with library_errors(self.source, "cannot decode with this tokenizer", reading=False):

@@ -81,13 +81,15 @@ def expected_shapes(cfg: QwenConfig) -> dict[str, tuple[int, ...]]:
 TENSORS_PER_LAYER = 9   # two norms and seven matrices, before any bias or q/k norm
 
 
-def check_layer_count(cfg: QwenConfig, n_tensors: int, source: str) -> None:
-    """A layer count the files cannot hold is refused before any per-layer list is built
-    (a corrupted num_hidden_layers of 10^9 would otherwise build names until memory ran out)."""
-    if cfg.num_hidden_layers * TENSORS_PER_LAYER > n_tensors:
+def check_layer_count(cfg: QwenConfig, n_tensors: int, source: str,
+                      per_layer: int | None = None) -> None:
+    """A layer count the files cannot hold (`per_layer` tensors a layer, TENSORS_PER_LAYER
+    unless given) is refused before any per-layer list is built (a corrupted
+    num_hidden_layers of 10^9 would otherwise build names until memory ran out)."""
+    need = cfg.num_hidden_layers * (per_layer or TENSORS_PER_LAYER)
+    if need > n_tensors:
         raise FormatError(f"{source}: {cfg.num_hidden_layers} layers need at least "
-                          f"{cfg.num_hidden_layers * TENSORS_PER_LAYER} tensors; the files "
-                          f"hold {n_tensors}")
+                          f"{need} tensors; the files hold {n_tensors}")
 
 
 def check_tensors(cfg: QwenConfig, tensors: dict, source: str) -> None:

@@ -9,14 +9,14 @@ def test_qwen_7b_float32_is_28_8_gib_of_weights():
     """Qwen-7B has 7,721,324,544 parameters (hand count: 2 x 151936 x 4096 for the embedding
     and the untied head; per layer c_attn 4096 x 12288 + 12288, c_proj 4096 x 4096, w1/w2
     2 x 11008 x 4096, mlp c_proj 4096 x 11008, two norms of 4096; 32 layers; final norm)."""
-    c = preset_components(preset_config("Qwen-7B"), None, 128, 2048, kv_itemsize=4)
+    c = preset_components(preset_config("Qwen-7B"), None, 128, 2048, kv_kind="float32")
     weights = c["float matrices"] + c["embedding"] + c["LM head"] + c["norms + biases"]
     assert weights == 7_721_324_544 * 4
     assert 28.7 < weights / GiB < 28.9
 
 
 def test_qwen_7b_int4_at_2048_is_about_8_gb():
-    c = preset_components(preset_config("Qwen-7B"), 4, 128, 2048, kv_itemsize=2)
+    c = preset_components(preset_config("Qwen-7B"), 4, 128, 2048, kv_kind="float16")
     # 6,476,005,376 projection weights at 4 bits
     assert c["quantized codes"] == 6_476_005_376 // 2
     # per group of 128: a float16 scale and a float16 offset

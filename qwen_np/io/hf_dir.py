@@ -10,6 +10,8 @@ from ..errors import FormatError
 from ..weights import check_layer_count, expected_shapes
 from .hf_quantized import convert_quantized_tensors, read_quantization_config
 from .model_files import file_in_folder, read_json, short_repr
+from .qwen_v1 import TENSORS_PER_LAYER as V1_TENSORS_PER_LAYER
+from .qwen_v1 import v1_expected_shapes, v1_to_model_names
 from .safetensors import open_safetensors
 
 SINGLE_FILE = "model.safetensors"
@@ -62,15 +64,21 @@ def read_hf_dir(model_dir: str) -> tuple[QwenConfig, dict, str | None]:
     """(config, tensors, path of the tokenizer file or None).
 
     Quantized modules (GPTQ, AWQ) come back as canonical QuantizedTensors under `.weight`.
+    An original Qwen checkpoint's tensors come back under the same names as Qwen2's
+    (io/qwen_v1.py), its fused c_attn split into q, k and v.
     """
     if not os.path.isdir(model_dir):
         raise FormatError(f"{model_dir}: no such model folder")
     config = read_hf_config(model_dir)
     tensors = read_hf_tensors(model_dir)
-    check_layer_count(config, len(tensors), model_dir)
+    v1 = config.model_type == "qwen"
+    check_layer_count(config, len(tensors), model_dir, V1_TENSORS_PER_LAYER if v1 else None)
     quant = read_quantization_config(model_dir)
     if quant is not None:
-        tensors = convert_quantized_tensors(tensors, quant, expected_shapes(config), model_dir)
+        expected = v1_expected_shapes(config) if v1 else expected_shapes(config)
+        tensors = convert_quantized_tensors(tensors, quant, expected, model_dir)
+    if v1:
+        tensors = v1_to_model_names(config, tensors, model_dir)
     return config, tensors, tokenizer_file(model_dir)
 
 

@@ -132,3 +132,13 @@ class MappedQuantizedRows:
 
     def __repr__(self):
         return f"MappedQuantizedRows(shape={self.shape}, {self.dtype_name}, nbytes={self.nbytes})"
+
+
+def row_block(qt: QuantizedTensor, start: int, stop: int) -> QuantizedTensor:
+    """Rows start..stop-1 of W as a QuantizedTensor of their own (views of the codes, scales
+    and offsets: each row carries its own, so a block of rows is complete)."""
+    rows = slice(start, stop)
+    return QuantizedTensor(shape=(stop - start, qt.shape[1]), bits=qt.bits,
+                           group_size=qt.group_size, codes=qt.codes[rows], scale=qt.scale[rows],
+                           offset=qt.offset[rows], perm=qt.perm,
+                           high=None if qt.high is None else qt.high[rows])
