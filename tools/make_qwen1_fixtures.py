@@ -83,6 +83,13 @@ qwen.tiktoken (its sha256 recorded): chat prompts from qwen_generation_utils.mak
 `tokenizer.encode` ids (allowed_special "all", NFC: Qwen's defaults) and decoded text for a
 list of strings.
 
+Also written: tests/fixtures/qwen1/kv-quantizer.npz: modeling_qwen.py's own quantize_cache_v
+(float32, qmin 0, qmax 255) on fixed random chunks, so that the quantizer is compared exactly,
+apart from the float rounding upstream that moves a model's keys across its truncation steps:
+    x_<k>                 a chunk of keys or values [T, heads, head_dim] float32 (T = 1, 7, 64)
+    codes_<k>             uint8 [T, heads, head_dim]
+    scale_<k>, zero_<k>   float32 [T, heads] (one value per head, repeated over the chunk)
+
 Greedy continuations use a plain loop (prefill with use_cache, then one token at a time with
 past_key_values, argmax, no stopping), not Qwen's `generate`/`chat`, which add stop words.
 """
@@ -549,6 +556,25 @@ def folder_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
 
 
+def kv_quantizer_fixture(qwen) -> dict:
+    """Qwen's quantize_cache_v on random chunks [T, heads, head_dim], in our layout."""
+    rng = np.random.default_rng(77)
+    qmin, qmax = torch.tensor(0.0), torch.tensor(255.0)
+    out = {}
+    for k, (T, spread) in enumerate(((1, 1.0), (7, 3.0), (64, 0.05))):
+        x = (rng.standard_normal((T, 4, 12)) * spread + rng.standard_normal(4)[None, :, None])
+        x = x.astype(np.float32)
+        # modeling_qwen.py: quantize_cache_v(key.permute(0, 2, 1, 3), ...) on [b, s, heads, d]
+        codes, scale, zero = qwen.modeling.quantize_cache_v(
+            torch.from_numpy(x)[None].permute(0, 2, 1, 3), bits=8, qmin=qmin, qmax=qmax)
+        out[f"x_{k}"] = x
+        out[f"codes_{k}"] = codes[0].permute(1, 0, 2).numpy()              # [T, heads, d]
+        out[f"scale_{k}"] = scale[0, :, :, 0].T.numpy()                     # [T, heads]
+        out[f"zero_{k}"] = zero[0, :, :, 0].T.numpy()
+        assert out[f"codes_{k}"].dtype == np.uint8 and out[f"scale_{k}"].dtype == np.float32
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--qwen-source", help="folder holding the package qwen_v1/, or the "
@@ -568,6 +594,10 @@ def main():
         assert size < MAX_FOLDER_BYTES, (name, size)
         print(f"  folder {size / 1024:.0f} KiB, reference {npz / 1024:.0f} KiB; "
               f"greedy {ref['greedy'].tolist()}, greedy_long {ref['greedy_long'].tolist()}")
+
+    kvq = kv_quantizer_fixture(qwen)
+    np.savez_compressed(os.path.join(OUT, "kv-quantizer.npz"), **kvq)
+    print(f"kv-quantizer.npz: {len(kvq) // 4} chunks")
 
     context = make_context_fixture(qwen, args.tiktoken)
     path = os.path.join(OUT, "make_context.json")
