@@ -20,7 +20,9 @@ Hkv key/value heads, Dh head dim, S cached positions):
     rope(x, positions, inv_freq)   [T, h, Dh] x, [T] positions      -> [T, h, Dh] (rotate-half
                                    over the first 2 * len(inv_freq) dims; the rest unchanged)
     attention(q, k, v, start)      q [T, H, Dh], k/v [S, Hkv, Dh]; query t sits at position
-                                   start + t and sees keys 0..start+t (causal, GQA)
+                                   start + t and sees keys 0..start+t (causal, GQA); k/v
+                                   are float arrays (any float dtype) or an int8 cache's
+                                   Int8Rows (cache.py), read as stored
                                                                     -> [T, H, Dh]
     silu_mul(gate, up)             [T, F], [T, F]                   -> [T, F]  silu(gate) * up
     dequantize_kv(codes, scale, zero)  uint8 [S, Hkv, Dh], [S, Hkv] x2  -> [S, Hkv, Dh]

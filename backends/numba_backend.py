@@ -29,6 +29,7 @@ from qwen_np.process_settings import apply_speed_settings
 
 apply_speed_settings(numba=True)
 
+from qwen_np.cache import Int8Rows
 from qwen_np.dense import BFloat16Array, rows_as_compute
 from qwen_np.errors import BackendUnavailable
 from qwen_np.quant import MappedQuantizedRows, QuantizedTensor
@@ -210,6 +211,77 @@ def attention_heads(q, k, v, start, out):
                 out[t, h, i] += p * v[s, kv, i]
 
 
+@njit(cache=True, parallel=True, fastmath=ROW_SUM_MATH)
+def attention_heads_int8(q, kc, ks, kz, vc, vs, vz, start, out):
+    """attention_heads over an int8 cache read in place: key s of head kv is
+    ks[s, kv] * (kc[s, kv, :] - kz[s, kv]), so a score is ks * (q . kc - kz * sum(q)); and
+    likewise for the values, out = sum_s p_s vs_s vc[s] - sum_s p_s vs_s vz_s."""
+    T, H, d = q.shape
+    Hkv = kc.shape[1]
+    rep = H // Hkv
+    scale = np.float32(1.0 / np.sqrt(d))
+    for job in prange(T * H):
+        t, h = job // H, job % H
+        kv = h // rep
+        n = start + t + 1
+        qsum = np.float32(0.0)
+        for i in range(d):
+            qsum += q[t, h, i]
+        scores = np.empty(n, np.float32)
+        m = -np.inf
+        for s in range(n):
+            acc = np.float32(0.0)
+            for i in range(d):
+                acc += q[t, h, i] * np.float32(kc[s, kv, i])
+            scores[s] = ks[s, kv] * (acc - kz[s, kv] * qsum) * scale
+            m = max(m, scores[s])
+        total = np.float32(0.0)
+        for s in range(n):
+            scores[s] = np.exp(scores[s] - m)
+            total += scores[s]
+        row = np.zeros(d, np.float32)
+        shift = np.float32(0.0)
+        for s in range(n):
+            w = scores[s] / total * vs[s, kv]
+            shift += w * vz[s, kv]
+            for i in range(d):
+                row[i] += w * np.float32(vc[s, kv, i])
+        for i in range(d):
+            out[t, h, i] = row[i] - shift
+
+
+@njit(cache=True, parallel=True, fastmath=ROW_SUM_MATH)
+def attention_heads_half(q, kbits, vbits, lut, start, out):
+    """attention_heads over a float16 cache read in place, each value decoded through lut."""
+    T, H, d = q.shape
+    Hkv = kbits.shape[1]
+    rep = H // Hkv
+    scale = np.float32(1.0 / np.sqrt(d))
+    for job in prange(T * H):
+        t, h = job // H, job % H
+        kv = h // rep
+        n = start + t + 1
+        scores = np.empty(n, np.float32)
+        m = -np.inf
+        for s in range(n):
+            acc = np.float32(0.0)
+            for i in range(d):
+                acc += q[t, h, i] * lut[kbits[s, kv, i]]
+            scores[s] = acc * scale
+            m = max(m, scores[s])
+        total = np.float32(0.0)
+        for s in range(n):
+            scores[s] = np.exp(scores[s] - m)
+            total += scores[s]
+        row = np.zeros(d, np.float32)
+        for s in range(n):
+            p = scores[s] / total
+            for i in range(d):
+                row[i] += p * lut[vbits[s, kv, i]]
+        for i in range(d):
+            out[t, h, i] = row[i]
+
+
 class NumbaBackend:
     name = "numba"
 
@@ -290,10 +362,22 @@ class NumbaBackend:
         return out
 
     def attention(self, q, k, v, start):
+        """k, v: float arrays, or an int8 cache's Int8Rows, read where they lie (an int8 or
+        float16 cache is not converted whole each step)."""
         out = np.empty(q.shape, np.float32)
-        attention_heads(np.ascontiguousarray(q, dtype=np.float32),
-                        np.ascontiguousarray(k, dtype=np.float32),
-                        np.ascontiguousarray(v, dtype=np.float32), int(start), out)
+        q = np.ascontiguousarray(q, dtype=np.float32)
+        if isinstance(k, Int8Rows):
+            f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
+            attention_heads_int8(q, np.ascontiguousarray(k.codes), f32(k.scale), f32(k.zero),
+                                 np.ascontiguousarray(v.codes), f32(v.scale), f32(v.zero),
+                                 int(start), out)
+        elif k.dtype == np.float16:
+            attention_heads_half(q, np.ascontiguousarray(k).view(np.uint16),
+                                 np.ascontiguousarray(v).view(np.uint16),
+                                 HALF_TABLES["float16"], int(start), out)
+        else:
+            attention_heads(q, np.ascontiguousarray(k, dtype=np.float32),
+                            np.ascontiguousarray(v, dtype=np.float32), int(start), out)
         return out
 
     def dequantize_kv(self, codes, scale, zero):

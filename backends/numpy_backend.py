@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from qwen_np.cache import Int8Rows
 from qwen_np.dense import rows_as_compute
 from qwen_np.quant import MappedQuantizedRows, QuantizedTensor, dequantize_rows
 
@@ -90,6 +91,7 @@ class NumpyBackend:
         return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], axis=-1)
 
     def attention(self, q, k, v, start):
+        k, v = self.kv_as_compute(k), self.kv_as_compute(v)
         T, H, Dh = q.shape
         S, Hkv, _ = k.shape
         rep = H // Hkv  # query heads per KV head; query head h reads KV head h // rep
@@ -104,6 +106,13 @@ class NumpyBackend:
         p = p / p.sum(axis=-1, keepdims=True)                         # softmax over keys
         out = p @ vg                                                  # [Hkv, rep, T, Dh]
         return out.transpose(2, 0, 1, 3).reshape(T, H, Dh)
+
+    def kv_as_compute(self, x):
+        """Cached keys or values in the compute dtype: an int8 cache's Int8Rows dequantized,
+        a float16 cache's array converted."""
+        if isinstance(x, Int8Rows):
+            return self.dequantize_kv(x.codes, x.scale, x.zero)
+        return np.asarray(x, dtype=self.dtype)
 
     def dequantize_kv(self, codes, scale, zero):
         """An int8 KV cache's codes [S, Hkv, Dh] (uint8) with scale, zero [S, Hkv]:

@@ -105,15 +105,26 @@ def write_kv(cache: KVCache, layer: int, start: int, k, v) -> None:
         codes[layer][at], scale[layer][at], zero[layer][at] = quantize(np.asarray(x))
 
 
-def read_kv(cache: KVCache, layer: int, stop: int, be):
-    """Keys and values of positions 0..stop-1 of `layer`: [S, Hkv, Dh] each (int8 dequantized
-    by the backend, in the compute dtype)."""
+@dataclass(frozen=True)
+class Int8Rows:
+    """Positions of an int8 cache as stored: x = scale * (code - zero). Attention reads them
+    where they lie (backends/: the NumPy reference dequantizes them first)."""
+    codes: object   # uint8 [S, Hkv, Dh]
+    scale: object   # [S, Hkv]
+    zero: object    # [S, Hkv]
+
+    @property
+    def shape(self):
+        return self.codes.shape
+
+
+def read_kv(cache: KVCache, layer: int, stop: int):
+    """Keys and values of positions 0..stop-1 of `layer`, as stored: [S, Hkv, Dh] float
+    arrays, or Int8Rows for an int8 cache (be.attention takes either)."""
     if cache.kind != "int8":
         return cache.k[layer][:stop], cache.v[layer][:stop]
-    return (be.dequantize_kv(cache.k[layer][:stop], cache.k_scale[layer][:stop],
-                             cache.k_zero[layer][:stop]),
-            be.dequantize_kv(cache.v[layer][:stop], cache.v_scale[layer][:stop],
-                             cache.v_zero[layer][:stop]))
+    return (Int8Rows(cache.k[layer][:stop], cache.k_scale[layer][:stop], cache.k_zero[layer][:stop]),
+            Int8Rows(cache.v[layer][:stop], cache.v_scale[layer][:stop], cache.v_zero[layer][:stop]))
 
 
 def quantize_per_position(x):

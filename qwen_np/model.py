@@ -82,7 +82,7 @@ def attention_block(cfg: QwenConfig, layer: LayerWeights, be, x, positions, inv_
 
     start = int(positions[0])
     write_kv(cache, layer_index, start, k, v)   # append this chunk, then attend over all of it
-    k, v = read_kv(cache, layer_index, start + T, be)               # [S, Hkv, Dh]
+    k, v = read_kv(cache, layer_index, start + T)                   # [S, Hkv, Dh]
     if cfg.logn_attn and start + T > cfg.seq_length:
         q = q * be.asarray(logn_scale(positions, cfg.seq_length))[:, None, None]
     out = be.attention(q, k, v, start)                              # [T, H, Dh]

@@ -41,6 +41,28 @@ def test_numba_dequantizes_an_int8_cache_as_numpy_does():
     assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("kind", ["float16", "int8", "int8-qwen"])
+@pytest.mark.parametrize("H,Hkv,T,start", [(4, 4, 1, 0), (6, 3, 1, 29), (14, 2, 7, 0),
+                                           (4, 2, 5, 11)])
+def test_numba_attention_reads_the_cache_as_stored(kind, H, Hkv, T, start):
+    """The Numba kernels that read a float16 or int8 cache in place agree with the reference,
+    which converts it first."""
+    pytest.importorskip("numba")
+    from qwen_np.cache import Int8Rows, quantize_qwen_v1_chunk
+    rng = np.random.default_rng(3)
+    S, Dh = start + T, 12
+    q = rng.standard_normal((T, H, Dh)).astype(np.float32)
+    k, v = (rng.standard_normal((S, Hkv, Dh)).astype(np.float32) * 3 for _ in range(2))
+    if kind == "float16":
+        k, v = k.astype(np.float16), v.astype(np.float16)
+    else:
+        quantize = quantize_qwen_v1_chunk if kind == "int8-qwen" else quantize_per_position
+        k, v = Int8Rows(*quantize(k)), Int8Rows(*quantize(v))
+    want = get_backend("numpy").attention(q, k, v, start)
+    got = get_backend("numba").attention(q, k, v, start)
+    assert rel_err(got, want) < 1e-5
+
+
 def test_int8_cache_bytes_hand_count():
     """Qwen-7B at 2048 positions: 2 (K, V) x 32 layers x 2048 x 32 heads x (128 one-byte codes
     + a float32 scale and a float32 zero) = 4,194,304 x 136 = 570,425,344 bytes, against
@@ -73,7 +95,7 @@ def test_cache_storage_and_reads():
     rng = np.random.default_rng(2)
     k = rng.standard_normal((3, 6, 8)).astype(np.float32)
     write_kv(cache, 0, 0, k, -k)
-    rk, rv = read_kv(cache, 0, 3, model.backend)
+    rk, rv = (model.backend.kv_as_compute(x) for x in read_kv(cache, 0, 3))
     assert rk.dtype == np.float32 and rel_err(rk, k) < 0.01 and rel_err(rv, -k) < 0.01
 
 
