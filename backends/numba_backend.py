@@ -31,6 +31,7 @@ apply_speed_settings(numba=True)
 
 from qwen_np.cache import Int8Rows
 from qwen_np.dense import BFloat16Array, rows_as_compute
+from qwen_np.io.mapped import MappedRows
 from qwen_np.errors import BackendUnavailable
 from qwen_np.quant import MappedQuantizedRows, QuantizedTensor
 
@@ -310,6 +311,8 @@ class NumbaBackend:
     # -- ops ---------------------------------------------------------------------------------
     def embed(self, table, ids):
         ids = np.asarray(ids, dtype=np.int64)
+        if isinstance(table, MappedRows):           # copied from the file row by row
+            table, ids = table.rows(ids), np.arange(len(ids))
         if isinstance(table, MappedQuantizedRows):  # converted from the file row by row
             table, ids = table.rows(ids), np.arange(len(ids), dtype=np.int64)
         if isinstance(table, RowTiles):

@@ -10,6 +10,7 @@ import numpy as np
 
 from qwen_np.cache import Int8Rows
 from qwen_np.dense import rows_as_compute
+from qwen_np.io.mapped import MappedRows
 from qwen_np.quant import MappedQuantizedRows, QuantizedTensor, dequantize_rows
 
 # A quantized matrix is dequantized this many floats at a time (4 MiB in float32), so a
@@ -41,6 +42,8 @@ class NumpyBackend:
         return w
 
     def embed(self, table, ids):
+        if isinstance(table, MappedRows):           # copied from the file row by row
+            table, ids = table.rows(ids), np.arange(len(ids))
         if isinstance(table, MappedQuantizedRows):  # converted from the file row by row
             return dequantize_rows(table.rows(ids), slice(None), self.dtype)
         if isinstance(table, QuantizedTensor):  # only the looked-up rows are dequantized

@@ -14,6 +14,7 @@ from .generate import generate as generate_loop
 from .io.gguf_qwen import read_gguf_model
 from .io.gguf import read_gguf
 from .io.hf_dir import read_hf_dir, tokenizer_file
+from .io.mapped import lookup_only
 from .io.model_files import regular_file
 from .memory import release_free_heap
 from .model import forward
@@ -154,5 +155,7 @@ def load(path: str, backend: str = "numpy", dtype: str = "float32",
     config, tensors, make_tokenizer = read_model(path)
     prepare_tensors(tensors, be.prepare)
     weights = build_weights(config, tensors, be.dtype, path)
+    if weights.embed is not weights.lm_head:    # lookups only: rows read from the file
+        weights.embed = lookup_only(weights.embed)
     release_free_heap()  # the temporaries of converting quantized tensors
     return Model(config, weights, be, make_tokenizer, path, kv_cache)

@@ -13,6 +13,7 @@ import numpy as np
 
 from .cache import kv_cache_bytes
 from .config import QwenConfig
+from .io.mapped import MappedRows
 from .quant import MappedQuantizedRows, QuantizedTensor
 
 GiB = 1 << 30
@@ -119,7 +120,7 @@ def model_components(cfg: QwenConfig, weights, context: int, kv_kind: str,
         """Projections split into codes and scales; the embedding and the head are listed
         whole under their own names, whatever their form."""
         nonlocal largest_tile
-        if isinstance(t, MappedQuantizedRows):
+        if isinstance(t, (MappedQuantizedRows, MappedRows)):
             return   # left in the mapped file; a lookup reads one row
         if key != "embedding" and getattr(t, "dtype", None) != np.dtype(
                 "float32" if compute_itemsize == 4 else "float64"):
@@ -146,7 +147,7 @@ def model_components(cfg: QwenConfig, weights, context: int, kv_kind: str,
                                                           else "float64"):
         largest_tile = max(largest_tile, min(tile_elements, weights.embed.shape[0]
                                              * weights.embed.shape[1]))
-    if isinstance(weights.embed, MappedQuantizedRows):   # say why it shows 0 bytes
+    if isinstance(weights.embed, (MappedQuantizedRows, MappedRows)):   # why it shows 0 bytes
         c = {("embedding (file-mapped, read by row)" if k == "embedding" else k): v
              for k, v in c.items()}
     c["KV cache"] = kv_cache_bytes(cfg, context, kv_kind, compute_itemsize)

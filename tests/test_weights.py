@@ -68,3 +68,22 @@ def test_bad_ids_are_rejected():
     m = qwen_np.load(fixture_path(NAME))
     with pytest.raises(qwen_np.errors.InputError, match="outside the vocabulary"):
         m.logits([1, m.config.vocab_size])
+
+
+def test_an_untied_embedding_is_read_from_the_file_by_row():
+    """Untied embeddings only serve lookups: they stay in the mapped file (MappedRows), and a
+    lookup returns exactly the table's rows, for float16 and bfloat16 tables alike."""
+    import numpy as np
+    import qwen_np
+    from qwen_np.dense import as_compute
+    from qwen_np.io.hf_dir import read_hf_tensors
+    from qwen_np.io.mapped import MappedRows
+    for name in ("qwen2-untied-f16", "qwen2-untied-bf16-sharded"):
+        model = qwen_np.load(fixture_path(name))
+        assert isinstance(model.weights.embed, MappedRows)
+        table = read_hf_tensors(fixture_path(name))["model.embed_tokens.weight"]
+        ids = [5, 0, 5, table.shape[0] - 1]
+        got = model.backend.embed(model.weights.embed, ids)
+        assert np.array_equal(got, as_compute(table, np.float32)[ids])
+    tied = qwen_np.load(fixture_path("qwen2-tied-f32"))
+    assert tied.weights.embed is tied.weights.lm_head       # read whole every token: kept

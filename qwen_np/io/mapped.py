@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import mmap
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -46,3 +47,43 @@ def drop_pages(view: np.ndarray) -> None:
     last = (start + view.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
     if last > first:
         m.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+
+@dataclass(frozen=True, repr=False)
+class MappedRows:
+    """A float table [rows, D] that only serves lookups (an untied embedding), left in its
+    mapped file. A lookup copies the rows it needs, then gives the table's pages back
+    (MADV_DONTNEED): touching one row maps a whole read-ahead window or large folio of the file
+    (about 200 KiB per 8 KiB row, measured on a 151936 x 4096 float16 table), which would
+    otherwise stay in the resident set: 0.4 GiB for a 2048-token prompt."""
+    table: object                   # an array into a map_file array, or a BFloat16Array of one
+
+    @property
+    def shape(self):
+        return self.table.shape
+
+    @property
+    def nbytes(self) -> int:
+        return self.table.nbytes
+
+    @property
+    def dtype_name(self) -> str:
+        return getattr(self.table, "dtype_name", None) or str(self.table.dtype)
+
+    def rows(self, ids):
+        """The rows `ids` (a copy in the table's own dtype)."""
+        bits = getattr(self.table, "bits", self.table)
+        picked = bits[np.asarray(ids)]
+        drop_pages(bits)
+        return picked if bits is self.table else type(self.table)(picked)
+
+    def __repr__(self):
+        return f"MappedRows(shape={self.shape}, {self.dtype_name}, nbytes={self.nbytes})"
+
+
+def lookup_only(table):
+    """An untied embedding table as loaded: a mapped float array becomes MappedRows."""
+    bits = getattr(table, "bits", table)
+    if isinstance(bits, np.ndarray) and mapping_of(bits) is not None:
+        return MappedRows(table)
+    return table

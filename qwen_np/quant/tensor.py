@@ -127,8 +127,12 @@ class MappedQuantizedRows:
         return self.raw.nbytes
 
     def rows(self, ids) -> QuantizedTensor:
-        """The canonical form of just these rows (only their pages of the file are read)."""
-        return self.rows_to_canonical(self.raw[np.asarray(ids)])
+        """The canonical form of just these rows; the table's pages are given back after
+        (io/mapped.py MappedRows says why)."""
+        from ..io.mapped import drop_pages
+        picked = self.raw[np.asarray(ids)]
+        drop_pages(self.raw)
+        return self.rows_to_canonical(picked)
 
     def __repr__(self):
         return f"MappedQuantizedRows(shape={self.shape}, {self.dtype_name}, nbytes={self.nbytes})"
