@@ -92,9 +92,10 @@ def check_layer_count(cfg: QwenConfig, n_tensors: int, source: str,
                           f"{need} tensors; the files hold {n_tensors}")
 
 
-def check_tensors(cfg: QwenConfig, tensors: dict, source: str) -> None:
-    """Missing, extra or mis-shaped tensors are errors that name the tensor."""
-    shapes = expected_shapes(cfg)
+def check_tensors(cfg: QwenConfig, tensors: dict, source: str, shapes: dict | None = None) -> None:
+    """Missing, extra or mis-shaped tensors are errors that name the tensor; `shapes` are the
+    names and shapes expected (default: expected_shapes(cfg), the names the model reads)."""
+    shapes = expected_shapes(cfg) if shapes is None else shapes
     for name, shape in shapes.items():
         if name not in tensors:
             raise FormatError(f"{source}: missing tensor {name}")

@@ -21,13 +21,12 @@ from __future__ import annotations
 
 from ..config import QwenConfig
 from ..dense import BFloat16Array
-from ..errors import FormatError
 from ..quant.tensor import QuantizedTensor, row_block
+from ..weights import check_tensors
 
 RENAMED = {"ln_1.weight": "input_layernorm.weight", "attn.c_proj.weight": "self_attn.o_proj.weight",
            "ln_2.weight": "post_attention_layernorm.weight", "mlp.w2.weight": "mlp.gate_proj.weight",
            "mlp.w1.weight": "mlp.up_proj.weight", "mlp.c_proj.weight": "mlp.down_proj.weight"}
-IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
 TENSORS_PER_LAYER = 8   # two norms, c_attn's weight and bias, c_proj, w1, w2, mlp.c_proj
 
 
@@ -46,26 +45,9 @@ def v1_expected_shapes(cfg: QwenConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def check_v1_tensors(cfg: QwenConfig, tensors: dict, source: str) -> None:
-    """Missing, extra or mis-shaped tensors, named as they are in the file."""
-    shapes = v1_expected_shapes(cfg)
-    for name, shape in shapes.items():
-        if name not in tensors:
-            raise FormatError(f"{source}: missing tensor {name}")
-        if tuple(tensors[name].shape) != shape:
-            raise FormatError(f"{source}: tensor {name} has shape {list(tensors[name].shape)}, "
-                              f"the config implies {list(shape)}")
-    for name in tensors:
-        if name in shapes or name.endswith(IGNORED_SUFFIXES) or \
-                (name == "lm_head.weight" and cfg.tie_word_embeddings):
-            continue
-        raise FormatError(f"{source}: unexpected tensor {name} (not used by a qwen model "
-                          f"with this config)")
-
-
 def v1_to_model_names(cfg: QwenConfig, tensors: dict, source: str) -> dict:
     """The checkpoint's tensors under the names weights.py reads, c_attn split into q, k, v."""
-    check_v1_tensors(cfg, tensors, source)
+    check_tensors(cfg, tensors, source, v1_expected_shapes(cfg))   # named as in the file
     D = cfg.hidden_size
     out = {"model.embed_tokens.weight": tensors["transformer.wte.weight"],
            "model.norm.weight": tensors["transformer.ln_f.weight"]}
