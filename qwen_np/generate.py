@@ -12,26 +12,39 @@ from .model import forward
 from .sampling import sample_next
 
 
+PREFILL_CHUNK = 512   # prompt tokens per forward pass: bounds the activations of a long prompt
+
+
 def generate(cfg, weights, be, ids, max_new_tokens: int = 64, temperature: float = 0.0,
              top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
              seed: int | None = None, stop_ids=(), stream: Callable[[int], None] | None = None,
-             cache=None) -> list[int]:
+             cache=None, prefill_chunk: int = PREFILL_CHUNK) -> list[int]:
     """New token ids only. Stops after max_new_tokens or on a stop id (which is included).
 
-    `cache` may hold earlier turns (chat): `ids` are then the tokens that follow them.
+    `cache` may hold earlier turns (chat): `ids` are then the tokens that follow them. The
+    prompt goes through the model `prefill_chunk` tokens at a time (the same numbers as one
+    pass: attention is causal either way, and the original Qwen's dynamic-NTK alpha is chosen
+    from the whole prompt).
     """
     ids = [int(i) for i in ids]
     if not ids:
         raise InputError("generate needs at least one prompt token")
     if max_new_tokens < 0:
         raise InputError(f"max_new_tokens is {max_new_tokens}; it cannot be negative")
+    if prefill_chunk < 1:
+        raise InputError(f"prefill_chunk is {prefill_chunk}; it must be at least 1")
     if cache is None:
         cache = new_kv_cache(cfg, len(ids) + max_new_tokens, be)
     rng = np.random.default_rng(seed)
     stop = set(int(i) for i in stop_ids)
     history = list(ids)
     new: list[int] = []
-    logits = forward(cfg, weights, be, ids, cache, last_only=True)     # prefill
+    if cache.qwen_v1_quantizer:     # Qwen's cache quantizer scales each pass's chunk as one
+        prefill_chunk = len(ids)    # block: its prompt goes in one pass, as in Qwen's code
+    length = len(ids) if cache.length == 0 else None
+    for at in range(0, len(ids), prefill_chunk):                       # prefill
+        logits = forward(cfg, weights, be, ids[at:at + prefill_chunk], cache, last_only=True,
+                         prompt_length=length)
     for _ in range(max_new_tokens):
         last = be.to_numpy(logits)[-1]                                 # [V]
         token = sample_next(last, rng, temperature, top_k, top_p, repetition_penalty, history)

@@ -36,13 +36,15 @@ from .weights import LayerWeights, ModelWeights
 
 
 def forward(cfg: QwenConfig, w: ModelWeights, be, ids, cache: KVCache | None = None,
-            last_only: bool = False):
+            last_only: bool = False, prompt_length: int | None = None):
     """Logits for `ids`, the tokens that follow the `cache.length` positions already cached.
 
     With no cache this is the full forward pass over `ids` from position 0 (through a cache
     of the config's default kind, made for this call). With a cache, the new keys/values are
     written into it and attention reads all cached positions. `last_only` computes the LM
-    head for the last token alone (what generation needs).
+    head for the last token alone (what generation needs). `prompt_length`: when this pass is
+    the first chunk of a longer prompt, that prompt's length, from which dynamic NTK chooses
+    its alpha, as one pass over the whole prompt would (generate.py prefills in chunks).
     """
     T = len(ids)
     if cache is None:
@@ -50,7 +52,7 @@ def forward(cfg: QwenConfig, w: ModelWeights, be, ids, cache: KVCache | None = N
     start = cache.length
     positions = np.arange(start, start + T)
     if start == 0:   # a prefill: dynamic NTK chooses its alpha here, for this pass and later ones
-        cache.ntk_alpha = ntk_alpha(cfg, T)
+        cache.ntk_alpha = ntk_alpha(cfg, prompt_length or T)
     inv_freq = rope_inv_freq(cfg.rope_dim, ntk_rope_base(cfg, cache.ntk_alpha))
 
     h = be.embed(w.embed, ids)                                       # [T, D]

@@ -318,3 +318,15 @@ def test_quantize_writes_the_qwen_7b_chat_int4_layout(tmp_path):
         step = np.abs(w).reshape(w.shape[0], -1, 16).max(-1) / 7     # sym 4-bit: absmax / 7..8
         err = np.abs(dequantize(b) - w).reshape(w.shape[0], -1, 16).max(-1)
         assert np.all(err <= step / 2 * 1.01 + 1e-6)
+
+
+@pytest.mark.parametrize("name", ["qwen1-f32-ntk-logn", "qwen1-bf16-rotary-half"])
+def test_a_prompt_prefilled_in_chunks_keeps_the_whole_prompts_alpha(name):
+    """generate feeds a prompt a chunk at a time; the 12-token prompt (alpha 3 from its whole
+    length, though each 5-token chunk alone would give 1) still continues as Qwen's code does."""
+    from qwen_np.generate import generate
+    ref = reference(name)
+    model = qwen_np.load(path(name))
+    new = generate(model.config, model.weights, model.backend, ref["prompt_long"].tolist(),
+                   max_new_tokens=len(ref["greedy_long"]), stop_ids=[], prefill_chunk=5)
+    assert new == ref["greedy_long"].tolist()
