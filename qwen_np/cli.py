@@ -429,7 +429,9 @@ def cmd_inspect(args) -> int:
         d[0] += 1
         d[1] += nbytes
         d[2] += int(np.prod(shape))
-    print("tensors by dtype (as stored in the file):")
+    print("tensors by dtype (as stored in the file" + (
+        "; the original Qwen's c_attn counted as its q, k and v" if config.model_type == "qwen"
+        and os.path.isdir(path) else "") + "):")
     print(f"  {'dtype':<10} {'count':>6} {'params':>14} {'bytes':>14}")
     for dt, (n, b, p) in sorted(by_dtype.items()):
         print(f"  {dt:<10} {n:>6} {p:>14,} {b:>14,}")
