@@ -22,3 +22,15 @@ def test_every_package_is_listed_in_pyproject():
         assert os.path.exists(os.path.join(ROOT, folder, "__init__.py")), name
         found.add(name)
     assert found == listed
+
+
+def test_the_cuda_sources_are_package_data():
+    """An installed qwen-np carries backends/cuda's sources (the GPU backend compiles them at
+    run time)."""
+    import fnmatch
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        patterns = tomllib.load(f)["tool"]["setuptools"]["package-data"]["qwen_np.backends"]
+    files = os.listdir(os.path.join(ROOT, "backends", "cuda"))
+    assert files
+    for name in files:
+        assert any(fnmatch.fnmatch("cuda/" + name, p) for p in patterns), name

@@ -1,0 +1,110 @@
+// Compile CUDA kernels as plain C++20 on the CPU, to test their logic without a GPU.
+//
+// The same .cu files that NVRTC compiles for the GPU are compiled by g++ with this header
+// included first (-include emulate_cpu.h). A launch runs the grid's blocks one after another;
+// a block's threads are real std::threads, so that:
+//   __syncthreads()      is a std::barrier over the block's threads,
+//   __shfl_xor_sync()    writes the lane's value into its warp's slots, waits for the warp,
+//                        reads the partner lane's slot and waits again (full warps of 32 and
+//                        warp-uniform calls only: a partial warp is refused at launch),
+//   __shared__           is `static` storage (blocks never run at the same time),
+//   threadIdx            is thread_local; blockIdx, blockDim, gridDim are set per block.
+// What this proves: indexing, bounds, shared-memory use, reductions and barriers (a missing
+// __syncthreads() is a data race ThreadSanitizer reports). What it cannot: speed, memory
+// ordering on the device, real lockstep execution.
+#pragma once
+
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#define __global__
+#define __device__ inline
+#define __host__
+#define __forceinline__
+#define __launch_bounds__(...)
+#define __restrict__ __restrict
+#define __shared__ static
+
+struct dim3 {
+    unsigned x, y, z;
+    constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+namespace emu {
+
+struct Warp {
+    std::barrier<> arrive{32};
+    uint64_t slot[32];
+};
+
+struct Block {
+    std::barrier<> all;
+    std::vector<std::unique_ptr<Warp>> warps;
+    explicit Block(unsigned threads) : all(threads) {
+        for (unsigned w = 0; w < threads / 32; ++w) warps.emplace_back(new Warp);
+    }
+};
+
+inline dim3 block_index, block_dim, grid_dim;
+inline thread_local dim3 thread_index;
+inline thread_local unsigned linear_thread;
+inline Block* current_block = nullptr;
+
+template <class Kernel, class... Args>
+void launch(Kernel kernel, dim3 grid, dim3 block, Args... args) {
+    unsigned threads = block.x * block.y * block.z;
+    if (threads == 0 || threads % 32 != 0)
+        throw std::invalid_argument("emulate_cpu.h: a block must hold whole warps of 32 threads");
+    grid_dim = grid;
+    block_dim = block;
+    for (unsigned bz = 0; bz < grid.z; ++bz)
+        for (unsigned by = 0; by < grid.y; ++by)
+            for (unsigned bx = 0; bx < grid.x; ++bx) {
+                block_index = dim3(bx, by, bz);
+                Block b(threads);
+                current_block = &b;
+                std::vector<std::thread> pool;
+                pool.reserve(threads);
+                for (unsigned t = 0; t < threads; ++t)
+                    pool.emplace_back([&, t] {
+                        thread_index = dim3(t % block.x, (t / block.x) % block.y,
+                                            t / (block.x * block.y));
+                        linear_thread = t;
+                        kernel(args...);
+                    });
+                for (auto& th : pool) th.join();
+                current_block = nullptr;
+            }
+}
+
+}  // namespace emu
+
+#define threadIdx (emu::thread_index)
+#define blockIdx (emu::block_index)
+#define blockDim (emu::block_dim)
+#define gridDim (emu::grid_dim)
+
+inline void __syncthreads() { emu::current_block->all.arrive_and_wait(); }
+
+template <class T>
+inline T __shfl_xor_sync(unsigned mask, T value, int lane_mask, int width = 32) {
+    static_assert(sizeof(T) <= 8, "shuffle of at most 8 bytes");
+    if (mask != 0xffffffffu || width != 32)
+        throw std::invalid_argument("emulate_cpu.h: only full-warp shuffles are emulated");
+    emu::Warp& w = *emu::current_block->warps[emu::linear_thread / 32];
+    unsigned lane = emu::linear_thread % 32;
+    std::memcpy(&w.slot[lane], &value, sizeof(T));
+    w.arrive.arrive_and_wait();
+    T out;
+    std::memcpy(&out, &w.slot[lane ^ static_cast<unsigned>(lane_mask)], sizeof(T));
+    w.arrive.arrive_and_wait();
+    return out;
+}
+
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }

@@ -1,0 +1,55 @@
+"""The CUDA kernels' CPU tests again under the sanitizers, each in a child process (the
+sanitizer runtime is preloaded into a fresh Python): AddressSanitizer with
+UndefinedBehaviorSanitizer, and ThreadSanitizer (the block's threads share memory through
+__shared__ and barriers). And the tests' teeth: a kernel with a __syncthreads() removed, or
+an index one past the end, must make them fail. (The removed barrier is caught by the wrong
+sums it causes; ThreadSanitizer, preloaded into Python, reports a plain data race between two
+std::threads, but did not report this one: the emulation's barrier code may hide it from it.)"""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+if shutil.which("g++") is None:
+    pytest.skip("no g++ to build the CPU emulation", allow_module_level=True)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def run_cpu_tests(sanitize, mutation=None):
+    env = dict(os.environ)
+    if sanitize:
+        runtime = {"address,undefined": "libasan.so", "thread": "libtsan.so"}[sanitize]
+        env["LD_PRELOAD"] = subprocess.run(["g++", f"-print-file-name={runtime}"],
+                                           capture_output=True, text=True,
+                                           check=True).stdout.strip()
+        env["QWEN_NP_CUDA_CPU_SANITIZE"] = sanitize
+    env.update(ASAN_OPTIONS="detect_leaks=0:halt_on_error=1",
+               UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1",
+               TSAN_OPTIONS="halt_on_error=1:report_signal_unsafe=0")
+    if mutation:
+        env["QWEN_NP_CUDA_CPU_MUTATION"] = mutation
+    return subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-s", "-p",
+                           "no:cacheprovider", os.path.join(HERE, "test_cuda_kernels_cpu.py")],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.mark.parametrize("sanitize", ["address,undefined", "thread"])
+def test_the_cpu_tests_pass_under_the_sanitizers(sanitize):
+    r = run_cpu_tests(sanitize)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "Sanitizer" not in r.stderr, r.stderr[-3000:]
+
+
+def test_a_missing_syncthreads_fails_the_tests():
+    r = run_cpu_tests(None, "missing-syncthreads")
+    assert r.returncode != 0 and "test_rms_norm_rows" in r.stdout, r.stdout[-2000:]
+
+
+def test_an_index_past_the_row_is_caught():
+    r = run_cpu_tests("address,undefined", "off-by-one")
+    assert r.returncode != 0, r.stdout[-2000:]
+    assert "AddressSanitizer" in r.stderr, r.stderr[-2000:]
