@@ -2,9 +2,9 @@
 sanitizer runtime is preloaded into a fresh Python): AddressSanitizer with
 UndefinedBehaviorSanitizer, and ThreadSanitizer (the block's threads share memory through
 __shared__ and barriers). And the tests' teeth: a kernel with a __syncthreads() removed, or
-an index one past the end, must make them fail. (The removed barrier is caught by the wrong
-sums it causes; ThreadSanitizer, preloaded into Python, reports a plain data race between two
-std::threads, but did not report this one: the emulation's barrier code may hide it from it.)"""
+an index one past the end, must make them fail: the removed barrier through the wrong sums it
+causes and, under ThreadSanitizer, as a data race on the shared array; the index through
+AddressSanitizer."""
 
 import os
 import shutil
@@ -47,6 +47,12 @@ def test_the_cpu_tests_pass_under_the_sanitizers(sanitize):
 def test_a_missing_syncthreads_fails_the_tests():
     r = run_cpu_tests(None, "missing-syncthreads")
     assert r.returncode != 0 and "test_rms_norm_rows" in r.stdout, r.stdout[-2000:]
+
+
+def test_a_missing_syncthreads_is_a_data_race_for_threadsanitizer():
+    r = run_cpu_tests("thread", "missing-syncthreads")
+    assert r.returncode != 0
+    assert "ThreadSanitizer: data race" in r.stderr and "block_sum" in r.stderr, r.stderr[-2000:]
 
 
 def test_an_index_past_the_row_is_caught():

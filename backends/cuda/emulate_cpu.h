@@ -9,16 +9,24 @@
 //                        warp-uniform calls only: a partial warp is refused at launch),
 //   __shared__           is `static` storage (blocks never run at the same time),
 //   threadIdx            is thread_local; blockIdx, blockDim, gridDim are set per block.
+// The barriers are a mutex and a condition variable of their own (not std::barrier, whose
+// waits go through a process-wide table that orders unrelated threads and so hides races from
+// ThreadSanitizer), and a wait longer than BARRIER_TIMEOUT aborts: a barrier that some
+// threads never reach fails the test instead of hanging it.
 // What this proves: indexing, bounds, shared-memory use, reductions and barriers (a missing
 // __syncthreads() is a data race ThreadSanitizer reports). What it cannot: speed, memory
 // ordering on the device, real lockstep execution.
 #pragma once
 
-#include <barrier>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -38,13 +46,43 @@ struct dim3 {
 
 namespace emu {
 
+constexpr auto BARRIER_TIMEOUT = std::chrono::seconds(20);
+
+class Barrier {
+  public:
+    explicit Barrier(unsigned n) : n_(n), left_(n) {}
+    void arrive_and_wait() {
+        std::unique_lock<std::mutex> lock(m_);
+        const unsigned long phase = phase_;
+        if (--left_ == 0) {
+            left_ = n_;
+            ++phase_;
+            cv_.notify_all();
+            return;
+        }
+        if (!cv_.wait_for(lock, BARRIER_TIMEOUT, [&] { return phase_ != phase; })) {
+            std::fprintf(stderr, "emulate_cpu.h: a barrier waited %lld s for threads that never "
+                         "came (a __syncthreads or a shuffle not reached by all)\n",
+                         (long long)BARRIER_TIMEOUT.count());
+            std::abort();
+        }
+    }
+
+  private:
+    std::mutex m_;
+    std::condition_variable cv_;
+    const unsigned n_;
+    unsigned left_;
+    unsigned long phase_ = 0;
+};
+
 struct Warp {
-    std::barrier<> arrive{32};
+    Barrier arrive{32};
     uint64_t slot[32];
 };
 
 struct Block {
-    std::barrier<> all;
+    Barrier all;
     std::vector<std::unique_ptr<Warp>> warps;
     explicit Block(unsigned threads) : all(threads) {
         for (unsigned w = 0; w < threads / 32; ++w) warps.emplace_back(new Warp);
