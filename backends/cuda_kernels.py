@@ -13,7 +13,7 @@ import os
 
 CUDA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cuda")
 SOURCE = os.path.join(CUDA_DIR, "kernels.cu")
-KERNELS = ("rms_norm_rows", "gemv_q4_rows")
+KERNELS = ("rms_norm_rows", "gemv_q4_rows", "silu_mul", "rope_rows")
 NVRTC_OPTIONS = ("-std=c++17",)        # CuPy would add -std=c++11 unless one is given
 ARCHITECTURES = ("sm_80", "sm_90")     # A100, H100/H200
 
@@ -28,3 +28,11 @@ def rms_norm_launch(rows: int, n: int) -> tuple[int, int]:
 def gemv_launch(out_rows: int) -> tuple[int, int]:
     """(grid, block): WARPS_PER_BLOCK output rows per block, one warp each."""
     return -(-out_rows // WARPS_PER_BLOCK), 32 * WARPS_PER_BLOCK
+
+
+ELEMENTWISE_BLOCK = 256
+
+
+def elementwise_launch(count: int) -> tuple[int, int]:
+    """(grid, block): one thread per value (silu_mul, rope_rows)."""
+    return -(-count // ELEMENTWISE_BLOCK), ELEMENTWISE_BLOCK

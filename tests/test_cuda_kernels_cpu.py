@@ -99,3 +99,39 @@ def test_gemv_q4_rows(lib, out_rows, n, group):
     lib.launch_gemv_q4_rows(grid, block, ptr(codes, U8), ptr(scale, F32), ptr(offset, F32),
                             ptr(x, F32), n, group, out_rows, ptr(y, F32))
     assert rel_err(y, get_backend("numpy").linear(x, qt)[0]) < 1e-5
+
+
+GATES = [-1000, -100, -89, -88.7, -88, -50, -1, -0.0, 0.0, 1, 50, 88, 89, 100, 1000]
+
+
+@pytest.mark.parametrize("count", [len(GATES), 300])
+def test_silu_mul(lib, count):
+    """Gates whose exp overflows float32 (silu -> -0), and a count that is not a whole block."""
+    rng = np.random.default_rng(count)
+    gate = (rng.standard_normal(count) * 6).astype(np.float32)
+    gate[:len(GATES)] = GATES
+    up = rng.standard_normal(count).astype(np.float32)
+    out = np.empty_like(gate)
+    grid, block = ck.elementwise_launch(count)
+    lib.launch_silu_mul(grid, block, ptr(gate, F32), ptr(up, F32), ctypes.c_longlong(count),
+                        ptr(out, F32))
+    want = get_backend("numpy").silu_mul(gate[None], up[None])[0]
+    assert np.array_equal(np.signbit(out[:len(GATES)]), np.signbit(want[:len(GATES)]))
+    assert rel_err(out, want) < 1e-6
+
+
+@pytest.mark.parametrize("T,heads,d,n", [(1, 3, 16, 8), (5, 2, 12, 3), (7, 4, 10, 1)])
+def test_rope_rows(lib, T, heads, d, n):
+    """Full rotary (n = d/2) and partial (the original Qwen's rotary_pct < 1)."""
+    from qwen_np.model import rope_inv_freq
+    rng = np.random.default_rng(T * d)
+    x = rng.standard_normal((T, heads, d)).astype(np.float32)
+    positions = np.arange(40, 40 + T)
+    inv = rope_inv_freq(2 * n, 1e4)
+    angle = positions[:, None].astype(np.float64) * inv
+    cos, sin = np.cos(angle).astype(np.float32), np.sin(angle).astype(np.float32)
+    out = np.empty_like(x)
+    grid, block = ck.elementwise_launch(x.size)
+    lib.launch_rope_rows(grid, block, ptr(x, F32), ptr(cos, F32), ptr(sin, F32), heads, d, n,
+                         ctypes.c_longlong(x.size), ptr(out, F32))
+    assert rel_err(out, get_backend("numpy").rope(x, positions, inv)) < 1e-6

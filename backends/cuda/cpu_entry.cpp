@@ -18,4 +18,14 @@ void launch_gemv_q4_rows(unsigned grid, unsigned block, const unsigned char* cod
                 out_rows, y);
 }
 
+void launch_silu_mul(unsigned grid, unsigned block, const float* gate, const float* up,
+                     long long count, float* out) {
+    emu::launch(silu_mul, dim3(grid), dim3(block), gate, up, count, out);
+}
+
+void launch_rope_rows(unsigned grid, unsigned block, const float* x, const float* cos_,
+                      const float* sin_, int heads, int d, int n, long long count, float* out) {
+    emu::launch(rope_rows, dim3(grid), dim3(block), x, cos_, sin_, heads, d, n, count, out);
+}
+
 }

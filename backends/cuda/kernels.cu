@@ -64,3 +64,30 @@ extern "C" __global__ void gemv_q4_rows(const unsigned char* __restrict__ codes,
     acc = warp_sum(acc);
     if (lane == 0) y[row] = acc;
 }
+
+// out[i] = gate[i] / (1 + exp(-gate[i])) * up[i] over `count` values (SwiGLU's product). For a
+// gate below about -88.7, exp(-gate) is inf and the quotient -0, as in the NumPy reference.
+extern "C" __global__ void silu_mul(const float* __restrict__ gate, const float* __restrict__ up,
+                                    long long count, float* __restrict__ out) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < count) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+}
+
+// Rotate-half RoPE over the first 2n of each head's d values (the rest copied: partial rotary):
+// x, out [T, heads, d]; cos, sin [T, n]. Element i < n pairs with i + n.
+extern "C" __global__ void rope_rows(const float* __restrict__ x, const float* __restrict__ cos_,
+                                     const float* __restrict__ sin_, int heads, int d, int n,
+                                     long long count, float* __restrict__ out) {
+    const long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= count) return;
+    const int i = (int)(e % d);
+    const long long t = e / ((long long)d * heads);
+    const float* c = cos_ + t * n;
+    const float* s = sin_ + t * n;
+    if (i < n)
+        out[e] = x[e] * c[i] - x[e + n] * s[i];
+    else if (i < 2 * n)
+        out[e] = x[e] * c[i - n] + x[e - n] * s[i - n];
+    else
+        out[e] = x[e];
+}
