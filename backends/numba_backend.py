@@ -178,12 +178,26 @@ def silu_mul_rows(gate, up, out):
             out[r, i] = g / (np.float32(1.0) + np.exp(-g)) * up[r, i]
 
 
+@njit(cache=True, inline="always", fastmath=ROW_SUM_MATH)
+def softmax_in_place(scores):
+    """scores -> exp(scores - max) / sum, in place. The maximum starts at -inf (defined: the
+    flags leave out ninf) and is taken off before exp, which would overflow float32 for
+    scores above about 88."""
+    m = -np.inf
+    for s in range(scores.shape[0]):
+        m = max(m, scores[s])
+    total = np.float32(0.0)
+    for s in range(scores.shape[0]):
+        scores[s] = np.exp(scores[s] - m)
+        total += scores[s]
+    for s in range(scores.shape[0]):
+        scores[s] = scores[s] / total
+
+
 @njit(cache=True, parallel=True, fastmath=ROW_SUM_MATH)
 def attention_heads(q, k, v, start, out):
     """q [T, H, Dh], k/v [S, Hkv, Dh]; query t (position start + t) sees keys 0..start+t;
-    query head h reads KV head h // (H / Hkv). The running maximum starts at -inf (defined:
-    the flags leave out ninf), and each score has it taken off before exp, which would
-    overflow float32 for scores above about 88."""
+    query head h reads KV head h // (H / Hkv); softmax_in_place makes the scores weights."""
     T, H, d = q.shape
     Hkv = k.shape[1]
     rep = H // Hkv
@@ -193,21 +207,16 @@ def attention_heads(q, k, v, start, out):
         kv = h // rep
         n = start + t + 1
         scores = np.empty(n, np.float32)
-        m = -np.inf
         for s in range(n):
             acc = np.float32(0.0)
             for i in range(d):
                 acc += q[t, h, i] * k[s, kv, i]
             scores[s] = acc * scale
-            m = max(m, scores[s])
-        total = np.float32(0.0)
-        for s in range(n):
-            scores[s] = np.exp(scores[s] - m)
-            total += scores[s]
+        softmax_in_place(scores)
         for i in range(d):
             out[t, h, i] = 0.0
         for s in range(n):
-            p = scores[s] / total
+            p = scores[s]
             for i in range(d):
                 out[t, h, i] += p * v[s, kv, i]
 
@@ -229,21 +238,16 @@ def attention_heads_int8(q, kc, ks, kz, vc, vs, vz, start, out):
         for i in range(d):
             qsum += q[t, h, i]
         scores = np.empty(n, np.float32)
-        m = -np.inf
         for s in range(n):
             acc = np.float32(0.0)
             for i in range(d):
                 acc += q[t, h, i] * np.float32(kc[s, kv, i])
             scores[s] = ks[s, kv] * (acc - kz[s, kv] * qsum) * scale
-            m = max(m, scores[s])
-        total = np.float32(0.0)
-        for s in range(n):
-            scores[s] = np.exp(scores[s] - m)
-            total += scores[s]
+        softmax_in_place(scores)
         row = np.zeros(d, np.float32)
         shift = np.float32(0.0)
         for s in range(n):
-            w = scores[s] / total * vs[s, kv]
+            w = scores[s] * vs[s, kv]
             shift += w * vz[s, kv]
             for i in range(d):
                 row[i] += w * np.float32(vc[s, kv, i])
@@ -263,20 +267,15 @@ def attention_heads_half(q, kbits, vbits, lut, start, out):
         kv = h // rep
         n = start + t + 1
         scores = np.empty(n, np.float32)
-        m = -np.inf
         for s in range(n):
             acc = np.float32(0.0)
             for i in range(d):
                 acc += q[t, h, i] * lut[kbits[s, kv, i]]
             scores[s] = acc * scale
-            m = max(m, scores[s])
-        total = np.float32(0.0)
-        for s in range(n):
-            scores[s] = np.exp(scores[s] - m)
-            total += scores[s]
+        softmax_in_place(scores)
         row = np.zeros(d, np.float32)
         for s in range(n):
-            p = scores[s] / total
+            p = scores[s]
             for i in range(d):
                 row[i] += p * lut[vbits[s, kv, i]]
         for i in range(d):

@@ -104,3 +104,19 @@ def test_an_unknown_cache_kind_is_an_input_error():
         qwen_np.load(QWEN2, kv_cache="int4")
     with pytest.raises(InputError, match="not supported"):
         new_kv_cache(qwen_np.load(QWEN2).config, 4, get_backend("numpy"), "bogus")
+
+
+def test_memory_cli_counts_the_cache_kind():
+    import subprocess
+    import sys
+    out = {}
+    for kind in ("float32", "int8"):
+        r = subprocess.run([sys.executable, "-m", "qwen_np", "memory", QWEN2, "--context", "64",
+                            "--kv-cache", kind], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        line = next(l for l in r.stdout.splitlines() if l.strip().startswith("KV cache"))
+        out[kind] = int(line.split()[2].replace(",", ""))
+    cfg = qwen_np.load(QWEN2).config
+    assert out["float32"] == kv_cache_bytes(cfg, 64, "float32") == \
+        2 * cfg.num_hidden_layers * 64 * cfg.num_key_value_heads * cfg.head_dim * 4
+    assert out["int8"] == 2 * cfg.num_hidden_layers * 64 * cfg.num_key_value_heads * (cfg.head_dim + 8)

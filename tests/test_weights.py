@@ -87,3 +87,37 @@ def test_an_untied_embedding_is_read_from_the_file_by_row():
         assert np.array_equal(got, as_compute(table, np.float32)[ids])
     tied = qwen_np.load(fixture_path("qwen2-tied-f32"))
     assert tied.weights.embed is tied.weights.lm_head       # read whole every token: kept
+
+
+def mapped_rss_kib(path: str) -> int:
+    """Resident KiB of this process's mappings of `path` (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            if line[0] in "0123456789abcdef" and "-" in line.split()[0]:
+                inside = line.rstrip().endswith(path)
+            elif inside and line.startswith("Rss:"):
+                total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux /proc")
+def test_a_row_lookup_gives_the_tables_pages_back(tmp_path):
+    """MappedRows copies the rows and releases the mapping's pages, so lookups spread over a
+    table leave (almost) none of it resident; reading the same rows from the plain mapping
+    keeps pages (read-ahead) resident."""
+    from qwen_np.io.mapped import MappedRows, map_file
+    rows, width = 8192, 1024                                   # 16 MiB of float16
+    path = str(tmp_path / "table.bin")
+    table = np.random.default_rng(0).standard_normal((rows, width)).astype(np.float16)
+    table.tofile(path)
+    ids = np.arange(0, rows, 41)                               # 200 rows spread over the file
+    plain = map_file(path).view(np.float16).reshape(rows, width)
+    wrapped = MappedRows(map_file(path).view(np.float16).reshape(rows, width))
+    got = wrapped.rows(ids)
+    assert np.array_equal(got, table[ids])
+    released = mapped_rss_kib(path)
+    _ = np.array(plain[ids])
+    kept = mapped_rss_kib(path) - released
+    assert released <= 64, released                 # the wrapped mapping holds no pages
+    assert kept >= len(ids) * 2 * width // 1024     # at least the rows' own pages stay
