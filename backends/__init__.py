@@ -28,6 +28,11 @@ Hkv key/value heads, Dh head dim, S cached positions):
     dequantize_kv(codes, scale, zero)  uint8 [S, Hkv, Dh], [S, Hkv] x2  -> [S, Hkv, Dh]
                                    scale * (code - zero): an int8 KV cache read (cache.py)
 
+Optional members (generate.py uses them where present):
+    kv_kinds                       the KV cache kinds it keeps (default: all of cache.py's)
+    greedy_token(logits)           the argmax of logits[-1] as an int, chosen where the logits
+                                   are (the cupy backend: on the device)
+
 Weights are passed as the loader produced them (memory-mapped, in their file dtype), or as
 `prepare` returned them; an op converts what it reads. The NumPy backend is the definition
 of every op.
@@ -37,12 +42,12 @@ from __future__ import annotations
 
 from qwen_np.errors import BackendUnavailable
 
-BACKENDS = ("numpy", "numba")
+BACKENDS = ("numpy", "numba", "cupy")
 
 
 def get_backend(name: str = "numpy", dtype: str = "float32", threads: int | None = None):
-    """A backend object by name; `dtype` is "float32" or "float64"; `threads` (default: all
-    cores) is honoured by the backend's kernels and by BLAS."""
+    """A backend object by name; `dtype` is "float32" or "float64" (cupy: float32 only);
+    `threads` (default: all cores) is honoured by the CPU backends' kernels and by BLAS."""
     if dtype not in ("float32", "float64"):
         raise BackendUnavailable(f"dtype {dtype!r} is not supported (float32 or float64)")
     if threads is not None:
@@ -57,6 +62,9 @@ def get_backend(name: str = "numpy", dtype: str = "float32", threads: int | None
             raise BackendUnavailable(f"backend 'numba' cannot load ({e}); "
                                      f"pip install 'qwen-np[numba]'") from None
         return NumbaBackend(dtype, threads)
+    if name == "cupy":
+        from .cupy_backend import CupyBackend
+        return CupyBackend(dtype)
     raise BackendUnavailable(f"backend {name!r} is not available "
                              f"(available: {', '.join(BACKENDS)})")
 

@@ -19,7 +19,7 @@ from .io.model_files import regular_file
 from .memory import release_free_heap
 from .model import forward
 from .tokenizer import Tokenizer
-from .weights import ModelWeights, build_weights, prepare_tensors
+from .weights import ModelWeights, build_weights, place_vectors, prepare_tensors
 
 
 class Model:
@@ -141,20 +141,22 @@ def is_gguf(path: str) -> bool:
         return f.read(4) == b"GGUF"
 
 
-def load(path: str, backend: str = "numpy", dtype: str = "float32",
+def load(path: str, backend="numpy", dtype: str = "float32",
          threads: int | None = None, kv_cache: str | None = None) -> Model:
     """Load a Hugging Face model folder or a GGUF file for the named backend ("numpy", the
-    reference, or "numba") and dtype; `threads` (default: all cores) for kernels and BLAS;
+    reference, "numba" or "cupy"; or a backend object) and dtype; `threads` (default: all
+    cores) for the CPU backends' kernels and BLAS;
     `kv_cache` the KV cache's storage: "float32", "float16" or "int8" (cache.py; default the
     compute dtype, or int8 where a Qwen v1 config sets use_cache_quantization)."""
     if kv_cache is not None:
         check_kv_kind(kv_cache)
     from .backends import get_backend
-    be = get_backend(backend, dtype, threads)
+    be = get_backend(backend, dtype, threads) if isinstance(backend, str) else backend
     path = os.fspath(path)
     config, tensors, make_tokenizer = read_model(path)
     prepare_tensors(tensors, be.prepare)
     weights = build_weights(config, tensors, be.dtype, path)
+    place_vectors(weights, be.asarray)
     if weights.embed is not weights.lm_head:    # lookups only: rows read from the file
         weights.embed = lookup_only(weights.embed)
     release_free_heap()  # the temporaries of converting quantized tensors

@@ -73,6 +73,10 @@ def new_kv_cache(cfg: QwenConfig, max_tokens: int, be, kind: str | None = None) 
         except TypeError:
             raise InputError(f"KV cache kind {kind!r} is not supported") from None
     kind = check_kv_kind(kind)
+    kept = getattr(be, "kv_kinds", None)
+    if kept is not None and kind not in kept:
+        raise InputError(f"backend {be.name!r} keeps a KV cache of {', '.join(kept)}, "
+                         f"not {kind}")
     L = cfg.num_hidden_layers
     shape = (max_tokens, cfg.num_key_value_heads, cfg.head_dim)
     if kind != "int8":

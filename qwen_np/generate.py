@@ -46,8 +46,12 @@ def generate(cfg, weights, be, ids, max_new_tokens: int = 64, temperature: float
         logits = forward(cfg, weights, be, ids[at:at + prefill_chunk], cache, last_only=True,
                          prompt_length=length)
     for _ in range(max_new_tokens):
-        last = be.to_numpy(logits)[-1]                                 # [V]
-        token = sample_next(last, rng, temperature, top_k, top_p, repetition_penalty, history)
+        if temperature <= 0 and repetition_penalty == 1.0 and hasattr(be, "greedy_token"):
+            token = be.greedy_token(logits)          # chosen where the logits are (a GPU)
+        else:
+            last = be.to_numpy(logits)[-1]                             # [V]
+            token = sample_next(last, rng, temperature, top_k, top_p, repetition_penalty,
+                                history)
         new.append(token)
         history.append(token)
         if stream is not None:

@@ -124,6 +124,19 @@ def prepare_tensors(tensors: dict, prepare) -> None:
             tensors[name] = ready
 
 
+VECTORS = ("attn_norm", "q_bias", "k_bias", "v_bias", "o_bias", "q_norm", "k_norm", "mlp_norm")
+
+
+def place_vectors(w: ModelWeights, place) -> None:
+    """Put the small vectors (norm weights, biases) where the backend computes, with its
+    `asarray` (the CPU backends' is a no-op here; the GPU backend's copies them up once)."""
+    for layer in w.layers:
+        for name in VECTORS:
+            if getattr(layer, name) is not None:
+                setattr(layer, name, place(getattr(layer, name)))
+    w.norm = place(w.norm)
+
+
 def build_weights(cfg: QwenConfig, tensors: dict, dtype, source: str) -> ModelWeights:
     check_tensors(cfg, tensors, source)
 

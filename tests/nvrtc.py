@@ -25,14 +25,19 @@ def load_nvrtc(lib_dir: str):
     return ctypes.CDLL(os.path.join(lib_dir, "libnvrtc.so.13"))
 
 
-def compile_cuda(nvrtc, source: str, name: str, options) -> tuple[int, str, bytes]:
-    """(NVRTC result code, the program log, the cubin or b"") for `source`."""
+def compile_cuda(nvrtc, source: str, name: str, options, name_expressions=()):
+    """(NVRTC result code, the program log, the cubin or b"", {name expression: lowered
+    (mangled) name}) for `source`, instantiating the templates named as CuPy's RawModule does
+    with its name_expressions."""
     prog = ctypes.c_void_p()
     check(nvrtc, nvrtc.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), name.encode(),
                                           0, None, None))
     try:
+        for expr in name_expressions:
+            check(nvrtc, nvrtc.nvrtcAddNameExpression(prog, expr.encode()))
         opts = (ctypes.c_char_p * len(options))(*[o.encode() for o in options])
         result = nvrtc.nvrtcCompileProgram(prog, len(options), opts)
+        lowered = {}
         size = ctypes.c_size_t()
         check(nvrtc, nvrtc.nvrtcGetProgramLogSize(prog, ctypes.byref(size)))
         log = ctypes.create_string_buffer(size.value)
@@ -43,7 +48,11 @@ def compile_cuda(nvrtc, source: str, name: str, options) -> tuple[int, str, byte
             buf = ctypes.create_string_buffer(size.value)
             check(nvrtc, nvrtc.nvrtcGetCUBIN(prog, buf))
             cubin = buf.raw
-        return result, log.value.decode(errors="replace"), cubin
+            for expr in name_expressions:
+                out = ctypes.c_char_p()
+                check(nvrtc, nvrtc.nvrtcGetLoweredName(prog, expr.encode(), ctypes.byref(out)))
+                lowered[expr] = out.value.decode()
+        return result, log.value.decode(errors="replace"), cubin, lowered
     finally:
         nvrtc.nvrtcDestroyProgram(ctypes.byref(prog))
 

@@ -5,6 +5,7 @@ then whole models. Tolerances are float32 ones, stated per op (max |a - b| / max
 
 import copy
 import importlib.util
+import shutil
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ import pytest
 
 from conftest import FIXTURE_MODELS, fixture_path, rel_err
 from qwen_np.backends import get_backend
+from qwen_np.errors import BackendUnavailable
 from qwen_np.dense import BFloat16Array
 from qwen_np.model import rope_inv_freq
 from qwen_np.quant import QuantizedTensor
@@ -22,9 +24,10 @@ from qwen_np.quant.packing import pack_codes, pack_high_bits, pack_int32_words
 from qwen_np.quant.rtn import quantize_rtn, rtn_to_canonical
 from qwen_np.quant.tensor import smallest_exact_float
 
-OTHER_BACKENDS = [b for b, mod in (("numba", "numba"),) if importlib.util.find_spec(mod)]
-if not OTHER_BACKENDS:
-    pytest.skip("no backend besides numpy is installed", allow_module_level=True)
+# "cupy-on-cpu": the GPU backend's own code and kernels.cu, run on the CPU (tests/cupy_on_cpu.py);
+# "cupy": the same on a GPU, where there is one (else skipped, saying why).
+OTHER_BACKENDS = [b for b, mod in (("numba", "numba"),) if importlib.util.find_spec(mod)] \
+    + (["cupy-on-cpu"] if shutil.which("g++") else []) + ["cupy"]
 rng = np.random.default_rng(0)
 TOL = {"linear": 1e-5, "embed": 0.0, "rms_norm": 1e-6, "rope": 1e-6, "attention": 1e-5,
        "silu_mul": 1e-6, "logits": 1e-4}
@@ -32,7 +35,13 @@ TOL = {"linear": 1e-5, "embed": 0.0, "rms_norm": 1e-6, "rope": 1e-6, "attention"
 
 @pytest.fixture(params=OTHER_BACKENDS)
 def be(request):
-    return get_backend(request.param)
+    if request.param == "cupy-on-cpu":
+        from cupy_on_cpu import emulated_cupy_backend
+        return emulated_cupy_backend()
+    try:
+        return get_backend(request.param)
+    except BackendUnavailable as e:
+        pytest.skip(str(e))
 
 
 @pytest.fixture(scope="module")
@@ -303,7 +312,7 @@ QUANT_FIXTURES = ["quant/gptqmodel-4bit-g32-descact-asym", "quant/gptqmodel-8bit
 @pytest.mark.parametrize("name", FIXTURE_MODELS + QUANT_FIXTURES)
 def test_whole_model_logits_and_cached_decoding(be, name):
     import qwen_np
-    ours = qwen_np.load(fixture_path(name), backend=be.name)
+    ours = qwen_np.load(fixture_path(name), backend=be)
     reference = qwen_np.load(fixture_path(name))
     ids = [1, 17, 42, 99, 5, 64, 7, 11, 200]
     assert rel_err(ours.logits(ids), reference.logits(ids)) < TOL["logits"]

@@ -1,14 +1,14 @@
 // Compile CUDA kernels as plain C++20 on the CPU, to test their logic without a GPU.
 //
 // The same .cu files that NVRTC compiles for the GPU are compiled by g++ with this header
-// included first (-include emulate_cpu.h). A launch runs the grid's blocks one after another;
-// a block's threads are real std::threads, so that:
-//   __syncthreads()      is a std::barrier over the block's threads,
+// included first (cpu_entry.cpp includes both). A block's threads are real std::threads, so that:
+//   __syncthreads()      is a barrier over the block's threads,
 //   __shfl_xor_sync()    writes the lane's value into its warp's slots, waits for the warp,
 //                        reads the partner lane's slot and waits again (full warps of 32 and
 //                        warp-uniform calls only: a partial warp is refused at launch),
 //   __shared__           is `static` storage (blocks never run at the same time),
-//   threadIdx            is thread_local; blockIdx, blockDim, gridDim are set per block.
+//   threadIdx, blockIdx  are thread_local; blockDim, gridDim are set per launch.
+// A launch starts blockDim threads once, and they run the grid's blocks one after another.
 // The barriers are a mutex and a condition variable of their own (not std::barrier, whose
 // waits go through a process-wide table that orders unrelated threads and so hides races from
 // ThreadSanitizer), and a wait longer than BARRIER_TIMEOUT aborts: a barrier that some
@@ -28,7 +28,10 @@
 #include <memory>
 #include <mutex>
 #include <stdexcept>
+#include <string>
 #include <thread>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #define __global__
@@ -89,36 +92,83 @@ struct Block {
     }
 };
 
-inline dim3 block_index, block_dim, grid_dim;
-inline thread_local dim3 thread_index;
+inline dim3 block_dim, grid_dim;
+inline thread_local dim3 thread_index, block_index;
 inline thread_local unsigned linear_thread;
 inline Block* current_block = nullptr;
 
+// A launch starts blockDim threads once; each runs the kernel for block 0, 1, ... in turn and
+// waits at a barrier between blocks (a block's __shared__ storage is the next block's too, as
+// on a GPU where one block's shared memory is given to the next).
 template <class Kernel, class... Args>
 void launch(Kernel kernel, dim3 grid, dim3 block, Args... args) {
     unsigned threads = block.x * block.y * block.z;
-    if (threads == 0 || threads % 32 != 0)
-        throw std::invalid_argument("emulate_cpu.h: a block must hold whole warps of 32 threads");
+    if (threads == 0 || threads % 32 != 0 || threads > 1024)
+        throw std::invalid_argument("emulate_cpu.h: a block must hold whole warps of 32 threads, "
+                                    "at most 1024");
     grid_dim = grid;
     block_dim = block;
-    for (unsigned bz = 0; bz < grid.z; ++bz)
-        for (unsigned by = 0; by < grid.y; ++by)
-            for (unsigned bx = 0; bx < grid.x; ++bx) {
-                block_index = dim3(bx, by, bz);
-                Block b(threads);
-                current_block = &b;
-                std::vector<std::thread> pool;
-                pool.reserve(threads);
-                for (unsigned t = 0; t < threads; ++t)
-                    pool.emplace_back([&, t] {
-                        thread_index = dim3(t % block.x, (t / block.x) % block.y,
-                                            t / (block.x * block.y));
-                        linear_thread = t;
+    Block b(threads);
+    Barrier between_blocks(threads);
+    current_block = &b;
+    std::vector<std::thread> pool;
+    pool.reserve(threads);
+    for (unsigned t = 0; t < threads; ++t)
+        pool.emplace_back([&, t] {
+            thread_index = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
+            linear_thread = t;
+            for (unsigned bz = 0; bz < grid.z; ++bz)
+                for (unsigned by = 0; by < grid.y; ++by)
+                    for (unsigned bx = 0; bx < grid.x; ++bx) {
+                        block_index = dim3(bx, by, bz);
                         kernel(args...);
-                    });
-                for (auto& th : pool) th.join();
-                current_block = nullptr;
-            }
+                        between_blocks.arrive_and_wait();
+                    }
+        });
+    for (auto& th : pool) th.join();
+    current_block = nullptr;
+}
+
+// A kernel's arguments as CUDA's launch API passes them: args[i] points at argument i.
+template <class... A, std::size_t... I>
+void launch_packed(void (*kernel)(A...), dim3 grid, dim3 block, void** args,
+                   std::index_sequence<I...>) {
+    launch(kernel, grid, block, *static_cast<std::remove_reference_t<A>*>(args[I])...);
+}
+
+// One letter per argument type, so that a caller can check what it passes (pointers: "P" and
+// the pointee's letter): f float, d double, i int, I unsigned, q long long, B u8, H u16, v void.
+template <class T> constexpr const char* type_code() {
+    using U = std::remove_cv_t<T>;
+    if constexpr (std::is_pointer_v<U>) {
+        using E = std::remove_cv_t<std::remove_pointer_t<U>>;
+        if constexpr (std::is_same_v<E, float>) return "Pf";
+        else if constexpr (std::is_same_v<E, double>) return "Pd";
+        else if constexpr (std::is_same_v<E, int>) return "Pi";
+        else if constexpr (std::is_same_v<E, unsigned char>) return "PB";
+        else if constexpr (std::is_same_v<E, unsigned short>) return "PH";
+        else if constexpr (std::is_same_v<E, void>) return "Pv";
+        else static_assert(sizeof(E) == 0, "add this pointer type to type_code");
+    } else if constexpr (std::is_same_v<U, float>) return "f";
+    else if constexpr (std::is_same_v<U, double>) return "d";
+    else if constexpr (std::is_same_v<U, int>) return "i";
+    else if constexpr (std::is_same_v<U, unsigned>) return "I";
+    else if constexpr (std::is_same_v<U, long long>) return "q";
+    else static_assert(sizeof(U) == 0, "add this argument type to type_code");
+}
+
+template <class... A>
+std::string signature(void (*)(A...)) {
+    std::string s;
+    ((s += type_code<A>(), s += ","), ...);
+    if (!s.empty()) s.pop_back();
+    return s;
+}
+
+inline float half_to_float(uint16_t h) {
+    _Float16 v;
+    std::memcpy(&v, &h, 2);
+    return (float)v;
 }
 
 }  // namespace emu
@@ -146,3 +196,21 @@ inline T __shfl_xor_sync(unsigned mask, T value, int lane_mask, int width = 32) 
 }
 
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline float __uint_as_float(uint32_t u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+inline float __fmul_rn(float a, float b) { return a * b; }   // g++ here fuses nothing (no -mfma)
+inline float __fadd_rn(float a, float b) { return a + b; }
+using std::cos;
+inline float expf(float x) { return std::exp(x); }
+inline float fmaf(float a, float b, float c) { return std::fma(a, b, c); }
+inline float fmaxf(float a, float b) { return std::fmax(a, b); }
+using std::min;
+using std::sin;
+
+// CUDA's vector types: 16-, 8- and 16-byte aligned words (a misaligned load is undefined
+// behaviour that UndefinedBehaviorSanitizer reports, as the GPU would fault).
+struct alignas(16) uint4 { unsigned x, y, z, w; };
+struct alignas(16) float4 { float x, y, z, w; };

@@ -1,5 +1,65 @@
-// qwen-np's CUDA kernels (compiled by NVRTC for the GPU; by g++ with emulate_cpu.h to test
-// their logic on the CPU). Shapes as in backends/__init__.py: T tokens, n features.
+// qwen-np's CUDA kernels: compiled by NVRTC for the GPU (backends/cupy_backend.py), and by g++
+// with emulate_cpu.h to test their logic on the CPU. Shapes as in backends/__init__.py: T tokens,
+// n input features, `rows` output features. Every kernel is listed, with the template
+// arguments the backend instantiates, in backends/cuda_kernels.py.
+//
+// Weights as the GPU backend lays them out at load (cupy_backend.py `prepare`). Every row is
+// padded to a whole number of 32-column chunks (n_pad = 32 * ceil(n / 32), padding zero), so a
+// lane reads one chunk of a row with 16-byte loads:
+//
+//   FMT 4, 5, 6  nibble plane, row_bytes = n_pad / 2: chunk j = one 16-byte word, columns
+//                32j .. 32j+31; byte b holds column 2b in bits 3..0 and 2b+1 in bits 7..4
+//                (the canonical order of qwen_np/quant/packing.py, unchanged)
+//                5 bits: + a high plane of n_pad / 8 bytes a row: chunk j = one 4-byte word,
+//                          bit k = bit 4 of column 32j + k
+//                6 bits: + a high plane of n_pad / 4 bytes a row: chunk j = one 8-byte word,
+//                          bits 2k+1..2k = bits 5..4 of column 32j + k
+//   FMT 8        one byte per column, row_bytes = n_pad: chunk j = two 16-byte words
+//   FMT 16, 17   float16 / bfloat16 bit patterns, row_bytes = 2 n_pad: chunk j = four words
+//   FMT 32       float32, row_bytes = 4 n_pad: chunk j = eight words
+//
+// A quantized weight is w[r, c] = scale[r, g] * code[r, c] + offset[r, g], g = c / group (the
+// last group may be shorter); scale and offset are [rows, groups], float32 (SH = 0) or float16
+// bit patterns (SH = 1). Columns are in the codes' order (GPTQ act-order: x arrives gathered).
+
+#ifdef __CUDACC_RTC__
+typedef unsigned char u8;            // NVRTC cannot open <stdint.h>
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+#else
+typedef uint8_t u8;
+typedef uint16_t u16;
+typedef uint32_t u32;
+typedef uint64_t u64;
+#endif
+
+#define MAX_HEAD_DIM 256             // attention: each lane keeps MAX_HEAD_DIM / 32 outputs
+
+// ---- numbers ------------------------------------------------------------------------------
+
+__device__ __forceinline__ float half_to_float(u16 h) {
+#ifdef __CUDA_ARCH__
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+#else
+    return emu::half_to_float(h);
+#endif
+}
+
+__device__ __forceinline__ float bf16_to_float(u16 h) { return __uint_as_float((u32)h << 16); }
+
+// A code 0..2^23-1 as a float: its bits under float 2^23's exponent, less 2^23 (exact).
+__device__ __forceinline__ float code_to_float(u32 q) {
+    return __uint_as_float(0x4B000000u | q) - 8388608.0f;
+}
+
+template <int SH>
+__device__ __forceinline__ float group_value(const void* a, long long i) {
+    if (SH) return half_to_float(((const u16*)a)[i]);
+    return ((const float*)a)[i];
+}
 
 // The sum of v over the 32 lanes of a warp, in every lane: a butterfly of xor shuffles.
 __device__ __forceinline__ float warp_sum(float v) {
@@ -27,6 +87,226 @@ __device__ __forceinline__ float block_sum(float v) {
     return v;
 }
 
+// ---- reading weights ----------------------------------------------------------------------
+
+// One row of a laid-out weight (the layout drawn at the top of this file).
+struct Row {
+    const u8* main;     // the row's bytes (codes, or 16/32-bit floats)
+    const u8* high;     // 5 and 6 bits: the row's high plane
+    const void* scale;  // the row's scales and offsets (quantized formats)
+    const void* offset;
+};
+
+template <int FMT>
+__device__ __forceinline__ Row row_of(const u8* w, const u8* high, const void* scale,
+                                      const void* offset, long long r, int n_pad, int groups,
+                                      int sh) {
+    const int row_bytes = FMT <= 6 ? n_pad / 2 : FMT == 8 ? n_pad : FMT == 32 ? 4 * n_pad : 2 * n_pad;
+    const int high_bytes = FMT == 5 ? n_pad / 8 : FMT == 6 ? n_pad / 4 : 0;
+    const int scale_bytes = sh ? 2 : 4;
+    Row row;
+    row.main = w + r * row_bytes;
+    row.high = high + r * high_bytes;
+    row.scale = (const u8*)scale + r * groups * scale_bytes;
+    row.offset = (const u8*)offset + r * groups * scale_bytes;
+    return row;
+}
+
+// The 32 values of chunk j of a row (columns 32j .. 32j+31): integer codes for FMT 4-8, the
+// weights themselves for FMT 16, 17, 32. Every load is a 16-byte (or 8- or 4-byte) aligned word.
+template <int FMT>
+__device__ __forceinline__ void load_chunk(const Row& row, int j, float v[32]) {
+    if (FMT <= 6) {
+        const uint4 lo = ((const uint4*)row.main)[j];
+        const u32 words[4] = {lo.x, lo.y, lo.z, lo.w};
+        u64 hi = 0;
+        if (FMT == 5) hi = ((const u32*)row.high)[j];
+        if (FMT == 6) hi = ((const u64*)row.high)[j];
+#pragma unroll
+        for (int k = 0; k < 32; ++k) {
+            u32 q = (words[k >> 3] >> (4 * (k & 7))) & 15u;
+            if (FMT == 5) q |= (u32)((hi >> k) & 1u) << 4;
+            if (FMT == 6) q |= (u32)((hi >> (2 * k)) & 3u) << 4;
+            v[k] = code_to_float(q);
+        }
+    } else if (FMT == 8) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const uint4 b = ((const uint4*)row.main)[2 * j + h];
+            const u32 words[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+            for (int k = 0; k < 16; ++k)
+                v[16 * h + k] = code_to_float((words[k >> 2] >> (8 * (k & 3))) & 255u);
+        }
+    } else if (FMT == 16 || FMT == 17) {
+#pragma unroll
+        for (int h = 0; h < 4; ++h) {
+            const uint4 b = ((const uint4*)row.main)[4 * j + h];
+            const u32 words[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+            for (int k = 0; k < 8; ++k) {
+                const u16 bits = (u16)(words[k >> 1] >> (16 * (k & 1)));
+                v[8 * h + k] = FMT == 16 ? half_to_float(bits) : bf16_to_float(bits);
+            }
+        }
+    } else {
+#pragma unroll
+        for (int h = 0; h < 8; ++h) {
+            const float4 f = ((const float4*)row.main)[8 * j + h];
+            v[4 * h] = f.x;
+            v[4 * h + 1] = f.y;
+            v[4 * h + 2] = f.z;
+            v[4 * h + 3] = f.w;
+        }
+    }
+}
+
+// Chunk j's 32 weights: codes dequantized (scale * code + offset of each column's group;
+// __fmul_rn/__fadd_rn, never fused, so the values equal the NumPy reference's bit for bit),
+// floats as they are. Columns at or past n are 0.
+template <int FMT, int SH>
+__device__ __forceinline__ void weights_of_chunk(const Row& row, int j, int n, int group,
+                                                 float w[32]) {
+    load_chunk<FMT>(row, j, w);
+    const int c0 = 32 * j;
+    if (FMT <= 8) {
+        int g = c0 / group, next = (g + 1) * group;
+        float s = group_value<SH>(row.scale, g), o = group_value<SH>(row.offset, g);
+#pragma unroll
+        for (int k = 0; k < 32; ++k) {
+            if (c0 + k < n) {
+                if (c0 + k == next) {
+                    ++g;
+                    next += group;
+                    s = group_value<SH>(row.scale, g);
+                    o = group_value<SH>(row.offset, g);
+                }
+                w[k] = __fadd_rn(__fmul_rn(s, w[k]), o);
+            }
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < 32; ++k)
+        if (c0 + k >= n) w[k] = 0.0f;
+}
+
+// ---- linear: y[t, r] = sum_c w[r, c] x[t, c] ----------------------------------------------
+
+// One token (decode): one warp per output row; the lanes take the row's 32-column chunks in
+// turn (consecutive lanes read consecutive 16-byte words: coalesced), each dequantizes its
+// chunk in registers and multiplies, and one butterfly sums the lanes.
+// x [n] float32, 16-byte aligned; y [rows].
+template <int FMT, int SH>
+__global__ void gemv(const u8* __restrict__ w, const u8* __restrict__ high,
+                     const void* __restrict__ scale, const void* __restrict__ offset,
+                     const float* __restrict__ x, int n, int n_pad, int group, int groups,
+                     int rows, float* __restrict__ y) {
+    const int lane = threadIdx.x & 31;
+    const int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (r >= rows) return;                    // a whole warp leaves together (no barrier below)
+    const Row row = row_of<FMT>(w, high, scale, offset, r, n_pad, groups, SH);
+    const int chunks = n_pad / 32;
+    float acc = 0.0f;
+    for (int j = lane; j < chunks; j += 32) {
+        const int c0 = 32 * j;
+        float v[32];
+        if (c0 + 32 <= n && (FMT > 8 || (group % 32 == 0))) {
+            // the common case: a whole chunk in one group (or floats): s, o once per chunk
+            load_chunk<FMT>(row, j, v);
+            float s = 1.0f, o = 0.0f;
+            if (FMT <= 8) {
+                s = group_value<SH>(row.scale, c0 / group);
+                o = group_value<SH>(row.offset, c0 / group);
+            }
+            const float4* x4 = (const float4*)(x + c0);
+#pragma unroll
+            for (int h = 0; h < 8; ++h) {
+                const float4 xv = x4[h];
+                const float xs[4] = {xv.x, xv.y, xv.z, xv.w};
+#pragma unroll
+                for (int k = 0; k < 4; ++k) {
+                    const float wk = FMT <= 8 ? fmaf(s, v[4 * h + k], o) : v[4 * h + k];
+                    acc = fmaf(wk, xs[k], acc);
+                }
+            }
+        } else {
+            // the row's last chunk, or groups that do not hold whole chunks
+            weights_of_chunk<FMT, SH>(row, j, n, group, v);
+#pragma unroll
+            for (int k = 0; k < 32; ++k)
+                if (c0 + k < n) acc = fmaf(v[k], x[c0 + k], acc);
+        }
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) y[r] = acc;
+}
+
+#define GEMM_ROWS 64     // a block's tile: 64 output rows x 32 tokens, 32 columns at a time
+#define GEMM_TOKENS 32
+
+// Many tokens (prefill): a block dequantizes a 64-row x 32-column tile of w into shared memory
+// once and multiplies it with 32 tokens' 32 columns of x, then moves along the columns.
+// x [T, n], y [T, rows]; 256 threads, each computing 8 tokens of one row.
+template <int FMT, int SH>
+__global__ void __launch_bounds__(256)
+gemm(const u8* __restrict__ w, const u8* __restrict__ high, const void* __restrict__ scale,
+     const void* __restrict__ offset, const float* __restrict__ x, int n, int n_pad, int group,
+     int groups, int rows, int T, float* __restrict__ y) {
+    __shared__ float ws[GEMM_ROWS][33];      // +1: the rows of a column fall in distinct banks
+    __shared__ float xs[GEMM_TOKENS][33];
+    const int tid = threadIdx.x;
+    const int r0 = blockIdx.x * GEMM_ROWS, t0 = blockIdx.y * GEMM_TOKENS;
+    const int my_row = tid % GEMM_ROWS, my_tokens = (tid / GEMM_ROWS) * 8;
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int j = 0; j < n_pad / 32; ++j) {
+        if (tid < GEMM_ROWS) {
+            float v[32];
+            if (r0 + tid < rows) {
+                const Row row = row_of<FMT>(w, high, scale, offset, r0 + tid, n_pad, groups, SH);
+                weights_of_chunk<FMT, SH>(row, j, n, group, v);
+            } else {
+#pragma unroll
+                for (int k = 0; k < 32; ++k) v[k] = 0.0f;
+            }
+#pragma unroll
+            for (int k = 0; k < 32; ++k) ws[tid][k] = v[k];
+        }
+        for (int i = tid; i < GEMM_TOKENS * 32; i += blockDim.x) {
+            const int t = i / 32, c = 32 * j + i % 32;
+            xs[t][i % 32] = (t0 + t < T && c < n) ? x[(long long)(t0 + t) * n + c] : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll 8
+        for (int k = 0; k < 32; ++k) {
+            const float wk = ws[my_row][k];
+#pragma unroll
+            for (int i = 0; i < 8; ++i) acc[i] = fmaf(wk, xs[my_tokens + i][k], acc[i]);
+        }
+        __syncthreads();                     // the tiles are refilled next
+    }
+    if (r0 + my_row < rows)
+        for (int i = 0; i < 8; ++i)
+            if (t0 + my_tokens + i < T) y[(long long)(t0 + my_tokens + i) * rows + r0 + my_row] = acc[i];
+}
+
+// Rows of a weight by id (an embedding lookup, quantized rows too): out [T, n] float32.
+// One block per id; the dequantization is weights_of_chunk's, so a row equals the reference's.
+template <int FMT, int SH>
+__global__ void embed_rows(const u8* __restrict__ w, const u8* __restrict__ high,
+                           const void* __restrict__ scale, const void* __restrict__ offset,
+                           const int* __restrict__ ids, int n, int n_pad, int group, int groups,
+                           float* __restrict__ out) {
+    const Row row = row_of<FMT>(w, high, scale, offset, ids[blockIdx.x], n_pad, groups, SH);
+    float* o = out + (long long)blockIdx.x * n;
+    for (int j = threadIdx.x; j < n_pad / 32; j += blockDim.x) {
+        float v[32];
+        weights_of_chunk<FMT, SH>(row, j, n, group, v);
+        for (int k = 0; k < 32 && 32 * j + k < n; ++k) o[32 * j + k] = v[k];
+    }
+}
+
+// ---- norms and element-wise ops ----------------------------------------------------------
+
 // out[r, i] = x[r, i] / sqrt(mean_i(x[r, i]^2) + eps) * w[i]: one block per row.
 extern "C" __global__ void rms_norm_rows(const float* __restrict__ x, const float* __restrict__ w,
                                          float eps, int n, float* __restrict__ out) {
@@ -38,33 +318,6 @@ extern "C" __global__ void rms_norm_rows(const float* __restrict__ x, const floa
     for (int i = threadIdx.x; i < n; i += blockDim.x) yr[i] = xr[i] * inv * w[i];
 }
 
-// One token through a canonical 4-bit matrix (qwen_np/quant/tensor.py): codes [out, ceil(n/2)]
-// bytes, low nibble first; scale/offset [out, G] float32 per group of `group` codes (the last
-// group may be shorter); x [n] in the codes' column order. y[o] = sum_c (scale * q + offset) * x[c].
-// One warp per output row; the lanes stride over the row's bytes.
-extern "C" __global__ void gemv_q4_rows(const unsigned char* __restrict__ codes,
-                                        const float* __restrict__ scale,
-                                        const float* __restrict__ offset,
-                                        const float* __restrict__ x, int n, int group, int out_rows,
-                                        float* __restrict__ y) {
-    const int lane = threadIdx.x & 31;
-    const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (row >= out_rows) return;          // a whole warp leaves together
-    const int bytes = (n + 1) >> 1, groups = (n + group - 1) / group;
-    const unsigned char* q = codes + (long long)row * bytes;
-    const float* s = scale + (long long)row * groups;
-    const float* o = offset + (long long)row * groups;
-    float acc = 0.0f;
-    for (int j = lane; j < bytes; j += 32) {
-        const int c = 2 * j;
-        const int b = q[j];
-        acc += (s[c / group] * (float)(b & 15) + o[c / group]) * x[c];
-        if (c + 1 < n) acc += (s[(c + 1) / group] * (float)(b >> 4) + o[(c + 1) / group]) * x[c + 1];
-    }
-    acc = warp_sum(acc);
-    if (lane == 0) y[row] = acc;
-}
-
 // out[i] = gate[i] / (1 + exp(-gate[i])) * up[i] over `count` values (SwiGLU's product). For a
 // gate below about -88.7, exp(-gate) is inf and the quotient -0, as in the NumPy reference.
 extern "C" __global__ void silu_mul(const float* __restrict__ gate, const float* __restrict__ up,
@@ -74,20 +327,179 @@ extern "C" __global__ void silu_mul(const float* __restrict__ gate, const float*
 }
 
 // Rotate-half RoPE over the first 2n of each head's d values (the rest copied: partial rotary):
-// x, out [T, heads, d]; cos, sin [T, n]. Element i < n pairs with i + n.
-extern "C" __global__ void rope_rows(const float* __restrict__ x, const float* __restrict__ cos_,
-                                     const float* __restrict__ sin_, int heads, int d, int n,
+// x, out [T, heads, d]; positions [T]; inv_freq [n] (float64). Element i < n pairs with i + n.
+// The angle and its cosine and sine are computed in float64 and rounded, as the reference does.
+extern "C" __global__ void rope_rows(const float* __restrict__ x, const int* __restrict__ positions,
+                                     const double* __restrict__ inv_freq, int heads, int d, int n,
                                      long long count, float* __restrict__ out) {
     const long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (e >= count) return;
     const int i = (int)(e % d);
-    const long long t = e / ((long long)d * heads);
-    const float* c = cos_ + t * n;
-    const float* s = sin_ + t * n;
-    if (i < n)
-        out[e] = x[e] * c[i] - x[e + n] * s[i];
-    else if (i < 2 * n)
-        out[e] = x[e] * c[i - n] + x[e - n] * s[i - n];
-    else
+    if (i >= 2 * n) {
         out[e] = x[e];
+        return;
+    }
+    const int j = i < n ? i : i - n;
+    const double angle = (double)positions[e / ((long long)d * heads)] * inv_freq[j];
+    const float c = (float)cos(angle), s = (float)sin(angle);
+    if (i < n)
+        out[e] = x[e] * c - x[e + n] * s;
+    else
+        out[e] = x[e] * c + x[e - n] * s;
+}
+
+// x[t, perm[c]] for c < n: the columns of x in a GPTQ act-order weight's code order. [T, n]
+extern "C" __global__ void gather_columns(const float* __restrict__ x, const int* __restrict__ perm,
+                                          int n, long long count, float* __restrict__ out) {
+    const long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e < count) out[e] = x[(e / n) * n + perm[e % n]];
+}
+
+// The index of the largest of x[0 .. n-1] (the first if tied; a NaN counts as the largest, as
+// in NumPy's argmax): greedy decoding's token, chosen on the device. One block.
+extern "C" __global__ void argmax(const float* __restrict__ x, int n, int* __restrict__ out) {
+    __shared__ float best_v[1024];
+    __shared__ int best_i[1024];
+    float bv = 0.0f;
+    int bi = -1;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = x[i];
+        if (bi < 0 || v > bv || (v != v && bv == bv)) {
+            bv = v;
+            bi = i;
+        }
+    }
+    best_v[threadIdx.x] = bv;
+    best_i[threadIdx.x] = bi;
+    __syncthreads();
+    for (int half = blockDim.x / 2; half > 0; half >>= 1) {
+        if ((int)threadIdx.x < half) {
+            const float v = best_v[threadIdx.x + half];
+            const int i = best_i[threadIdx.x + half];
+            const float w = best_v[threadIdx.x];
+            const int k = best_i[threadIdx.x];
+            const bool nan_v = v != v, nan_w = w != w;
+            bool take;
+            if (i < 0) take = false;
+            else if (k < 0) take = true;
+            else if (nan_v || nan_w) take = nan_v && (!nan_w || i < k);
+            else take = v > w || (v == w && i < k);
+            if (take) {
+                best_v[threadIdx.x] = v;
+                best_i[threadIdx.x] = i;
+            }
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[0] = best_i[0];
+}
+
+// ---- attention -----------------------------------------------------------------------------
+
+template <int KV>          // the cache's storage: 0 float32, 1 float16
+__device__ __forceinline__ float kv_value(const void* a, long long i) {
+    if (KV) return half_to_float(((const u16*)a)[i]);
+    return ((const float*)a)[i];
+}
+
+// Attention over the KV cache, split along the keys: block (split, h, t) takes query t (at
+// position start + t, seeing keys 0 .. start + t) of head h against keys
+// [split * split_len, (split + 1) * split_len) and writes that part's softmax state: the
+// largest score m, the sum l of exp(score - m), and o = sum exp(score - m) * v [Dh].
+// attention_combine then merges the parts. q [T, H, Dh]; k, v [S, Hkv, Dh]; query head h reads
+// KV head h / (H / Hkv). Each warp takes every 4th key; a lane holds Dh / 32 of the outputs.
+template <int KV>
+__global__ void __launch_bounds__(128)
+attention_split(const float* __restrict__ q, const void* __restrict__ k,
+                const void* __restrict__ v, int H, int Hkv, int Dh, int start, int split_len,
+                float scale, float* __restrict__ part_o, float* __restrict__ part_ml) {
+    __shared__ float warp_m[4], warp_l[4];
+    __shared__ float warp_o[4][MAX_HEAD_DIM];
+    const int split = blockIdx.x, h = blockIdx.y, t = blockIdx.z, splits = gridDim.x;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int kvh = h / (H / Hkv);
+    const int seen = start + t + 1;                          // keys 0 .. start + t
+    const int lo = split * split_len;
+    const int hi = min(lo + split_len, seen);
+    const float* qh = q + ((long long)t * H + h) * Dh;
+    float qv[MAX_HEAD_DIM / 32], o[MAX_HEAD_DIM / 32];
+#pragma unroll
+    for (int i = 0; i < MAX_HEAD_DIM / 32; ++i) {
+        const int d = lane + 32 * i;
+        qv[i] = d < Dh ? qh[d] : 0.0f;
+        o[i] = 0.0f;
+    }
+    const float neg_inf = __uint_as_float(0xff800000u);
+    float m = neg_inf, l = 0.0f;
+    for (int s = lo + warp; s < hi; s += 4) {
+        const long long base = ((long long)s * Hkv + kvh) * Dh;
+        float dot = 0.0f;
+#pragma unroll
+        for (int i = 0; i < MAX_HEAD_DIM / 32; ++i) {
+            const int d = lane + 32 * i;
+            if (d < Dh) dot = fmaf(qv[i], kv_value<KV>(k, base + d), dot);
+        }
+        const float score = warp_sum(dot) * scale;
+        const float m_new = fmaxf(m, score);
+        const float keep = expf(m - m_new), p = expf(score - m_new);
+        l = l * keep + p;
+#pragma unroll
+        for (int i = 0; i < MAX_HEAD_DIM / 32; ++i) {
+            const int d = lane + 32 * i;
+            if (d < Dh) o[i] = fmaf(p, kv_value<KV>(v, base + d), o[i] * keep);
+        }
+        m = m_new;
+    }
+    if (lane == 0) {
+        warp_m[warp] = m;
+        warp_l[warp] = l;
+    }
+#pragma unroll
+    for (int i = 0; i < MAX_HEAD_DIM / 32; ++i) {
+        const int d = lane + 32 * i;
+        if (d < Dh) warp_o[warp][d] = o[i];
+    }
+    __syncthreads();
+    float M = neg_inf;
+    for (int w = 0; w < 4; ++w) M = fmaxf(M, warp_m[w]);
+    float weight[4], L = 0.0f;
+    for (int w = 0; w < 4; ++w) {
+        weight[w] = warp_m[w] == neg_inf ? 0.0f : expf(warp_m[w] - M);   // a warp with no keys
+        L += warp_l[w] * weight[w];
+    }
+    const long long part = ((long long)t * H + h) * splits + split;
+    for (int d = threadIdx.x; d < Dh; d += blockDim.x) {
+        float sum = 0.0f;
+        for (int w = 0; w < 4; ++w) sum += warp_o[w][d] * weight[w];
+        part_o[part * Dh + d] = sum;
+    }
+    if (threadIdx.x == 0) {
+        part_ml[2 * part] = M;
+        part_ml[2 * part + 1] = L;
+    }
+}
+
+// Merges attention_split's parts of each (t, h): out [T, H, Dh] = sum_p o_p e^(m_p - M) /
+// sum_p l_p e^(m_p - M), M the largest m_p. One block of 32 threads per (h, t).
+extern "C" __global__ void attention_combine(const float* __restrict__ part_o,
+                                             const float* __restrict__ part_ml, int H, int Dh,
+                                             int splits, float* __restrict__ out) {
+    const int h = blockIdx.x, t = blockIdx.y;
+    const long long first = ((long long)t * H + h) * splits;
+    const float neg_inf = __uint_as_float(0xff800000u);
+    float M = neg_inf;
+    for (int p = 0; p < splits; ++p) M = fmaxf(M, part_ml[2 * (first + p)]);
+    float L = 0.0f;
+    for (int p = 0; p < splits; ++p) {
+        const float m = part_ml[2 * (first + p)];
+        if (m != neg_inf) L += part_ml[2 * (first + p) + 1] * expf(m - M);
+    }
+    for (int d = threadIdx.x; d < Dh; d += blockDim.x) {
+        float sum = 0.0f;
+        for (int p = 0; p < splits; ++p) {
+            const float m = part_ml[2 * (first + p)];
+            if (m != neg_inf) sum += part_o[(first + p) * Dh + d] * expf(m - M);
+        }
+        out[((long long)t * H + h) * Dh + d] = sum / L;
+    }
 }
