@@ -33,7 +33,8 @@ KV_STORAGE = {"float32": 0, "float16": 1}      # attention_split<KV>: the KV cac
 
 KERNELS = tuple(templated(k, f, sh) for k in ("gemv", "gemm", "embed_rows") for f, sh in FORMATS) \
     + tuple(f"attention_split<{kv}>" for kv in KV_STORAGE.values()) \
-    + ("attention_combine", "rms_norm_rows", "silu_mul", "rope_rows", "gather_columns", "argmax")
+    + ("attention_combine", "rms_norm_rows", "silu_mul", "rope_rows", "gather_columns", "argmax",
+       "read_bandwidth")
 
 # -- launch geometry -------------------------------------------------------------------------
 WARPS_PER_BLOCK = 4                    # gemv: one warp per output row

@@ -133,6 +133,19 @@ class CupyBackend:
         self.module = self.xp.RawModule(code=source, options=ck.NVRTC_OPTIONS,
                                         name_expressions=list(ck.KERNELS))
         self.kernels = {}
+        self.uploaded = {}      # small host arrays kept on the device (see `upload`)
+
+    def upload(self, a: np.ndarray):
+        """A small host array (RoPE's positions and inv_freq) on the device, uploaded once per
+        distinct value: every layer of a step rotates by the same positions, every step by the
+        same inv_freq, and each copy from host memory makes the host wait for the device.
+        The last 8 distinct values are kept."""
+        key = (a.dtype.str, a.shape, a.tobytes())
+        if key not in self.uploaded:
+            if len(self.uploaded) >= 8:
+                self.uploaded.pop(next(iter(self.uploaded)))
+            self.uploaded[key] = self.xp.asarray(a)
+        return self.uploaded[key]
 
     def kernel(self, name: str):
         if name not in self.kernels:
@@ -241,7 +254,7 @@ class CupyBackend:
         out = self.xp.empty_like(x)
         grid, block = ck.elementwise_launch(x.size)
         self.kernel("rope_rows")((grid,), (block,), (
-            x, self.xp.asarray(np.asarray(positions, np.int32)), self.xp.asarray(inv),
+            x, self.upload(np.asarray(positions, np.int32)), self.upload(inv),
             np.int32(heads), np.int32(d), np.int32(len(inv)), np.int64(x.size), out))
         return out
 

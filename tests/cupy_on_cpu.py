@@ -45,8 +45,8 @@ MUTATIONS = {
 SCALAR_TYPES = {"f": np.float32, "d": np.float64, "i": np.int32, "I": np.uint32, "q": np.int64}
 CTYPES = {"f": ctypes.c_float, "d": ctypes.c_double, "i": ctypes.c_int32, "I": ctypes.c_uint32,
           "q": ctypes.c_int64}
-POINTEE_TYPES = {"Pf": np.float32, "Pd": np.float64, "Pi": np.int32, "PB": np.uint8,
-                 "PH": np.uint16, "Pv": None}
+POINTEE_TYPES = {"Pf": np.float32, "Pd": np.float64, "Pi": np.int32, "PI": np.uint32,
+                 "PB": np.uint8, "PH": np.uint16, "Pv": None}
 _BUILDS: dict[str, ctypes.CDLL] = {}
 
 

@@ -19,7 +19,7 @@ if shutil.which("g++") is None:
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def run_cpu_tests(sanitize, mutation=None):
+def run_cpu_tests(sanitize, mutation=None, select=None):
     env = dict(os.environ)
     if sanitize:
         runtime = {"address,undefined": "libasan.so", "thread": "libtsan.so"}[sanitize]
@@ -33,7 +33,8 @@ def run_cpu_tests(sanitize, mutation=None):
     if mutation:
         env["QWEN_NP_CUDA_CPU_MUTATION"] = mutation
     return subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-s", "-p",
-                           "no:cacheprovider", os.path.join(HERE, "test_cuda_kernels_cpu.py")],
+                           "no:cacheprovider", os.path.join(HERE, "test_cuda_kernels_cpu.py")]
+                          + (["-k", select] if select else []),
                           capture_output=True, text=True, env=env, timeout=600)
 
 
@@ -55,7 +56,16 @@ def test_a_missing_syncthreads_is_a_data_race_for_threadsanitizer():
     assert "ThreadSanitizer: data race" in r.stderr and "block_sum" in r.stderr, r.stderr[-2000:]
 
 
+def test_a_missing_syncthreads_in_the_prefill_tiles_is_a_data_race():
+    """gemm refills its shared tiles while slower threads still read them."""
+    r = run_cpu_tests("thread", "missing-syncthreads-gemm", "test_linear_quantized")
+    assert r.returncode != 0
+    assert "ThreadSanitizer: data race" in r.stderr and "gemm" in r.stderr, r.stderr[-2000:]
+
+
 def test_an_index_past_the_row_is_caught():
-    r = run_cpu_tests("address,undefined", "off-by-one")
+    """A lane reads one chunk past its row. The column guards keep the sums right (the
+    chunk's columns are past n), so only AddressSanitizer sees it: past the last row."""
+    r = run_cpu_tests("address,undefined", "off-by-one", "test_linear_quantized")
     assert r.returncode != 0, r.stdout[-2000:]
-    assert "AddressSanitizer" in r.stderr, r.stderr[-2000:]
+    assert "AddressSanitizer" in r.stderr and "gemv" in r.stderr, r.stderr[-2000:]

@@ -1,9 +1,11 @@
 """The original Qwen (model_type "qwen") against Qwen's own modeling_qwen.py: the fixtures in
 tests/fixtures/qwen1 and their expected outputs were made by tools/make_qwen1_fixtures.py with
-Qwen's code (float32, and float64 throughout). Both backends run every model."""
+Qwen's code (float32, and float64 throughout). Every backend runs every model (the GPU backend
+on the CPU: tests/cupy_on_cpu.py), but for the int8 cache, which the GPU backend does not keep."""
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -18,7 +20,16 @@ QWEN1 = os.path.join(FIXTURES, "qwen1")
 EXACT = ["qwen1-f32-ntk-logn", "qwen1-bf16-rotary-half", "qwen1-f16-early-keys",
          "qwen1-gptq-int4"]
 CACHE_INT8 = "qwen1-f32-cache-int8"
-BACKENDS = ["numpy", "numba"]
+CPU_BACKENDS = ["numpy", "numba"]
+# "cupy-on-cpu": the GPU backend's code and kernels run on the CPU (tests/cupy_on_cpu.py)
+BACKENDS = CPU_BACKENDS + (["cupy-on-cpu"] if shutil.which("g++") else [])
+
+
+def backend_arg(name):
+    if name == "cupy-on-cpu":
+        from cupy_on_cpu import emulated_cupy_backend
+        return emulated_cupy_backend()
+    return name
 
 
 def path(name):
@@ -46,7 +57,7 @@ def test_the_fixtures_cover_the_variants():
 def test_float32_logits_match_qwens_code(name, backend):
     """Prompts shorter (5) and longer (19: NTK alpha 7, logn on) than seq_length 8."""
     ref = reference(name)
-    model = qwen_np.load(path(name), backend=backend)
+    model = qwen_np.load(path(name), backend=backend_arg(backend))
     for k in (0, 1):
         logits = model.logits(ref[f"ids_{k}"])
         assert rel_err(logits, ref[f"logits32_{k}"]) < 1e-5
@@ -69,7 +80,7 @@ def test_greedy_continuations_match_qwens_code(name, backend):
     """A 5-token prompt decoded past seq_length (alpha 1 kept, logn acting), and a 12-token
     prompt (alpha 3, kept while decoding)."""
     ref = reference(name)
-    model = qwen_np.load(path(name), backend=backend)
+    model = qwen_np.load(path(name), backend=backend_arg(backend))
     for prompt, greedy in (("prompt", "greedy"), ("prompt_long", "greedy_long")):
         new = model.generate(ref[prompt], max_new_tokens=len(ref[greedy]), stop_ids=[])
         assert new == ref[greedy].tolist()
@@ -81,7 +92,7 @@ def test_a_second_chunk_keeps_the_alpha_of_the_first_prefill(name, backend):
     """chunk_b after a prefill of chunk_a: Qwen keeps alpha 1 (from 6 tokens) although the
     11 keys pass seq_length; one prefill of all 11 would use alpha 3."""
     ref = reference(name)
-    model = qwen_np.load(path(name), backend=backend)
+    model = qwen_np.load(path(name), backend=backend_arg(backend))
     cache = model.new_cache(len(ref["chunk_a"]) + len(ref["chunk_b"]))
     forward(model.config, model.weights, model.backend, ref["chunk_a"].tolist(), cache)
     logits = model.backend.to_numpy(
@@ -112,7 +123,7 @@ def test_qwen_cache_quantizer_is_qwens_quantize_cache_v():
         assert np.array_equal(scale, ref[f"scale_{k}"]) and np.array_equal(zero, ref[f"zero_{k}"])
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)       # the cupy backend keeps no int8 cache
 def test_use_cache_quantization_matches_qwens_code(backend):
     """Qwen truncates x / scale + zero, and each head's largest value lands on 254.99.. or
     255.0.. depending on the last bit of the keys, so any two float implementations (Qwen's

@@ -3,7 +3,7 @@ Qwen-7B-Chat-Int4 (the original Qwen, `model_type: "qwen"`, v1 tensor names), fo
 speed measurements at full size without the real weights.
 
     python tools/make_qwen7b_int4.py [--out /tmp/qwen-np-7b-int4] [--seed 0] [--shard-gb 2]
-                                     [--zero-biases] [--check-load]
+                                     [--zero-biases] [--check-load] [--no-tokenizer]
 
 Written into --out:
     config.json                      Qwen-7B v1.1's config plus Qwen-7B-Chat-Int4's
@@ -296,6 +296,9 @@ def main():
     ap.add_argument("--shard-gb", type=float, default=2.0, help="shard size, 10^9 bytes (default 2)")
     ap.add_argument("--chunk-mb", type=float, default=32.0,
                     help="bytes generated and written at a time, MB (default 32)")
+    ap.add_argument("--no-tokenizer", action="store_true",
+                    help="write no qwen.tiktoken (a machine without network and without "
+                         "qwen_np.fetch's cached copy: the GPU check)")
     ap.add_argument("--zero-biases", action="store_true",
                     help="also write all-zero .bias tensors on the quantized modules without a "
                          "bias (old AutoGPTQ checkpoints have them)")
@@ -332,7 +335,7 @@ def main():
         file_bytes += size
         print(f"  {name}: {len(specs_k)} tensors, {size:,} bytes, "
               f"{time.perf_counter() - t:.1f} s", flush=True)
-    tok = copy_tokenizer(args.out)
+    tok = "no tokenizer" if args.no_tokenizer else copy_tokenizer(args.out)
     elapsed = time.perf_counter() - t0
     peak = peak_rss()
 

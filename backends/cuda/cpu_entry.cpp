@@ -36,7 +36,7 @@ const Entry ENTRIES[] = {
     EACH_FORMAT(gemv), EACH_FORMAT(gemm), EACH_FORMAT(embed_rows),
     ENTRY(attention_split<0>), ENTRY(attention_split<1>), ENTRY(attention_combine),
     ENTRY(rms_norm_rows), ENTRY(silu_mul), ENTRY(rope_rows), ENTRY(gather_columns),
-    ENTRY(argmax),
+    ENTRY(argmax), ENTRY(read_bandwidth),
 };
 
 std::string last_error;

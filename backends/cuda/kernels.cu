@@ -503,3 +503,21 @@ extern "C" __global__ void attention_combine(const float* __restrict__ part_o,
         out[((long long)t * H + h) * Dh + d] = sum / L;
     }
 }
+
+// ---- measuring ---------------------------------------------------------------------------
+
+// Reads `words` 16-byte words (a streaming read at the GPU's bandwidth ceiling, which
+// tools/gpu_bench.py compares the GEMV with): consecutive threads read consecutive words, the
+// grid strides over the buffer. The words are xor-ed together, and out[0] is written only if
+// that gives `never` (so that no load can be left out).
+extern "C" __global__ void read_bandwidth(const u8* __restrict__ src, long long words,
+                                          unsigned never, unsigned* __restrict__ out) {
+    const uint4* w = (const uint4*)src;
+    unsigned acc = 0;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < words;
+         i += (long long)gridDim.x * blockDim.x) {
+        const uint4 v = w[i];
+        acc ^= v.x ^ v.y ^ v.z ^ v.w;
+    }
+    if (acc == never) out[0] = acc;
+}
