@@ -37,9 +37,9 @@ MUTATIONS = {
                             "    if (lane == 0) partial[warp] = v;\n"),
     # gemm: the tile of weights is read while its next chunk is being written
     "missing-syncthreads-gemm": ("        __syncthreads();                     // the tiles are refilled next\n", ""),
-    # a lane reads one 32-column chunk past the end of its row
-    "off-by-one": ("    for (int j = lane; j < chunks; j += 32) {",
-                   "    for (int j = lane; j <= chunks; j += 32) {"),
+    # gemv's code-by-code path reads one column past the row's end (and x[n])
+    "off-by-one": ("            for (int c = c0; c < end; ++c) {",
+                   "            for (int c = c0; c <= end; ++c) {"),
 }
 
 SCALAR_TYPES = {"f": np.float32, "d": np.float64, "i": np.int32, "I": np.uint32, "q": np.int64}

@@ -64,8 +64,9 @@ def test_a_missing_syncthreads_in_the_prefill_tiles_is_a_data_race():
 
 
 def test_an_index_past_the_row_is_caught():
-    """A lane reads one chunk past its row. The column guards keep the sums right (the
-    chunk's columns are past n), so only AddressSanitizer sees it: past the last row."""
+    """gemv reads one column past the row's end: AddressSanitizer reports the read of x[n]
+    (x holds n floats). (Without it the sums may come out right: x[n] is whatever the heap
+    holds there, zero at times.)"""
     r = run_cpu_tests("address,undefined", "off-by-one", "test_linear_quantized")
     assert r.returncode != 0, r.stdout[-2000:]
     assert "AddressSanitizer" in r.stderr and "gemv" in r.stderr, r.stderr[-2000:]

@@ -53,12 +53,13 @@ def test_with_cupy_but_no_gpu_the_error_says_so(tmp_path):
     code = ("import qwen_np\n"
             f"try:\n    qwen_np.load({MODEL!r}, backend='cupy')\n"
             "except qwen_np.BackendUnavailable as e:\n    print('ERR', e)\n")
-    r = run_cli(code=code, env_extra={"PYTHONPATH": str(tmp_path)})
+    path = os.pathsep.join([str(tmp_path)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    r = run_cli(code=code, env_extra={"PYTHONPATH": path})
     assert r.returncode == 0, r.stderr
     assert "ERR backend 'cupy': CuPy is installed but no CUDA GPU is usable " \
            "(cudaErrorInsufficientDriver" in r.stdout
     r = run_cli("run", "-m", MODEL, "-p", "hi", "-n", "2", "--backend", "cupy",
-                env_extra={"PYTHONPATH": str(tmp_path)})
+                env_extra={"PYTHONPATH": path})
     assert r.returncode != 0 and "no CUDA GPU is usable" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 

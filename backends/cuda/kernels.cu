@@ -192,15 +192,51 @@ __device__ __forceinline__ void weights_of_chunk(const Row& row, int j, int n, i
 
 // ---- linear: y[t, r] = sum_c w[r, c] x[t, c] ----------------------------------------------
 
+// Column c's code (FMT 4-8) or weight (16, 17, 32) read on its own: the slow path's reads.
+template <int FMT>
+__device__ __forceinline__ float value_at(const Row& row, int c) {
+    if (FMT <= 6) {
+        u32 q = (row.main[c >> 1] >> (4 * (c & 1))) & 15u;
+        if (FMT == 5) q |= (u32)((row.high[c >> 3] >> (c & 7)) & 1) << 4;
+        if (FMT == 6) q |= (u32)((row.high[c >> 2] >> (2 * (c & 3))) & 3) << 4;
+        return code_to_float(q);
+    }
+    if (FMT == 8) return code_to_float(row.main[c]);
+    if (FMT == 16) return half_to_float(((const u16*)row.main)[c]);
+    if (FMT == 17) return bf16_to_float(((const u16*)row.main)[c]);
+    return ((const float*)row.main)[c];
+}
+
+// acc + the 8 products of the codes in `word` (4 bits each, or 4 bytes of 8 bits for FMT 8,
+// low bits first) with x[0..7] (or x[0..3]), each code dequantized as s * code + o. `hi`
+// holds the chunk's high bits (5, 6 bits), shifted so that this word's are lowest.
+template <int FMT>
+__device__ __forceinline__ float dot_word(u32 word, u64 hi, const float* x, float s, float o,
+                                          float acc) {
+    const int per_word = FMT == 8 ? 4 : 8;
+#pragma unroll
+    for (int k = 0; k < per_word; ++k) {
+        u32 q = FMT == 8 ? (word >> (8 * k)) & 255u : (word >> (4 * k)) & 15u;
+        if (FMT == 5) q |= (u32)((hi >> k) & 1u) << 4;
+        if (FMT == 6) q |= (u32)((hi >> (2 * k)) & 3u) << 4;
+        acc = fmaf(fmaf(s, code_to_float(q), o), x[k], acc);
+    }
+    return acc;
+}
+
 // One token (decode): one warp per output row; the lanes take the row's 32-column chunks in
 // turn (consecutive lanes read consecutive 16-byte words: coalesced), each dequantizes its
-// chunk in registers and multiplies, and one butterfly sums the lanes.
-// x [n] float32, 16-byte aligned; y [rows].
+// chunk in registers and multiplies, and one butterfly sums the lanes. A chunk that lies in
+// one group (all of them when the group size is a multiple of 32) and inside the row takes
+// the fast path: scale and offset read once, codes taken from the loaded words as they are.
+// The row's last chunk and groups that do not hold whole chunks read code by code.
+// Registers are held to 64 (85 for float32 rows, which spill at 64), so that 8 blocks
+// (32 warps) fit on an SM and enough loads are in flight. x [n] float32, 16-byte aligned.
 template <int FMT, int SH>
-__global__ void gemv(const u8* __restrict__ w, const u8* __restrict__ high,
-                     const void* __restrict__ scale, const void* __restrict__ offset,
-                     const float* __restrict__ x, int n, int n_pad, int group, int groups,
-                     int rows, float* __restrict__ y) {
+__global__ void __launch_bounds__(128, FMT == 32 ? 6 : 8)   // 8 blocks of 4 warps a SM: 64
+gemv(const u8* __restrict__ w, const u8* __restrict__ high, const void* __restrict__ scale,
+     const void* __restrict__ offset, const float* __restrict__ x, int n, int n_pad, int group,
+     int groups, int rows, float* __restrict__ y) {
     const int lane = threadIdx.x & 31;
     const int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (r >= rows) return;                    // a whole warp leaves together (no barrier below)
@@ -209,32 +245,74 @@ __global__ void gemv(const u8* __restrict__ w, const u8* __restrict__ high,
     float acc = 0.0f;
     for (int j = lane; j < chunks; j += 32) {
         const int c0 = 32 * j;
-        float v[32];
-        if (c0 + 32 <= n && (FMT > 8 || (group % 32 == 0))) {
-            // the common case: a whole chunk in one group (or floats): s, o once per chunk
-            load_chunk<FMT>(row, j, v);
-            float s = 1.0f, o = 0.0f;
-            if (FMT <= 8) {
-                s = group_value<SH>(row.scale, c0 / group);
-                o = group_value<SH>(row.offset, c0 / group);
+        if (c0 + 32 <= n && (FMT > 8 || group % 32 == 0)) {
+            float xs[32];
+            if (FMT != 32) {
+#pragma unroll
+                for (int h = 0; h < 8; ++h) {
+                    const float4 xv = ((const float4*)(x + c0))[h];
+                    xs[4 * h] = xv.x;
+                    xs[4 * h + 1] = xv.y;
+                    xs[4 * h + 2] = xv.z;
+                    xs[4 * h + 3] = xv.w;
+                }
             }
-            const float4* x4 = (const float4*)(x + c0);
+            if (FMT <= 6) {
+                const float s = group_value<SH>(row.scale, c0 / group);
+                const float o = group_value<SH>(row.offset, c0 / group);
+                const uint4 lo = ((const uint4*)row.main)[j];
+                u64 hi = 0;
+                if (FMT == 5) hi = ((const u32*)row.high)[j];
+                if (FMT == 6) hi = ((const u64*)row.high)[j];
+                const int hb = FMT == 5 ? 8 : 16;             // high bits per 8 codes
+                acc = dot_word<FMT>(lo.x, hi, xs, s, o, acc);
+                acc = dot_word<FMT>(lo.y, hi >> hb, xs + 8, s, o, acc);
+                acc = dot_word<FMT>(lo.z, hi >> (2 * hb), xs + 16, s, o, acc);
+                acc = dot_word<FMT>(lo.w, hi >> (3 * hb), xs + 24, s, o, acc);
+            } else if (FMT == 8) {
+                const float s = group_value<SH>(row.scale, c0 / group);
+                const float o = group_value<SH>(row.offset, c0 / group);
 #pragma unroll
-            for (int h = 0; h < 8; ++h) {
-                const float4 xv = x4[h];
-                const float xs[4] = {xv.x, xv.y, xv.z, xv.w};
+                for (int h = 0; h < 2; ++h) {
+                    const uint4 b = ((const uint4*)row.main)[2 * j + h];
+                    acc = dot_word<8>(b.x, 0, xs + 16 * h, s, o, acc);
+                    acc = dot_word<8>(b.y, 0, xs + 16 * h + 4, s, o, acc);
+                    acc = dot_word<8>(b.z, 0, xs + 16 * h + 8, s, o, acc);
+                    acc = dot_word<8>(b.w, 0, xs + 16 * h + 12, s, o, acc);
+                }
+            } else if (FMT == 32) {
 #pragma unroll
-                for (int k = 0; k < 4; ++k) {
-                    const float wk = FMT <= 8 ? fmaf(s, v[4 * h + k], o) : v[4 * h + k];
-                    acc = fmaf(wk, xs[k], acc);
+                for (int h = 0; h < 8; ++h) {
+                    const float4 wv = ((const float4*)row.main)[8 * j + h];
+                    const float4 xv = ((const float4*)(x + c0))[h];
+                    acc = fmaf(wv.x, xv.x, acc);
+                    acc = fmaf(wv.y, xv.y, acc);
+                    acc = fmaf(wv.z, xv.z, acc);
+                    acc = fmaf(wv.w, xv.w, acc);
+                }
+            } else {                                          // float16, bfloat16
+#pragma unroll
+                for (int h = 0; h < 4; ++h) {
+                    const uint4 b = ((const uint4*)row.main)[4 * j + h];
+                    const u32 words[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+                    for (int k = 0; k < 8; ++k) {
+                        const u16 bits = (u16)(words[k >> 1] >> (16 * (k & 1)));
+                        const float wk = FMT == 16 ? half_to_float(bits) : bf16_to_float(bits);
+                        acc = fmaf(wk, xs[8 * h + k], acc);
+                    }
                 }
             }
         } else {
-            // the row's last chunk, or groups that do not hold whole chunks
-            weights_of_chunk<FMT, SH>(row, j, n, group, v);
-#pragma unroll
-            for (int k = 0; k < 32; ++k)
-                if (c0 + k < n) acc = fmaf(v[k], x[c0 + k], acc);
+            const int end = min(c0 + 32, n);
+#pragma unroll 1
+            for (int c = c0; c < end; ++c) {
+                float wc = value_at<FMT>(row, c);
+                if (FMT <= 8)
+                    wc = fmaf(group_value<SH>(row.scale, c / group), wc,
+                              group_value<SH>(row.offset, c / group));
+                acc = fmaf(wc, x[c], acc);
+            }
         }
     }
     acc = warp_sum(acc);
