@@ -141,6 +141,32 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("path", help="a Hugging Face model folder or a GGUF file")
     ins.add_argument("--tensors", action="store_true", help="also list every tensor")
     ins.set_defaults(func=cmd_inspect)
+
+    tr = sub.add_parser("trace", help="save every intermediate of one forward pass (oracle)",
+                        description="One forward pass over the prompt's tokens, saving every "
+                                    "intermediate under its Hugging Face module name (see "
+                                    "qwen_np/trace.py), with the token ids and the model's "
+                                    "identity, to a .npz or .safetensors file.")
+    add_model_args(tr)
+    tr.add_argument("-p", "--prompt", required=True, help="the text whose tokens go through")
+    tr.add_argument("-o", "--output", required=True, help="FILE.npz or FILE.safetensors")
+    tr.add_argument("--layers", default=None,
+                    help="comma-separated layer indices to keep, negative from the end "
+                         "(e.g. 0,5,-1; default all)")
+    tr.add_argument("--tensors", default=None,
+                    help="keep only names matching this glob (e.g. '*.mlp.*'; default all)")
+    tr.set_defaults(func=cmd_trace)
+
+    cp = sub.add_parser("compare", help="diff two traces tensor by tensor",
+                        description="Align two traces by name; print each tensor's max absolute "
+                                    "and relative error and the first token position past the "
+                                    "tolerance; name the first tensor that diverges. Exit 1 if "
+                                    "any tensor is past |a - b| <= atol + rtol * max|b|.")
+    cp.add_argument("a", help="a trace (.npz or .safetensors)")
+    cp.add_argument("b", help="the trace to compare it with (the reference: max|b| scales rtol)")
+    cp.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default 1e-5)")
+    cp.add_argument("--atol", type=float, default=0.0, help="absolute tolerance (default 0)")
+    cp.set_defaults(func=cmd_compare)
     return p
 
 
@@ -445,3 +471,48 @@ def cmd_inspect(args) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def cmd_trace(args) -> int:
+    from .trace import model_identity, save_trace, trace
+    layers = None
+    if args.layers is not None:
+        try:
+            layers = [int(v) for v in args.layers.split(",") if v.strip()]
+        except ValueError:
+            raise InputError(f"--layers {args.layers!r}: comma-separated integers") from None
+    model = load_model(args)
+    ids = model.tokenizer.encode(args.prompt)
+    tensors = trace(model, ids, layers=layers, tensors=args.tensors)
+    meta = {"ids": ids, "prompt": args.prompt, "dtype": args.dtype, "backend": args.backend,
+            "kv_cache": model.kv_cache, "model": model_identity(model)}
+    save_trace(args.output, tensors, meta)
+    print(f"{args.output}: {len(tensors)} tensors, {len(ids)} tokens, "
+          f"{sum(t.nbytes for t in tensors.values()):,} bytes")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .trace import compare_traces, load_trace
+    a, _ = load_trace(args.a)
+    b, _ = load_trace(args.b)
+    rows = compare_traces(a, b, args.rtol, args.atol)
+    if not rows:
+        raise InputError(f"{args.a} and {args.b} have no tensor name in common")
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'tensor':<{width}}  {'max abs':>10}  {'max rel':>10}  first position past tolerance")
+    for r in rows:
+        where = "" if r["first_position"] is None else str(r["first_position"])
+        print(f"{r['name']:<{width}}  {r['max_abs']:>10.3e}  {r['max_rel']:>10.3e}  "
+              f"{'ok' if r['ok'] else 'PAST ' + where} {r['note']}".rstrip())
+    for side, this, other in (("a", a, b), ("b", b, a)):
+        only = [n for n in this if n not in other]
+        if only:
+            print(f"only in {side}: {', '.join(only[:8])}{' ...' if len(only) > 8 else ''}")
+    bad = [r for r in rows if not r["ok"]]
+    if bad:
+        print(f"diverges at {bad[0]['name']} (position {bad[0]['first_position']}); "
+              f"{len(bad)} of {len(rows)} tensors past rtol {args.rtol}, atol {args.atol}")
+        return 1
+    print(f"all {len(rows)} tensors within rtol {args.rtol}, atol {args.atol}")
+    return 0

@@ -36,7 +36,7 @@ from .weights import LayerWeights, ModelWeights
 
 
 def forward(cfg: QwenConfig, w: ModelWeights, be, ids, cache: KVCache | None = None,
-            last_only: bool = False, prompt_length: int | None = None):
+            last_only: bool = False, prompt_length: int | None = None, record=None):
     """Logits for `ids`, the tokens that follow the `cache.length` positions already cached.
 
     With no cache this is the full forward pass over `ids` from position 0 (through a cache
@@ -45,7 +45,10 @@ def forward(cfg: QwenConfig, w: ModelWeights, be, ids, cache: KVCache | None = N
     head for the last token alone (what generation needs). `prompt_length`: when this pass is
     the first chunk of a longer prompt, that prompt's length, from which dynamic NTK chooses
     its alpha, as one pass over the whole prompt would (generate.py prefills in chunks).
+    `record(name, x)`, when given, is called with every intermediate under its Hugging Face
+    module name (trace.py lists them): the oracle's trace.
     """
+    note = record or ignore
     T = len(ids)
     if cache is None:
         cache = new_kv_cache(cfg, T, be, default_kv_kind(cfg, be))
@@ -56,45 +59,71 @@ def forward(cfg: QwenConfig, w: ModelWeights, be, ids, cache: KVCache | None = N
     inv_freq = rope_inv_freq(cfg.rope_dim, ntk_rope_base(cfg, cache.ntk_alpha))
 
     h = be.embed(w.embed, ids)                                       # [T, D]
+    note("model.embed_tokens", h)
     for i, layer in enumerate(w.layers):
+        p = f"model.layers.{i}."
         x = be.rms_norm(h, layer.attn_norm, cfg.rms_norm_eps)
-        h = h + attention_block(cfg, layer, be, x, positions, inv_freq, cache, i)
+        note(p + "input_layernorm", x)
+        h = h + attention_block(cfg, layer, be, x, positions, inv_freq, cache, i, note, p)
+        note(p + "attn_residual", h)
         x = be.rms_norm(h, layer.mlp_norm, cfg.rms_norm_eps)
-        h = h + mlp_block(layer, be, x)
+        note(p + "post_attention_layernorm", x)
+        h = h + mlp_block(layer, be, x, note, p)
+        note(p.rstrip("."), h)                                       # the layer's output
     cache.length = start + T
 
     if last_only:
         h = h[-1:]
     h = be.rms_norm(h, w.norm, cfg.rms_norm_eps)
-    return be.linear(h, w.lm_head)                                   # [T, V]
+    note("model.norm", h)
+    logits = be.linear(h, w.lm_head)                                 # [T, V]
+    note("lm_head", logits)
+    return logits
+
+
+def ignore(name, x):
+    """No trace: forward's `record` when none is asked for."""
 
 
 def attention_block(cfg: QwenConfig, layer: LayerWeights, be, x, positions, inv_freq,
-                    cache: KVCache, layer_index: int):
+                    cache: KVCache, layer_index: int, note=ignore, p: str = ""):
     T = x.shape[0]
     H, Hkv, Dh = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    q = be.linear(x, layer.q, layer.q_bias).reshape(T, H, Dh)       # [T, H, Dh]
-    k = be.linear(x, layer.k, layer.k_bias).reshape(T, Hkv, Dh)     # [T, Hkv, Dh]
-    v = be.linear(x, layer.v, layer.v_bias).reshape(T, Hkv, Dh)     # [T, Hkv, Dh]
+    a = p + "self_attn."
+    q = be.linear(x, layer.q, layer.q_bias)                          # [T, H*Dh]
+    k = be.linear(x, layer.k, layer.k_bias)                          # [T, Hkv*Dh]
+    v = be.linear(x, layer.v, layer.v_bias)                          # [T, Hkv*Dh]
+    note(a + "q_proj", q), note(a + "k_proj", k), note(a + "v_proj", v)
+    q, k, v = q.reshape(T, H, Dh), k.reshape(T, Hkv, Dh), v.reshape(T, Hkv, Dh)
     if cfg.qk_norm:  # Qwen3: RMSNorm over each head's Dh values, before RoPE
         q = be.rms_norm(q, layer.q_norm, cfg.rms_norm_eps)
         k = be.rms_norm(k, layer.k_norm, cfg.rms_norm_eps)
+        note(a + "q_norm", q), note(a + "k_norm", k)
     q = be.rope(q, positions, inv_freq)       # the first 2 * len(inv_freq) dims rotate
     k = be.rope(k, positions, inv_freq)
+    note(a + "q_rope", q), note(a + "k_rope", k)
 
     start = int(positions[0])
     write_kv(cache, layer_index, start, k, v)   # append this chunk, then attend over all of it
     k, v = read_kv(cache, layer_index, start + T)                   # [S, Hkv, Dh]
     if cfg.logn_attn and start + T > cfg.seq_length:
         q = q * be.asarray(logn_scale(positions, cfg.seq_length))[:, None, None]
-    out = be.attention(q, k, v, start)                              # [T, H, Dh]
-    return be.linear(out.reshape(T, H * Dh), layer.o, layer.o_bias) # [T, D]
+    out = be.attention(q, k, v, start).reshape(T, H * Dh)           # [T, H*Dh]
+    note(a + "o_proj.input", out)
+    out = be.linear(out, layer.o, layer.o_bias)                      # [T, D]
+    note(a + "o_proj", out)
+    return out
 
 
-def mlp_block(layer: LayerWeights, be, x):
+def mlp_block(layer: LayerWeights, be, x, note=ignore, p: str = ""):
     gate = be.linear(x, layer.gate)                                  # [T, F]
     up = be.linear(x, layer.up)                                      # [T, F]
-    return be.linear(be.silu_mul(gate, up), layer.down)              # [T, D]
+    note(p + "mlp.gate_proj", gate), note(p + "mlp.up_proj", up)
+    act = be.silu_mul(gate, up)                                      # [T, F]
+    note(p + "mlp.act", act)
+    out = be.linear(act, layer.down)                                 # [T, D]
+    note(p + "mlp.down_proj", out)
+    return out
 
 
 def rope_inv_freq(dim: int, theta: float) -> np.ndarray:

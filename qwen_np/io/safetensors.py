@@ -37,9 +37,10 @@ NUMPY_DTYPES = {
 MAX_HEADER_BYTES = 100_000_000   # the safetensors library's own limit on the JSON header
 
 
-def read_safetensors_header(path: str) -> tuple[dict, int]:
-    """The header dictionary and the offset at which the data section starts. Its length is
-    checked against the file before it is read, and its JSON against the layout above."""
+def read_safetensors_header(path: str) -> tuple[dict, int, dict]:
+    """The header's tensor entries, the offset at which the data section starts, and the
+    header's __metadata__ ({} if none). Its length is checked against the file before it is
+    read, and its JSON against the layout above."""
     regular_file(path)
     size = os.path.getsize(path)
     with open(path, "rb") as f:
@@ -59,7 +60,7 @@ def read_safetensors_header(path: str) -> tuple[dict, int]:
     meta = header.pop("__metadata__", None)
     if meta is not None and not isinstance(meta, dict):
         raise FormatError(f"{path}: __metadata__ is not a JSON object")
-    return header, 8 + n
+    return header, 8 + n, meta or {}
 
 
 def tensor_entries(header: dict, data_bytes: int, path: str) -> dict:
@@ -106,7 +107,7 @@ def tensor_entries(header: dict, data_bytes: int, path: str) -> dict:
 
 def open_safetensors(path: str) -> dict[str, np.ndarray | BFloat16Array]:
     """All tensors of one file, as memory-mapped views (nothing is copied)."""
-    header, data_start = read_safetensors_header(path)
+    header, data_start, _ = read_safetensors_header(path)
     entries = tensor_entries(header, os.path.getsize(path) - data_start, path)
     mm = map_file(path)
     tensors = {}
