@@ -167,6 +167,18 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default 1e-5)")
     cp.add_argument("--atol", type=float, default=0.0, help="absolute tolerance (default 0)")
     cp.set_defaults(func=cmd_compare)
+
+    pp = sub.add_parser("ppl", help="perplexity of a text file, sliding window",
+                        description="Perplexity of a UTF-8 text file under the model: windows "
+                                    "of --ctx tokens every --stride tokens, each scoring the "
+                                    "tokens the window before did not (transformers' method; "
+                                    "qwen_np/perplexity.py).")
+    add_model_args(pp)
+    pp.add_argument("--text", required=True, help="a UTF-8 text file")
+    pp.add_argument("--ctx", type=count(2), default=512, help="window length (default 512)")
+    pp.add_argument("--stride", type=count(1), default=256, help="window step (default 256)")
+    pp.add_argument("--json", action="store_true", help="print the result as JSON")
+    pp.set_defaults(func=cmd_ppl)
     return p
 
 
@@ -515,4 +527,27 @@ def cmd_compare(args) -> int:
               f"{len(bad)} of {len(rows)} tensors past rtol {args.rtol}, atol {args.atol}")
         return 1
     print(f"all {len(rows)} tensors within rtol {args.rtol}, atol {args.atol}")
+    return 0
+
+
+def cmd_ppl(args) -> int:
+    import json
+    from .perplexity import perplexity
+    try:
+        with open(args.text, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise InputError(f"{args.text}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{args.text}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    model = load_model(args)
+    ids = model.tokenizer.encode(text)
+    result = perplexity(model.logits, ids, args.ctx, args.stride, progress_bar("ppl"))
+    result.update(text=args.text, model=model.source, backend=args.backend, dtype=args.dtype)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"perplexity {result['perplexity']:.4f} (mean NLL {result['nll']:.5f} nats over "
+              f"{result['tokens']} tokens, {result['windows']} windows of {args.ctx}, "
+              f"stride {args.stride})")
     return 0
