@@ -112,6 +112,13 @@ __device__ __forceinline__ Row row_of(const u8* w, const u8* high, const void* s
     return row;
 }
 
+// Value k (0..7) of four 32-bit words of 16-bit floats (FMT 16: float16, 17: bfloat16).
+template <int FMT>
+__device__ __forceinline__ float sixteen_bit_float(const u32 words[4], int k) {
+    const u16 bits = (u16)(words[k >> 1] >> (16 * (k & 1)));
+    return FMT == 16 ? half_to_float(bits) : bf16_to_float(bits);
+}
+
 // The 32 values of chunk j of a row (columns 32j .. 32j+31): integer codes for FMT 4-8, the
 // weights themselves for FMT 16, 17, 32. Every load is a 16-byte (or 8- or 4-byte) aligned word.
 template <int FMT>
@@ -144,10 +151,7 @@ __device__ __forceinline__ void load_chunk(const Row& row, int j, float v[32]) {
             const uint4 b = ((const uint4*)row.main)[4 * j + h];
             const u32 words[4] = {b.x, b.y, b.z, b.w};
 #pragma unroll
-            for (int k = 0; k < 8; ++k) {
-                const u16 bits = (u16)(words[k >> 1] >> (16 * (k & 1)));
-                v[8 * h + k] = FMT == 16 ? half_to_float(bits) : bf16_to_float(bits);
-            }
+            for (int k = 0; k < 8; ++k) v[8 * h + k] = sixteen_bit_float<FMT>(words, k);
         }
     } else {
 #pragma unroll
@@ -296,11 +300,8 @@ gemv(const u8* __restrict__ w, const u8* __restrict__ high, const void* __restri
                     const uint4 b = ((const uint4*)row.main)[4 * j + h];
                     const u32 words[4] = {b.x, b.y, b.z, b.w};
 #pragma unroll
-                    for (int k = 0; k < 8; ++k) {
-                        const u16 bits = (u16)(words[k >> 1] >> (16 * (k & 1)));
-                        const float wk = FMT == 16 ? half_to_float(bits) : bf16_to_float(bits);
-                        acc = fmaf(wk, xs[8 * h + k], acc);
-                    }
+                    for (int k = 0; k < 8; ++k)
+                        acc = fmaf(sixteen_bit_float<FMT>(words, k), xs[8 * h + k], acc);
                 }
             }
         } else {
