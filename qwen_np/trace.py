@@ -40,6 +40,7 @@ import fnmatch
 import hashlib
 import json
 import os
+import zipfile
 from dataclasses import asdict
 
 import numpy as np
@@ -129,17 +130,24 @@ def load_trace(path: str) -> tuple[dict[str, np.ndarray], dict]:
         try:
             with np.load(path, allow_pickle=False) as z:
                 tensors = {k: z[k] for k in z.files}
-        except (ValueError, OSError) as e:
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
             raise FormatError(f"{path}: not a readable .npz ({e})") from None
-        meta = tensors.pop(META_KEY, None)
-        return tensors, json.loads(str(meta)) if meta is not None else {}
+        return tensors, parse_meta(tensors.pop(META_KEY, None))
     if path.endswith(".safetensors"):
         from .io.safetensors import open_safetensors, read_safetensors_header
         tensors = open_safetensors(path)
         meta = read_safetensors_header(path)[2].get(META_KEY)
-        return ({k: np.asarray(v) for k, v in tensors.items()},
-                json.loads(meta) if meta else {})
+        return {k: np.asarray(v) for k, v in tensors.items()}, parse_meta(meta)
     raise FormatError(f"{path}: a trace is a .npz or .safetensors file")
+
+
+def parse_meta(text) -> dict:
+    """A trace's metadata; {} when it has none, or none qwen-np wrote (another tool's file)."""
+    try:
+        meta = json.loads(str(text)) if text is not None else {}
+    except ValueError:
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def compare_traces(a: dict, b: dict, rtol: float = 1e-5, atol: float = 0.0) -> list[dict]:
@@ -151,12 +159,18 @@ def compare_traces(a: dict, b: dict, rtol: float = 1e-5, atol: float = 0.0) -> l
         if name not in b:
             continue
         y = b[name]
+        if not (np.issubdtype(x.dtype, np.number) and np.issubdtype(y.dtype, np.number)):
+            rows.append({"name": name, "shape": list(x.shape), "max_abs": float("inf"),
+                         "max_rel": float("inf"), "ok": False, "first_position": 0,
+                         "note": f"not numbers: {x.dtype} and {y.dtype}"})
+            continue
         if x.shape != y.shape:
             rows.append({"name": name, "shape": list(x.shape), "max_abs": float("inf"),
                          "max_rel": float("inf"), "ok": False, "first_position": 0,
                          "note": f"shapes differ: {list(x.shape)} and {list(y.shape)}"})
             continue
-        x64, y64 = x.astype(np.float64), y.astype(np.float64)
+        x64 = np.atleast_1d(x).astype(np.float64)
+        y64 = np.atleast_1d(y).astype(np.float64)
         diff = np.abs(x64 - y64)
         diff[np.isnan(x64) & np.isnan(y64)] = 0.0            # NaN in both agrees
         diff[np.isnan(diff)] = np.inf

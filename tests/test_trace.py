@@ -138,3 +138,19 @@ def test_trace_transformers_command_line(tmp_path):
     ours = str(tmp_path / "ours.npz")
     assert main(["trace", "-m", fixture_path("qwen2-tied-f32"), "-p", "def f(x):", "-o", ours]) == 0
     assert main(["compare", ours, out, "--rtol", "1e-4"]) == 0
+
+
+def test_files_with_odd_contents_compare_without_a_traceback(tmp_path, capsys):
+    """Another tool's trace may hold scalars, strings or empty arrays under a name."""
+    a, b = str(tmp_path / "a.npz"), str(tmp_path / "b.npz")
+    np.savez(a, s=np.float32(1.0), t=np.array(["x"]), e=np.zeros((0, 3)), v=np.ones((2, 3)),
+             **{"qwen_np.trace": np.array("{not json")})
+    np.savez(b, s=np.float32(1.5), t=np.array(["x"]), e=np.zeros((0, 3)), v=np.ones((2, 3)))
+    assert main(["compare", a, b]) == 1
+    out = capsys.readouterr().out
+    assert "diverges at s (position 0)" in out and "not numbers" in out
+    assert load_trace(a)[1] == {}
+    with open(str(tmp_path / "c.npz"), "wb") as f:
+        f.write(b"PK\x03\x04 not a zip")
+    assert main(["compare", str(tmp_path / "c.npz"), b]) == 1
+    assert "not a readable .npz" in capsys.readouterr().err
