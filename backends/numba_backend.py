@@ -45,9 +45,9 @@ except ImportError as e:  # reported by get_backend as a one-line error
                              "(pip install 'qwen-np[numba]')") from e
 
 from .numba_floats import LANE_MATH, ROW_SUM_MATH, as_f32, kernel_floats
-from .numba_tiles import (LANES, MASK_HI, MASK_LO, RowTiles, dequantize_byte_tiles,
-                          dequantize_nibble_tiles, dequantize_six_bit_tiles, gemv_byte_tiles,
-                          gemv_nibble_tiles, gemv_six_bit_tiles, tiles_take, to_row_tiles)
+from .numba_tiles import (LANES, RowTiles, dequantize_byte_tiles, dequantize_nibble_tiles,
+                          dequantize_six_bit_tiles, gemv_byte_tiles, gemv_five_bit_tiles,
+                          gemv_four_bit_tiles, gemv_six_bit_tiles, tiles_take, to_row_tiles)
 
 PREFILL_TILE_ELEMENTS = 1 << 20
 
@@ -405,9 +405,10 @@ def gemv_tiles(x, w: RowTiles) -> np.ndarray:
         gemv_byte_tiles(w.codes, w.scale, w.offset, x, w.group_size, y)
     elif w.bits == 6:
         gemv_six_bit_tiles(w.codes, w.high, w.scale, w.offset, x, w.group_size // 2, y)
+    elif w.bits == 5:
+        gemv_five_bit_tiles(w.codes, w.high, w.scale, w.offset, x, w.group_size // 2, y)
     else:
-        gemv_nibble_tiles(w.codes, w.high, MASK_LO, MASK_HI, w.scale, w.offset, x,
-                          w.group_size // 32, y)
+        gemv_four_bit_tiles(w.codes, w.scale, w.offset, x, w.group_size // 2, y)
     return y[:w.shape[0]]
 
 
@@ -421,8 +422,8 @@ def dequantize_tiles(w: RowTiles, t0: int, out: np.ndarray) -> None:
         dequantize_six_bit_tiles(w.codes, w.high, w.scale, w.offset, w.group_size // 2, t0,
                                  out)
     else:
-        dequantize_nibble_tiles(w.codes, w.high, MASK_LO, MASK_HI, w.scale, w.offset,
-                                w.group_size // 32, t0, out)
+        dequantize_nibble_tiles(w.codes, w.high, w.bits == 5, w.scale, w.offset,
+                                w.group_size // 2, t0, out)
 
 
 def prefill_tiles(x, w: RowTiles) -> np.ndarray:

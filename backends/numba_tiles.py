@@ -18,8 +18,8 @@ with no horizontal sum at all.
 The code bytes themselves are the canonical ones, untouched: for 4-, 5- and 6-bit codes
 byte j holds code 2j in its low nibble and code 2j + 1 in its high nibble; 8-bit codes are
 a byte each. Every per-row array tiles the same way:
-- the 5-bit high plane as one uint32 word per 32 codes, [T, m/16, 16]: word blk of row
-  16t + r sits at [t, blk, r], and its bit c is bit 4 of code 32 blk + c;
+- the 5-bit high plane as bytes, [T, m/4, 16]: byte i of row 16t + r sits at [t, i, r], and
+  its bit k is bit 4 of code 8i + k (the canonical plane's byte);
 - the 6-bit high plane as bytes, [T, m/2, 16]: byte i holds bits 4-5 of codes 4i..4i+3,
   two bits each from bit 0 up;
 - scale and offset, [T, G, 16].
@@ -61,6 +61,7 @@ from qwen_np.quant import QuantizedTensor
 from .numba_floats import LANE_MATH, as_f32, kernel_floats
 
 LANES = 16
+U8 = np.uint8
 
 
 @dataclass
@@ -70,8 +71,8 @@ class RowTiles:
     bits: int                       # 4, 5, 6 or 8
     group_size: int
     codes: np.ndarray               # uint8 [T, m, 16]
-    high: np.ndarray                # uint32 [T, in/32, 16] (5 bits), uint8 [T, in/4, 16]
-                                    # (6 bits), [1, in/32, 16] zeros (4 bits)
+    high: np.ndarray                # uint8 [T, in/8, 16] (5 bits), [T, in/4, 16] (6 bits),
+                                    # [1, 1, 16] zeros (4 and 8 bits)
     scale: np.ndarray               # [T, G, 16], float16 as uint16 bits, or float32
     offset: np.ndarray              # [T, G, 16]
     perm: np.ndarray | None = None  # [in] or None, as in the canonical form
@@ -118,12 +119,10 @@ def to_row_tiles(w: QuantizedTensor, in_place: bool = False) -> RowTiles:
             return tile_rows_in_place(a)
         return tile_rows(a, T)
 
-    if w.bits == 5:
-        high = tiled(w.high.view(np.uint32))
-    elif w.bits == 6:
+    if w.bits in (5, 6):
         high = tiled(w.high)
     else:
-        high = np.zeros((1, n_in // 32 if w.bits == 4 else 1, LANES), np.uint32)
+        high = np.zeros((1, 1, LANES), np.uint8)
     return RowTiles(w.shape, w.bits, w.group_size, tiled(w.codes), high,
                     tiled(kernel_floats(w.scale)), tiled(kernel_floats(w.offset)), w.perm)
 
@@ -239,42 +238,36 @@ def group_sums(x, group_size, n_groups):
 
 
 # Codes are narrowed to uint8 before they become floats (Numba widens integer arithmetic to
-# 64 bits, and 64-bit lanes would halve the vector width), and a 5-bit code's high bit is a
-# mask test on the lane's word that adds 16.0 (a select), not a variable shift.
+# 64 bits, and 64-bit lanes would halve the vector width). A 5- or 6-bit code's high bits are
+# put in place on bytes, with shifts and masks by constants, before the code becomes a
+# float. Measured against one kernel for 4 and 5 bits that read the fifth bits from a 32-bit
+# word per 32 codes (a test and a select of 16.0 per code; 4-bit tiles passed zero words),
+# one thread, AMD EPYC: the 4-bit kernel without any of that is 1.6x faster on AVX2 and 1.2x
+# on AVX-512, and the 5-bit kernel on a byte plane 1.12x and 1.15x. Each code still costs a
+# widening, a conversion and a fused multiply-add per 8 (AVX2) or 16 (AVX-512) lanes: that,
+# not memory, bounds these kernels on AVX2 (BENCHMARKS.md).
 
 @njit(cache=True, parallel=True, fastmath=LANE_MATH)
-def gemv_nibble_tiles(codes, high, mask_lo, mask_hi, scale, offset, x, blocks_per_group, out):
-    """4- and 5-bit row tiles: byte j = 16 blk + k (lane r) meets x[2j] with its low nibble
-    and x[2j + 1] with its high one. The two codes' high bits are bits 2k and 2k + 1 of the
-    lane's block word, under mask_lo[k] and mask_hi[k]; 4-bit tiles pass one tile of zero
-    words (high.shape[0] == 1). Groups of blocks_per_group 32-code blocks, the last one
-    shorter when the group size does not divide the row (or exceeds it)."""
+def gemv_four_bit_tiles(codes, scale, offset, x, bytes_per_group, out):
+    """4-bit row tiles: byte j (lane r) meets x[2j] with its low nibble and x[2j + 1] with
+    its high one. Two bytes a step (one byte a step is too small a body, see above); groups
+    of bytes_per_group bytes (even), the last one shorter when the group size does not
+    divide the row."""
     T, m, lanes = codes.shape
-    n_blocks = m // 16
-    xsum = group_sums(x, blocks_per_group * 32, scale.shape[1])
-    one_high = high.shape[0] == 1
+    xsum = group_sums(x, 2 * bytes_per_group, scale.shape[1])
     for t in prange(T):
-        th = np.int64(0) if one_high else np.int64(t)
         acc = stack_lanes()
         s = stack_lanes()
         for g in range(scale.shape[1]):
             for r in range(LANES):
                 s[r] = 0.0
-            for blk in range(g * blocks_per_group, min(n_blocks, (g + 1) * blocks_per_group)):
-                for k in range(16):
-                    j = blk * 16 + k
-                    a = x[2 * j]
-                    c = x[2 * j + 1]
-                    ml = mask_lo[k]
-                    mh = mask_hi[k]
-                    for r in range(LANES):
-                        b = codes[t, j, r]
-                        word = high[th, blk, r]
-                        lo = (np.float32(np.uint8(b & np.uint8(15))) +
-                              (np.float32(16.0) if word & ml else np.float32(0.0)))
-                        hi = (np.float32(np.uint8(b >> np.uint8(4))) +
-                              (np.float32(16.0) if word & mh else np.float32(0.0)))
-                        s[r] += lo * a + hi * c
+            for j in range(g * bytes_per_group, min(m, (g + 1) * bytes_per_group), 2):
+                a0, c0, a1, c1 = x[2 * j], x[2 * j + 1], x[2 * j + 2], x[2 * j + 3]
+                for r in range(LANES):
+                    b0 = codes[t, j, r]
+                    b1 = codes[t, j + 1, r]
+                    s[r] += (np.float32(U8(b0 & U8(15))) * a0 + np.float32(U8(b0 >> U8(4))) * c0 +
+                             np.float32(U8(b1 & U8(15))) * a1 + np.float32(U8(b1 >> U8(4))) * c1)
             xs = xsum[g]
             for r in range(lanes):
                 acc[r] += s[r] * as_f32(scale[t, g, r]) + as_f32(offset[t, g, r]) * xs
@@ -282,8 +275,48 @@ def gemv_nibble_tiles(codes, high, mask_lo, mask_hi, scale, offset, x, blocks_pe
             out[t * LANES + r] = acc[r]
 
 
-MASK_LO = (np.uint32(1) << (2 * np.arange(16, dtype=np.uint32))).astype(np.uint32)
-MASK_HI = (np.uint32(2) << (2 * np.arange(16, dtype=np.uint32))).astype(np.uint32)
+@njit(cache=True, parallel=True, fastmath=LANE_MATH)
+def gemv_five_bit_tiles(codes, high, scale, offset, x, bytes_per_group, out):
+    """5-bit row tiles: code bytes j = 4i .. 4i + 3 hold eight codes' low nibbles as for 4
+    bits; high byte i (lane r) holds their fifth bits, bit k for code 8i + k (the canonical
+    plane's byte). Four code bytes a step, so that every shift is a constant. Groups of
+    bytes_per_group code bytes (a multiple of 16: whole 32-code blocks), the last one
+    shorter when the group size does not divide the row."""
+    T, m, lanes = codes.shape
+    xsum = group_sums(x, 2 * bytes_per_group, scale.shape[1])
+    for t in prange(T):
+        acc = stack_lanes()
+        s = stack_lanes()
+        for g in range(scale.shape[1]):
+            for r in range(LANES):
+                s[r] = 0.0
+            for i in range(g * bytes_per_group // 4, min(m, (g + 1) * bytes_per_group) // 4):
+                c = 8 * i
+                x0, x1, x2, x3 = x[c], x[c + 1], x[c + 2], x[c + 3]
+                x4, x5, x6, x7 = x[c + 4], x[c + 5], x[c + 6], x[c + 7]
+                for r in range(LANES):
+                    h = high[t, i, r]
+                    b0 = codes[t, 4 * i, r]
+                    b1 = codes[t, 4 * i + 1, r]
+                    b2 = codes[t, 4 * i + 2, r]
+                    b3 = codes[t, 4 * i + 3, r]
+                    q0 = U8((b0 & U8(15)) | ((h << U8(4)) & U8(16)))    # code 8i, bit 0
+                    q1 = U8((b0 >> U8(4)) | ((h << U8(3)) & U8(16)))    # code 8i + 1, bit 1
+                    q2 = U8((b1 & U8(15)) | ((h << U8(2)) & U8(16)))
+                    q3 = U8((b1 >> U8(4)) | ((h << U8(1)) & U8(16)))
+                    q4 = U8((b2 & U8(15)) | (h & U8(16)))
+                    q5 = U8((b2 >> U8(4)) | ((h >> U8(1)) & U8(16)))
+                    q6 = U8((b3 & U8(15)) | ((h >> U8(2)) & U8(16)))
+                    q7 = U8((b3 >> U8(4)) | ((h >> U8(3)) & U8(16)))    # code 8i + 7, bit 7
+                    s[r] += (np.float32(q0) * x0 + np.float32(q1) * x1 +
+                             np.float32(q2) * x2 + np.float32(q3) * x3 +
+                             np.float32(q4) * x4 + np.float32(q5) * x5 +
+                             np.float32(q6) * x6 + np.float32(q7) * x7)
+            xs = xsum[g]
+            for r in range(lanes):
+                acc[r] += s[r] * as_f32(scale[t, g, r]) + as_f32(offset[t, g, r]) * xs
+        for r in range(LANES):
+            out[t * LANES + r] = acc[r]
 
 
 @njit(cache=True, parallel=True, fastmath=LANE_MATH)
@@ -360,7 +393,6 @@ def gemv_six_bit_tiles(codes, high, scale, offset, x, bytes_per_group, out):
             out[t * LANES + r] = acc[r]
 
 
-U8 = np.uint8
 
 
 # -- many tokens: tiles dequantized for BLAS (and for embedding lookups) ----------------------
@@ -373,35 +405,32 @@ U8 = np.uint8
 # overlaps the codes; measured 2.5x slower).
 
 @njit(cache=True, parallel=True, fastmath=LANE_MATH)
-def dequantize_nibble_tiles(codes, high, mask_lo, mask_hi, scale, offset, blocks_per_group,
-                            t0, out):
-    """Tiles t0.. of 4/5-bit row tiles as float columns (split order); a block's group is
-    found by division, so a partial last group needs nothing more."""
+def dequantize_nibble_tiles(codes, high, has_high, scale, offset, bytes_per_group, t0,
+                            out):
+    """Tiles t0.. of 4/5-bit row tiles as float columns (split order). 5-bit tiles: high
+    byte i holds the fifth bits of the codes in bytes 4i .. 4i + 3, as for the products;
+    4-bit tiles pass has_high False (and one byte of zeros per lane). A byte's group
+    is found by division, so a partial last group needs nothing more."""
     m, lanes = codes.shape[1], codes.shape[2]
-    one_high = high.shape[0] == 1
     for i in prange(out.shape[1] // LANES):
         t = t0 + i
-        th = np.int64(0) if one_high else np.int64(t)
         lo = stack_lanes()
         hi = stack_lanes()
-        for blk in range(m // 16):
-            g = blk // blocks_per_group
-            for k in range(16):
-                j = blk * 16 + k
-                ml = mask_lo[k]
-                mh = mask_hi[k]
-                for r in range(LANES):
-                    b = codes[t, j, r]
-                    word = high[th, blk, r]
-                    sc = as_f32(scale[t, g, r])
-                    of = as_f32(offset[t, g, r])
-                    lo[r] = sc * (np.float32(np.uint8(b & np.uint8(15))) +
-                                  (np.float32(16.0) if word & ml else np.float32(0.0))) + of
-                    hi[r] = sc * (np.float32(np.uint8(b >> np.uint8(4))) +
-                                  (np.float32(16.0) if word & mh else np.float32(0.0))) + of
-                for r in range(lanes):
-                    out[j, i * LANES + r] = lo[r]
-                    out[m + j, i * LANES + r] = hi[r]
+        for j in range(m):
+            g = j // bytes_per_group
+            th = t if has_high else 0
+            hb = j // 4 if has_high else 0
+            up = U8(2 * (j % 4))    # bits up, up + 1 of the high byte: codes 2j, 2j + 1
+            for r in range(LANES):
+                b = codes[t, j, r]
+                h = U8(high[th, hb, r] >> up)
+                sc = as_f32(scale[t, g, r])
+                of = as_f32(offset[t, g, r])
+                lo[r] = sc * np.float32(U8((b & U8(15)) | ((h & U8(1)) << U8(4)))) + of
+                hi[r] = sc * np.float32(U8((b >> U8(4)) | ((h & U8(2)) << U8(3)))) + of
+            for r in range(lanes):
+                out[j, i * LANES + r] = lo[r]
+                out[m + j, i * LANES + r] = hi[r]
 
 
 @njit(cache=True, parallel=True, fastmath=LANE_MATH)
