@@ -142,6 +142,18 @@ class Tokenizer:
         """Write it as a tokenizer.json."""
         self._tok.save(path)
 
+    def to_json(self) -> str:
+        """The whole tokenizer as tokenizer.json text (what `save` writes); `from_json` of
+        it encodes and decodes exactly as this one does, whatever it was built from."""
+        return self._tok.to_str()
+
+    @classmethod
+    def from_json(cls, text: str, source: str) -> "Tokenizer":
+        """A tokenizer from tokenizer.json text, named after `source` (the file it came from)."""
+        from tokenizers import Tokenizer as HFTokenizer
+        with library_errors(source, "cannot read tokenizer"):
+            return cls(HFTokenizer.from_str(text), source)
+
     def token_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 
