@@ -105,10 +105,15 @@ def config_from_gguf(meta: dict, tensors: dict[str, GGUFTensor], path: str) -> Q
 def lookup_table(t: GGUFTensor) -> MappedQuantizedRows:
     """A block-quantized embedding that only serves lookups: kept mapped, rows converted on use."""
     out, n_in = t.shape
-    raw = t.data.reshape(out, -1)
+    return block_lookup_table(t.data.reshape(out, -1), t.type_id, n_in)
+
+
+def block_lookup_table(raw: np.ndarray, type_id: int, n_in: int) -> MappedQuantizedRows:
+    """raw uint8 [rows, bytes per row] of GGUF blocks of `type_id` (a key of BLOCK_TYPES)
+    as a lookup table; the prepared-model cache rebuilds an untied embedding with it."""
     return MappedQuantizedRows(
-        shape=(out, n_in), raw=raw, dtype_name=t.type_name,
-        rows_to_canonical=lambda r: block_rows_to_canonical(r, t.type_id, (r.shape[0], n_in)))
+        shape=(raw.shape[0], n_in), raw=raw, dtype_name=BLOCK_TYPES[type_id][0],
+        rows_to_canonical=lambda r: block_rows_to_canonical(r, type_id, (r.shape[0], n_in)))
 
 
 def tensor_to_canonical(t: GGUFTensor):
