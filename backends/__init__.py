@@ -32,6 +32,11 @@ Optional members (generate.py uses them where present):
     kv_kinds                       the KV cache kinds it keeps (default: all of cache.py's)
     greedy_token(logits)           the argmax of logits[-1] as an int, chosen where the logits
                                    are (the cupy backend: on the device)
+    prepared_layout, prepared_types
+                                   a version string of the form `prepare` returns, and the
+                                   dataclasses it makes besides the loader's: with them the
+                                   prepared-model cache (qwen_np/prepared_cache.py) may store
+                                   its weights on disk (see prepared_form)
 
 Weights are passed as the loader produced them (memory-mapped, in their file dtype), or as
 `prepare` returned them; an op converts what it reads. The NumPy backend is the definition
@@ -67,6 +72,23 @@ def get_backend(name: str = "numpy", dtype: str = "float32", threads: int | None
         return CupyBackend(dtype)
     raise BackendUnavailable(f"backend {name!r} is not available "
                              f"(available: {', '.join(BACKENDS)})")
+
+
+# The Numba backend's row tiles (numba_tiles.py): bump when a tile's arrays change layout
+ROW_TILES_VERSION = 1
+
+
+def prepared_form(be) -> tuple[str, tuple[type, ...]] | None:
+    """(layout version, the dataclasses `be.prepare` makes) of a backend whose prepared
+    weights the prepared-model cache may store, or None: a backend that declares nothing is
+    not cached (the cupy backend's weights live on the GPU). The numba backend's form is named
+    here, from numba_tiles' own LANES, until it carries the two members itself."""
+    if getattr(be, "prepared_layout", None) is not None:
+        return str(be.prepared_layout), tuple(getattr(be, "prepared_types", ()))
+    if type(be).__name__ == "NumbaBackend" and type(be).__module__ == __name__ + ".numba_backend":
+        from .numba_tiles import LANES, RowTiles
+        return f"row tiles of {LANES} rows, version {ROW_TILES_VERSION}", (RowTiles,)
+    return None
 
 
 def set_blas_threads(threads: int) -> None:

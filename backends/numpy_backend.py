@@ -20,6 +20,10 @@ TILE_ELEMENTS = 1 << 20
 
 class NumpyBackend:
     name = "numpy"
+    # what `prepare` returns, for the prepared-model cache (backends/__init__.py
+    # prepared_form): the loader's own form, unchanged
+    prepared_layout = "loader form"
+    prepared_types = ()
 
     def __init__(self, dtype: str = "float32"):
         self.dtype = np.dtype(dtype)
