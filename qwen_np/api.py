@@ -18,6 +18,7 @@ from .io.mapped import lookup_only
 from .io.model_files import regular_file
 from .memory import release_free_heap
 from .model import forward
+from .prepared_cache import cache_entry
 from .tokenizer import Tokenizer
 from .weights import ModelWeights, build_weights, place_vectors, prepare_tensors
 
@@ -142,20 +143,31 @@ def is_gguf(path: str) -> bool:
 
 
 def load(path: str, backend="numpy", dtype: str = "float32",
-         threads: int | None = None, kv_cache: str | None = None) -> Model:
+         threads: int | None = None, kv_cache: str | None = None,
+         prepared_cache: bool | None = None) -> Model:
     """Load a Hugging Face model folder or a GGUF file for the named backend ("numpy", the
     reference, "numba" or "cupy"; or a backend object) and dtype; `threads` (default: all
     cores) for the CPU backends' kernels and BLAS;
     `kv_cache` the KV cache's storage: "float32", "float16" or "int8" (cache.py; default the
-    compute dtype, or int8 where a Qwen v1 config sets use_cache_quantization)."""
+    compute dtype, or int8 where a Qwen v1 config sets use_cache_quantization);
+    `prepared_cache` whether to map the model as prepared by an earlier load, and write it
+    after this one (prepared_cache.py): default on for the numpy and numba backends unless
+    QWEN_NP_PREPARED_CACHE=0; False turns it off."""
     if kv_cache is not None:
         check_kv_kind(kv_cache)
     from .backends import get_backend
     be = get_backend(backend, dtype, threads) if isinstance(backend, str) else backend
     path = os.fspath(path)
-    config, tensors, make_tokenizer = read_model(path)
-    prepare_tensors(tensors, be.prepare)
+    cache = cache_entry(path, be, prepared_cache)         # None: not cached
+    loaded = cache.read() if cache is not None else None
+    if loaded is None:
+        config, tensors, make_tokenizer = read_model(path)
+        prepare_tensors(tensors, be.prepare)
+    else:
+        config, tensors, make_tokenizer = loaded
     weights = build_weights(config, tensors, be.dtype, path)
+    if cache is not None and loaded is None:    # written once the tensors are checked
+        make_tokenizer = cache.write(config, tensors, make_tokenizer)
     place_vectors(weights, be.asarray)
     if weights.embed is not weights.lm_head:    # lookups only: rows read from the file
         weights.embed = lookup_only(weights.embed)
