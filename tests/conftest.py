@@ -1,6 +1,9 @@
+import atexit
 import importlib.util
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
@@ -11,6 +14,14 @@ sys.path.insert(0, TESTS)  # test-support modules (transformers_oracle)
 FIXTURE_MODELS = sorted(
     d for d in os.listdir(FIXTURES)
     if os.path.isfile(os.path.join(FIXTURES, d, "config.json")))
+
+# The prepared-model cache (qwen_np/prepared_cache.py) stays on, as it is for users, in a
+# folder of this session's own (set before anything loads a model, and inherited by the CLI
+# subprocesses): the suite never writes into the home folder, and a model it loads twice is a
+# cache hit the second time, so every test that loads a model again also checks the cache.
+PREPARED_CACHE_DIR = tempfile.mkdtemp(prefix="qwen-np-prepared-")
+os.environ["QWEN_NP_CACHE_DIR"] = PREPARED_CACHE_DIR
+atexit.register(shutil.rmtree, PREPARED_CACHE_DIR, ignore_errors=True)
 
 HAVE_TRANSFORMERS = (importlib.util.find_spec("torch") is not None
                      and importlib.util.find_spec("transformers") is not None)
