@@ -4,7 +4,11 @@ in a fresh process, in the same run, with the ratios.
 
 Both sides get the same prompt token ids (a code snippet repeated to --prompt-tokens) and
 decode greedily one token at a time; the peak RSS is the process's VmHWM, which counts the
-mapped weight pages it touched.
+mapped weight pages it touched. "first token (s)" is the prefill alone; "start to first
+token (s)" is the wall time from just before the parent spawns the child (its time.time())
+to the moment the child knows the first token (the child's time.time() then), so that the
+interpreter's start, the imports and the load count for both sides. qwen-np's includes its
+two-token warm-up pass (which loads the JIT-compiled kernels before the prefill is timed).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 TEXT = ("def quicksort(arr):\n    if len(arr) <= 1:\n        return arr\n"
         "    pivot = arr[len(arr) // 2]\n    left = [x for x in arr if x < pivot]\n"
@@ -38,6 +43,7 @@ t = time.perf_counter()
 llm.eval(prompt)
 tok = argmax_last()
 prefill_s = time.perf_counter() - t
+first_token_at = time.time()
 gen = [tok]
 t = time.perf_counter()
 for _ in range(G):
@@ -49,12 +55,12 @@ hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()
 print(json.dumps({"system": "llama.cpp (llama-cpp-python " + llama_cpp.__version__ + ")",
                   "load_s": load_s, "prefill_tok_s": P / prefill_s, "ttft_s": prefill_s,
                   "decode_tok_s": G / decode_s, "peak_rss_mib": int(hwm) / 1024,
-                  "ids": gen[:16]}))
+                  "first_token_at": first_token_at, "ids": gen[:16]}))
 """
 
 
 def measure_here(path: str, backend: str, threads: int | None, P: int, G: int,
-                 kv_cache: str | None = None) -> dict:
+                 kv_cache: str | None = None, prepared_cache: bool | None = None) -> dict:
     """Run in this (fresh) process: load, prefill P tokens, decode G tokens."""
     import time
 
@@ -64,7 +70,8 @@ def measure_here(path: str, backend: str, threads: int | None, P: int, G: int,
     from .memory import rss_bytes
     from .model import forward
     t0 = time.perf_counter()
-    model = load(path, backend=backend, threads=threads, kv_cache=kv_cache)
+    model = load(path, backend=backend, threads=threads, kv_cache=kv_cache,
+                 prepared_cache=prepared_cache)
     cfg, w, be = model.config, model.weights, model.backend
     base = model.tokenizer.encode(TEXT)
     prompt = (base * (P // len(base) + 1))[:P]
@@ -75,6 +82,7 @@ def measure_here(path: str, backend: str, threads: int | None, P: int, G: int,
     t = time.perf_counter()
     tok = int(np.argmax(be.to_numpy(forward(cfg, w, be, prompt, cache, last_only=True))[-1]))
     prefill_s = time.perf_counter() - t
+    first_token_at = time.time()
     gen = [tok]
     t = time.perf_counter()
     for _ in range(G):
@@ -84,21 +92,28 @@ def measure_here(path: str, backend: str, threads: int | None, P: int, G: int,
     label = backend if kv_cache is None else f"{backend}, KV cache {kv_cache}"
     return {"system": f"qwen-np ({label})", "load_s": load_s, "prefill_tok_s": P / prefill_s,
             "ttft_s": prefill_s, "decode_tok_s": G / decode_s,
-            "peak_rss_mib": (rss_bytes("VmHWM") or 0) / 2**20, "ids": gen[:16]}
+            "peak_rss_mib": (rss_bytes("VmHWM") or 0) / 2**20, "first_token_at": first_token_at,
+            "ids": gen[:16]}
 
 
 def run_json(cmd: list[str]) -> dict:
+    """The child's JSON result, with its start to first token: from just before it is
+    spawned to the time.time() it reports as `first_token_at`."""
+    started = time.time()
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         last = (r.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"{os.path.basename(cmd[0])} failed: {last}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    row = json.loads(r.stdout.strip().splitlines()[-1])
+    row["start_to_first_s"] = row.pop("first_token_at") - started
+    return row
 
 
 def bench(path: str, backend: str, threads: int | None, P: int, G: int, vs: str | None,
-          llama_python: str, kv_cache: str | None = None) -> list[dict]:
+          llama_python: str, kv_cache: str | None = None,
+          prepared_cache: bool | None = None) -> list[dict]:
     ours = run_json([sys.executable, "-m", "qwen_np.bench", path, backend, str(threads or 0),
-                     str(P), str(G), kv_cache or ""])
+                     str(P), str(G), kv_cache or "", "0" if prepared_cache is False else ""])
     rows = [ours]
     if vs == "llama.cpp":
         rows.append(run_json([llama_python, "-c", LLAMA_CPP, path, str(P), str(G),
@@ -108,7 +123,9 @@ def bench(path: str, backend: str, threads: int | None, P: int, G: int, vs: str 
 
 def format_table(rows: list[dict], P: int) -> str:
     cols = [("load_s", "load (s)", ".2f"), ("prefill_tok_s", f"prefill {P} tok (tok/s)", ".1f"),
-            ("ttft_s", "first token (s)", ".2f"), ("decode_tok_s", "decode (tok/s)", ".2f"),
+            ("ttft_s", "first token (s)", ".2f"),
+            ("start_to_first_s", "start to first token (s)", ".2f"),
+            ("decode_tok_s", "decode (tok/s)", ".2f"),
             ("peak_rss_mib", "peak RSS (MiB)", ".0f")]
     lines = ["| system | " + " | ".join(c[1] for c in cols) + " |",
              "| --- |" + " --- |" * len(cols)]
@@ -123,5 +140,6 @@ def format_table(rows: list[dict], P: int) -> str:
 
 
 if __name__ == "__main__":   # the measuring child process
-    path, backend, threads, P, G, kv = sys.argv[1:7]
-    print(json.dumps(measure_here(path, backend, int(threads) or None, int(P), int(G), kv or None)))
+    path, backend, threads, P, G, kv, no_cache = sys.argv[1:8]
+    print(json.dumps(measure_here(path, backend, int(threads) or None, int(P), int(G), kv or None,
+                                  False if no_cache == "0" else None)))
