@@ -44,10 +44,13 @@ except ImportError as e:  # reported by get_backend as a one-line error
     raise BackendUnavailable("backend 'numba' needs the numba package "
                              "(pip install 'qwen-np[numba]')") from e
 
-from .numba_floats import LANE_MATH, ROW_SUM_MATH, as_f32, kernel_floats
-from .numba_tiles import (LANES, RowTiles, dequantize_byte_tiles, dequantize_nibble_tiles,
-                          dequantize_six_bit_tiles, gemv_byte_tiles, gemv_five_bit_tiles,
-                          gemv_four_bit_tiles, gemv_six_bit_tiles, tiles_take, to_row_tiles)
+from .numba_attention import attention_many_tokens, attention_one_token, half_rows_to_float32
+from .numba_floats import LANE_MATH, ROW_SUM_MATH, as_f32, exp_of_nonpositive, kernel_floats
+from .numba_tiles import (BLOCK, LANES, RowTiles, dequantize_byte_tiles, dequantize_nibble_tiles,
+                          dequantize_six_bit_tiles, gemm_byte_tiles, gemm_five_bit_tiles,
+                          gemm_four_bit_tiles, gemm_six_bit_tiles, gemv_byte_tiles,
+                          gemv_five_bit_tiles, gemv_four_bit_tiles, gemv_six_bit_tiles, tiles_take,
+                          to_row_tiles)
 
 PREFILL_TILE_ELEMENTS = 1 << 20
 
@@ -169,13 +172,22 @@ def dequantize_kv_rows(codes, scale, zero, out):
 
 @njit(cache=True, parallel=True, fastmath=LANE_MATH)
 def silu_mul_rows(gate, up, out):
-    """For a gate below about -88.7, exp(-g) is inf and silu(g) = g / inf = -0, as in the
-    reference (a reason the flags leave inf defined)."""
+    """silu(g) * u with e = exp(-|g|), which never overflows: g / (1 + e) for g >= 0, and
+    g e / (1 + e) = g / (1 + exp(-g)) for g < 0. exp_of_nonpositive vectorizes (the C
+    library's expf kept this loop scalar: 1.4 ms for a 128-token prefill's [128, 4864], most
+    of it in expf). From g = -88.72284 down, where the reference's exp(-g) overflows float32,
+    e is taken as 0 so that silu(g) = g * 0 = -0, as the reference's g / inf is."""
     rows, n = gate.shape
     for r in prange(rows):
         for i in range(n):
             g = gate[r, i]
-            out[r, i] = g / (np.float32(1.0) + np.exp(-g)) * up[r, i]
+            e = exp_of_nonpositive(-abs(g))
+            if g <= EXP_OVERFLOWS_FROM:
+                e = np.float32(0.0)
+            out[r, i] = (g if g >= np.float32(0.0) else g * e) / (np.float32(1.0) + e) * up[r, i]
+
+
+EXP_OVERFLOWS_FROM = -np.float32(88.72284)     # float32 exp(-g) is inf from here down
 
 
 @njit(cache=True, inline="always", fastmath=ROW_SUM_MATH)
@@ -192,33 +204,6 @@ def softmax_in_place(scores):
         total += scores[s]
     for s in range(scores.shape[0]):
         scores[s] = scores[s] / total
-
-
-@njit(cache=True, parallel=True, fastmath=ROW_SUM_MATH)
-def attention_heads(q, k, v, start, out):
-    """q [T, H, Dh], k/v [S, Hkv, Dh]; query t (position start + t) sees keys 0..start+t;
-    query head h reads KV head h // (H / Hkv); softmax_in_place makes the scores weights."""
-    T, H, d = q.shape
-    Hkv = k.shape[1]
-    rep = H // Hkv
-    scale = np.float32(1.0 / np.sqrt(d))
-    for job in prange(T * H):
-        t, h = job // H, job % H
-        kv = h // rep
-        n = start + t + 1
-        scores = np.empty(n, np.float32)
-        for s in range(n):
-            acc = np.float32(0.0)
-            for i in range(d):
-                acc += q[t, h, i] * k[s, kv, i]
-            scores[s] = acc * scale
-        softmax_in_place(scores)
-        for i in range(d):
-            out[t, h, i] = 0.0
-        for s in range(n):
-            p = scores[s]
-            for i in range(d):
-                out[t, h, i] += p * v[s, kv, i]
 
 
 @njit(cache=True, parallel=True, fastmath=ROW_SUM_MATH)
@@ -253,33 +238,6 @@ def attention_heads_int8(q, kc, ks, kz, vc, vs, vz, start, out):
                 row[i] += w * np.float32(vc[s, kv, i])
         for i in range(d):
             out[t, h, i] = row[i] - shift
-
-
-@njit(cache=True, parallel=True, fastmath=ROW_SUM_MATH)
-def attention_heads_half(q, kbits, vbits, lut, start, out):
-    """attention_heads over a float16 cache read in place, each value decoded through lut."""
-    T, H, d = q.shape
-    Hkv = kbits.shape[1]
-    rep = H // Hkv
-    scale = np.float32(1.0 / np.sqrt(d))
-    for job in prange(T * H):
-        t, h = job // H, job % H
-        kv = h // rep
-        n = start + t + 1
-        scores = np.empty(n, np.float32)
-        for s in range(n):
-            acc = np.float32(0.0)
-            for i in range(d):
-                acc += q[t, h, i] * lut[kbits[s, kv, i]]
-            scores[s] = acc * scale
-        softmax_in_place(scores)
-        row = np.zeros(d, np.float32)
-        for s in range(n):
-            p = scores[s]
-            for i in range(d):
-                row[i] += p * lut[vbits[s, kv, i]]
-        for i in range(d):
-            out[t, h, i] = row[i]
 
 
 class NumbaBackend:
@@ -365,22 +323,29 @@ class NumbaBackend:
 
     def attention(self, q, k, v, start):
         """k, v: float arrays, or an int8 cache's Int8Rows, read where they lie (an int8 or
-        float16 cache is not converted whole each step)."""
-        out = np.empty(q.shape, np.float32)
+        float16 cache is not converted whole each step). One token: the compiled kernels
+        (numba_attention.py; int8 below); many: BLAS, one KV head at a time."""
         q = np.ascontiguousarray(q, dtype=np.float32)
+        T, Hkv = q.shape[0], k.shape[1]
         if isinstance(k, Int8Rows):
+            if T > 1:
+                return attention_many_tokens(q, _int8_head(k), _int8_head(v), int(start), Hkv)
             f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
+            out = np.empty(q.shape, np.float32)
             attention_heads_int8(q, np.ascontiguousarray(k.codes), f32(k.scale), f32(k.zero),
                                  np.ascontiguousarray(v.codes), f32(v.scale), f32(v.zero),
                                  int(start), out)
-        elif k.dtype == np.float16:
-            attention_heads_half(q, np.ascontiguousarray(k).view(np.uint16),
-                                 np.ascontiguousarray(v).view(np.uint16),
-                                 HALF_TABLES["float16"], int(start), out)
+            return out
+        if k.dtype == np.float16:
+            k, v = np.ascontiguousarray(k).view(np.uint16), np.ascontiguousarray(v).view(np.uint16)
+            rows = _half_head
         else:
-            attention_heads(q, np.ascontiguousarray(k, dtype=np.float32),
-                            np.ascontiguousarray(v, dtype=np.float32), int(start), out)
-        return out
+            k = np.ascontiguousarray(k, dtype=np.float32)
+            v = np.ascontiguousarray(v, dtype=np.float32)
+            rows = _float_head
+        if T == 1:
+            return attention_one_token(q, k, v, int(start), self.threads)
+        return attention_many_tokens(q, rows(k), rows(v), int(start), Hkv)
 
     def dequantize_kv(self, codes, scale, zero):
         out = np.empty(codes.shape, np.float32)
@@ -393,6 +358,29 @@ class NumbaBackend:
         silu_mul_rows(np.ascontiguousarray(gate, dtype=np.float32),
                       np.ascontiguousarray(up, dtype=np.float32), out)
         return out
+
+
+def _float_head(a):
+    """KV head kv of a float32 cache [S, Hkv, Dh], copied: [S, Dh] (NumPy's matmul multiplies
+    the strided view without BLAS, measured 10x slower)."""
+    return lambda kv: np.ascontiguousarray(a[:, kv])
+
+
+def _half_head(bits):
+    """KV head kv of a float16 cache's bits [S, Hkv, Dh], converted: float32 [S, Dh]."""
+    def head(kv):
+        out = np.empty((bits.shape[0], bits.shape[2]), np.float32)
+        half_rows_to_float32(bits, kv, out)
+        return out
+    return head
+
+
+def _int8_head(rows: Int8Rows):
+    """KV head kv of an int8 cache, dequantized: float32 [S, Dh]."""
+    def head(kv):
+        scale = rows.scale[:, kv, None].astype(np.float32)
+        return scale * (rows.codes[:, kv].astype(np.float32) - rows.zero[:, kv, None].astype(np.float32))
+    return head
 
 
 _NO_HIGH = np.zeros((1, 1), np.uint8)
@@ -427,20 +415,25 @@ def dequantize_tiles(w: RowTiles, t0: int, out: np.ndarray) -> None:
 
 
 def prefill_tiles(x, w: RowTiles) -> np.ndarray:
-    """Many tokens: dequantize some tiles of rows once, then one BLAS product for all the
-    tokens."""
+    """Many tokens through a row-tiled matrix, four at a time (numba_tiles.py): [N, in] ->
+    [N, out]. x is padded with zero rows to a multiple of 4; xsum [N, G] sums x over each
+    group (the last may be shorter)."""
     out_f, n_in = w.shape
-    if w.bits != 8:     # split order: even columns, then odd ones
-        x = np.ascontiguousarray(np.concatenate([x[:, 0::2], x[:, 1::2]], axis=1))
-    T = w.codes.shape[0]
-    y = np.empty((x.shape[0], T * LANES), np.float32)
-    tiles = max(1, PREFILL_TILE_ELEMENTS // (n_in * LANES))
-    buf = np.empty((n_in, tiles * LANES), np.float32)
-    for t0 in range(0, T, tiles):
-        part = buf if t0 + tiles <= T else np.empty((n_in, (T - t0) * LANES), np.float32)
-        dequantize_tiles(w, t0, part)
-        y[:, t0 * LANES:t0 * LANES + part.shape[1]] = x @ part
-    return y[:, :out_f]
+    N = x.shape[0]
+    if N % BLOCK:
+        x = np.concatenate([x, np.zeros((BLOCK - N % BLOCK, n_in), np.float32)])
+    xsum = np.ascontiguousarray(np.add.reduceat(x, np.arange(0, n_in, w.group_size), axis=1),
+                                dtype=np.float32)
+    y = np.empty((x.shape[0], w.codes.shape[0] * LANES), np.float32)
+    if w.bits == 8:
+        gemm_byte_tiles(w.codes, w.scale, w.offset, x, xsum, w.group_size, y)
+    elif w.bits == 6:
+        gemm_six_bit_tiles(w.codes, w.high, w.scale, w.offset, x, xsum, w.group_size // 2, y)
+    elif w.bits == 5:
+        gemm_five_bit_tiles(w.codes, w.high, w.scale, w.offset, x, xsum, w.group_size // 2, y)
+    else:
+        gemm_four_bit_tiles(w.codes, w.scale, w.offset, x, xsum, w.group_size // 2, y)
+    return y[:N, :out_f]
 
 
 def embed_from_tiles(w: RowTiles, ids) -> np.ndarray:
