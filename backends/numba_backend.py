@@ -8,11 +8,11 @@ little else. For a row o of a quantized matrix, with x already in the codes' col
 
 where xsum[g] (the sum of x over group g) is computed once per call. `prepare` re-lays the
 quantized matrices as tiles of 16 rows (numba_tiles.py), whose kernels add up 16 rows lane
-by lane. Nibble-packed codes pair with x split into its even and odd columns (xe, xo), so
-that byte j meets xe[j] and xo[j].
+by lane; byte j of nibble-packed codes meets x[2j] and x[2j + 1].
 
-Prefill (many tokens) dequantizes a tile of rows once into float32 and lets BLAS multiply it
-with all the tokens (compute-bound, not dequantize-bound).
+Prefill (many tokens) runs the same tiles four tokens at a time, so that each code, once
+converted, meets four activations (numba_tiles.py); attention over many tokens is BLAS
+(numba_attention.py).
 
 Every kernel is @njit(cache=True), so a second start loads them from the cache instead of
 compiling; `parallel=True` with prange splits rows over threads. Their fast-math flags are

@@ -558,13 +558,14 @@ def gemm_byte_tiles(codes, scale, offset, x, xsum, group_size, out):
         store_block(acc, out, t, t0)
 
 
-# -- many tokens: tiles dequantized for BLAS (and for embedding lookups) ----------------------
+# -- tiles dequantized (embedding lookups) -----------------------------------------------------
 # A tile dequantizes into columns: out[c, 16 i + r] is code column c of row 16 (t0 + i) + r,
-# so the 16 lanes' values are one contiguous store, and the caller multiplies
-# x [tokens, in] @ out [in, 16 tiles] with BLAS. Nibble codes come in split order: row c < m
-# is code 2c (the low nibble of byte c), row m + c is code 2c + 1; the caller orders x's
-# columns the same way. The lanes are computed into stack arrays first and then copied out:
-# computed straight into `out`, the loop stays scalar (LLVM cannot rule out that `out`
+# so the 16 lanes' values are one contiguous store. (The prefill multiplied such columns
+# with BLAS before the four-token kernels above, which are about twice as fast.) Nibble
+# codes come in split order: row c < m is code 2c (the low nibble of byte c), row m + c is
+# code 2c + 1; embed_from_tiles puts them back in code order. The lanes are computed into
+# stack arrays first and then copied out: computed straight into `out`, the loop stays
+# scalar (LLVM cannot rule out that `out`
 # overlaps the codes; measured 2.5x slower).
 
 @njit(cache=True, parallel=True, fastmath=LANE_MATH)
