@@ -27,8 +27,10 @@ The index comes last because it is written when every array's offset is known:
     {"key": KEY,                     what the file was made from (below)
      "payload_crc32": 3141592653,    zlib.crc32 of bytes 64 .. index offset
      "config": {...},                QwenConfig's fields
-     "tokenizer": {"source": "tokenizer.json", "json": ARRAY}   tokenizer.json text (UTF-8)
-                  | "source"         it could not be built: it is built from the model's files
+     "tokenizer": {"source": "tokenizer.json", "json": ARRAY}   tokenizer.json text (UTF-8):
+                                     a folder's file as it is, or the JSON of the one built
+                                     from a GGUF's metadata ("source": "") or qwen.tiktoken
+                  | "source"         not stored: built from the model's files on use
                   | null,            the model has no tokenizer
      "tensors": {name: TENSOR, ...}}
 
@@ -50,8 +52,9 @@ The key, and what is checked on open ("never trusted without checking"):
            "sources": {file name: sha256, or null where the file is absent}}
 
 A file's name comes from the model's real path, the backend and the dtype; its key says what
-it was made from. On open: the magic and format, the index's crc32, the file's length against
-the header, the key against this process's, and the payload's crc32 (400 MB in about 0.15 s).
+it was made from. On open: the magic and format, the file's length against the header, the
+index's crc32, the key against this process's, and the payload's crc32 (the real GGUF's
+548 MB in about 0.1 s, while the tokenizer is built in a thread: EarlyTokenizer).
 Any mismatch, or anything malformed, prints one line on stderr saying why, and the model is
 loaded from its own files and the file written again. The sources are, for a GGUF, the file;
 for a Hugging Face folder, every file the loader may read (config.json,
@@ -76,7 +79,8 @@ backends that declare their prepared form (numpy and numba; backends/__init__.py
 prepared_form), not for cupy (its prepare uploads to the GPU); `prepared_cache=False` or
 QWEN_NP_PREPARED_CACHE=0 turns it off. Only models with quantized tensors are written: a
 float model is mapped from its own files already, and a copy would double its disk use. A
-file is about the size of the model's tensors in memory (the real GGUF's: 424 MB). It is
+file is about the size of the model's tensors in memory (the real 491 MB GGUF's: 548 MB,
+for either backend; its untied embedding is kept in its 93 MB of Q5_0 blocks). It is
 written after a cold load succeeds, to a temporary file in the same folder, then renamed into
 place (two processes loading at once each write a whole file; the last rename wins). A
 failure to write (a read-only folder, a full disk: free space is checked first) prints one
@@ -85,10 +89,14 @@ line and the load goes on.
 Memory: on a hit the file is mapped copy-on-write. Arrays are views of the page cache and
 only the pages a pass touches count in the resident set, as with a cold load's converted
 tensors; an untied embedding's pages are given back after each lookup (io/mapped.py), as
-they are from the GGUF. Copy-on-write rather than read-only so that arrays are exactly as
-writable as after a cold load (Numba compiles a kernel per argument type, and a read-only
-array is another type); those that were read-only are made so again. The file itself is
-never written. Writing goes array by array from the prepared objects, with no concatenation.
+they are from the GGUF. The payload's crc32 reads the whole mapping once, then gives every
+page back (MADV_DONTNEED): for that moment the file counts in the resident set, about 50 MB
+more than the steady state (measured peaks, load + 64 decoded tokens: warm 751 MiB, cold
+786 MiB). Copy-on-write rather than read-only so that arrays are exactly as writable as
+after a cold load (Numba compiles a kernel per argument type, and a read-only array is
+another type); those that were read-only are made so again. Nothing writes to them (pages
+given back would lose a private copy), and the file itself is never written. Writing goes
+array by array from the prepared objects, with no concatenation.
 """
 
 from __future__ import annotations
@@ -102,6 +110,7 @@ import stat
 import struct
 import sys
 import tempfile
+import threading
 import time
 import zlib
 from dataclasses import asdict, dataclass, fields, is_dataclass
@@ -165,19 +174,26 @@ class CacheEntry:
     must have been made from."""
     model_path: str
     file: str
-    fixed_key: dict                  # the key without the sources' hashes
+    fixed_key: dict                  # format, version, code stamp, backend name and dtype
     sources: dict                    # file name -> real path, or None (absent)
     stamps: dict                     # file name -> its stat stamp when the load began
-    types: dict                      # dataclass name -> the dataclass, for the tensors
+    hashes: dict | None = None       # file name -> sha256 (or None), once computed
+    layout: str | None = None        # the backend's prepared layout
+    types: dict | None = None        # dataclass name -> the dataclass, for the tensors
 
     def key(self) -> dict:
-        """The full key: the sources hashed, or their hashes taken from the stat index where
-        their stat stamps are unchanged."""
-        known = StatIndex()
-        hashes = {name: None if real is None else known.sha256(real, self.stamps[name])
-                  for name, real in self.sources.items()}
-        known.save()
-        return {**self.fixed_key, "sources": hashes}
+        """What a valid file must have been made from: the sources hashed once (or their
+        hashes taken from the stat index), and checked to be unchanged since the load began
+        whenever it is asked for again."""
+        if self.hashes is None:
+            known = StatIndex()
+            self.hashes = {name: None if real is None else known.sha256(real, self.stamps[name])
+                           for name, real in self.sources.items()}
+            known.save()
+        for name, real in self.sources.items():
+            if real is not None and stat_stamp(real) != self.stamps[name]:
+                raise SourceChanged(f"{real} changed while the model was loading")
+        return {**self.fixed_key, "sources": self.hashes}
 
     def read(self):
         """(config, tensors, tokenizer factory or None) from a valid cache file, else None
@@ -204,11 +220,10 @@ class CacheEntry:
         one line and is otherwise ignored."""
         if all(isinstance(t, (np.ndarray, BFloat16Array)) for t in tensors.values()):
             return make_tokenizer
-        tokenizer, make_tokenizer = built_tokenizer(make_tokenizer)
         try:
-            key = self.key()
-            write_cache_file(self.file, key, config, tensors, tokenizer, self.model_path,
-                             self.types)
+            tokenizer, make_tokenizer = stored_tokenizer(self.model_path, make_tokenizer)
+            key = self.key()     # after the tokenizer's file is read: it is checked unchanged
+            write_cache_file(self.file, key, config, tensors, tokenizer, self.types)
         except (SourceChanged, Unstorable) as e:
             warn(f"prepared cache not written: {e}")
         except OSError as e:
@@ -230,32 +245,48 @@ def cache_entry(path: str, be, setting: bool | None) -> CacheEntry | None:
     layout, backend_types = form
     try:
         sources = source_files(path)
-        stamps = {name: None if real is None else stat_stamp(real) for name, real in sources.items()}
+        stamps = {name: None if real is None else stat_stamp(real)
+                  for name, real in sources.items()}
     except (OSError, QwenNpError):
         return None
     if None in (v for k, v in stamps.items() if sources[k] is not None):
         return None              # a source that is not a regular file (a FIFO, a folder)
     from . import __version__
-    backend = getattr(be, "name", type(be).__name__)
+    backend, dtype = getattr(be, "name", type(be).__name__), str(np.dtype(be.dtype))
     fixed_key = {"format": CACHE_FORMAT, "qwen-np": __version__, "code": code_stamp(),
-                 "backend": backend, "dtype": str(np.dtype(be.dtype)), "layout": layout}
+                 "backend": backend, "dtype": dtype, "layout": layout}
     real = os.path.realpath(path)
     name = "".join(c if c.isalnum() or c in "._-" else "_" for c in os.path.basename(real))[:80]
-    digest = hashlib.sha256(f"{real}\0{backend}\0{fixed_key['dtype']}".encode()).hexdigest()
-    file = os.path.join(cache_dir(), f"{name}.{backend}-{fixed_key['dtype']}.{digest[:16]}{SUFFIX}")
+    digest = hashlib.sha256(f"{real}\0{backend}\0{dtype}".encode()).hexdigest()
+    file = os.path.join(cache_dir(), f"{name}.{backend}-{dtype}.{digest[:16]}{SUFFIX}")
     types = {t.__name__: t for t in (*LOADER_TYPES, *backend_types)}
-    return CacheEntry(path, file, fixed_key, sources, stamps, types)
+    return CacheEntry(path, file, fixed_key, sources, stamps, types=types)
 
 
-def built_tokenizer(make_tokenizer):
-    """(the tokenizer, or "source" where it cannot be built, or None; the factory to keep)."""
+def stored_tokenizer(model_path: str, make_tokenizer):
+    """(what the cache stores of the tokenizer, the factory to keep using):
+    - a folder's tokenizer.json: its text as it is, the tokenizer not built (a cold load
+      builds it only when it is first used; and `tokenizers` serializes what it has built
+      through a table as long as its largest id, which a malformed file can make 2^31 long);
+    - a GGUF's or a qwen.tiktoken tokenizer: built (as it would be on first use) and
+      serialized, since building it is what the cache saves; its ids are dense from 0;
+    - "source" where the text is too long or building it fails (it is then built, and
+      refused with the same error, on use); None where the model has none."""
+    from .io.hf_dir import tokenizer_file
+    from .io.model_files import MAX_JSON_BYTES
     if make_tokenizer is None:
         return None, None
+    if os.path.isdir(model_path) and tokenizer_file(model_path).endswith("tokenizer.json"):
+        with open(tokenizer_file(model_path), "rb") as f:
+            text = f.read(MAX_JSON_BYTES + 1)
+        return ("source" if len(text) > MAX_JSON_BYTES else (text, "tokenizer.json"),
+                make_tokenizer)
     try:
         tok = make_tokenizer()
-    except QwenNpError:          # a malformed tokenizer: built (and refused) on use, as before
+    except QwenNpError:
         return "source", make_tokenizer
-    return tok, lambda: tok
+    name = "" if tok.source == model_path else os.path.basename(tok.source)
+    return (tok.to_json().encode("utf-8"), name), lambda: tok
 
 
 # -- the model's source files and their hashes ------------------------------------------------
@@ -349,7 +380,8 @@ def code_stamp() -> str:
 
 
 def key_difference(stored, current: dict) -> str | None:
-    """Why a file made with key `stored` is not for this load (None: it is)."""
+    """Why a file made with key `stored` is not for this load (None: it is), comparing the
+    parts `current` has."""
     if not isinstance(stored, dict):
         return "it has no key"
     if stored.get("sources") != current["sources"]:
@@ -363,9 +395,9 @@ def key_difference(stored, current: dict) -> str | None:
     for part, what in (("qwen-np", "qwen-np version"), ("code", "qwen-np's source files"),
                        ("backend", "backend"), ("dtype", "dtype"),
                        ("layout", "backend's prepared layout")):
-        if stored.get(part) != current[part]:
+        if part in current and stored.get(part) != current[part]:
             return f"made by another {what} ({stored.get(part)!r}, now {current[part]!r})"
-    if stored != current:
+    if {k: stored.get(k) for k in current} != current:
         return "its key differs"
     return None
 
@@ -424,7 +456,7 @@ def describe_value(v, layout: Layout):
 
 
 def write_cache_file(file: str, key: dict, config: QwenConfig, tensors: dict, tokenizer,
-                     model_path: str, types: dict) -> None:
+                     types: dict) -> None:
     layout = Layout()
     described, first_name = {}, {}
     for name, t in tensors.items():
@@ -437,11 +469,8 @@ def write_cache_file(file: str, key: dict, config: QwenConfig, tensors: dict, to
         except Unstorable as e:
             raise Unstorable(f"tensor {name} is {e}, which the cache does not store") from None
     tok = tokenizer
-    if isinstance(tokenizer, Tokenizer):
-        text = np.frombuffer(tokenizer.to_json().encode("utf-8"), np.uint8)
-        source = tokenizer.source
-        tok = {"source": "" if source == model_path else os.path.basename(source),
-               "json": layout.put(text)}
+    if isinstance(tokenizer, tuple):      # (tokenizer.json text, its file in the folder or "")
+        tok = {"source": tokenizer[1], "json": layout.put(np.frombuffer(tokenizer[0], np.uint8))}
     index = {"key": key, "payload_crc32": 0, "config": asdict(config), "tokenizer": tok,
              "tensors": described}
     needed = layout.end + len(json.dumps(index)) + 4096
@@ -489,32 +518,41 @@ def replace_file(path: str, write) -> None:
 
 # -- reading ----------------------------------------------------------------------------------
 
+def read_index(f) -> tuple[int, int, dict]:
+    """(index crc32, index offset, index) of an open cache file whose header, length and
+    index crc32 check out; StaleCache says which did not."""
+    head = f.read(HEADER_BYTES)
+    if len(head) < HEADER_BYTES or head[:len(MAGIC)] != MAGIC:
+        raise StaleCache("not a prepared-model cache file")
+    _, fmt, index_crc, index_offset, index_length = HEADER.unpack_from(head)
+    if fmt != CACHE_FORMAT:
+        raise StaleCache(f"cache format {fmt}, this qwen-np reads {CACHE_FORMAT}")
+    size = os.fstat(f.fileno()).st_size
+    if size != index_offset + index_length or index_offset < HEADER_BYTES:
+        raise StaleCache(f"{size} bytes long, its header says {index_offset + index_length}")
+    if index_length > MAX_INDEX_BYTES:
+        raise StaleCache(f"an index of {index_length} bytes")
+    f.seek(index_offset)
+    raw_index = f.read(index_length)
+    if zlib.crc32(raw_index) != index_crc:
+        raise StaleCache("its index is damaged (crc32 mismatch)")
+    return index_crc, index_offset, json.loads(raw_index)
+
+
 def open_checked(file: str, key: dict, model_path: str, types: dict):
     """(config, tensors, tokenizer factory) from a cache file that passes every check, its
     arrays views of a copy-on-write mapping; StaleCache says which check failed."""
     with open(file, "rb") as f:
-        head = f.read(HEADER_BYTES)
-        if len(head) < HEADER_BYTES or head[:len(MAGIC)] != MAGIC:
-            raise StaleCache("not a prepared-model cache file")
-        _, fmt, index_crc, index_offset, index_length = HEADER.unpack_from(head)
-        if fmt != CACHE_FORMAT:
-            raise StaleCache(f"cache format {fmt}, this qwen-np reads {CACHE_FORMAT}")
-        size = os.fstat(f.fileno()).st_size
-        if size != index_offset + index_length or index_offset < HEADER_BYTES:
-            raise StaleCache(f"{size} bytes long, its header says {index_offset + index_length}")
-        if index_length > MAX_INDEX_BYTES:
-            raise StaleCache(f"an index of {index_length} bytes")
-        f.seek(index_offset)
-        raw_index = f.read(index_length)
-        if zlib.crc32(raw_index) != index_crc:
-            raise StaleCache("its index is damaged (crc32 mismatch)")
-        index = json.loads(raw_index)
+        _, index_offset, index = read_index(f)
         why = key_difference(index.get("key"), key)
         if why:
             raise StaleCache(why)
-        if payload_crc32(f, HEADER_BYTES, index_offset) != index["payload_crc32"]:
-            raise StaleCache("its data is damaged (crc32 mismatch)")
         m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    tok = index["tokenizer"]
+    early = EarlyTokenizer(m, tok, tokenizer_source(tok, model_path)) \
+        if isinstance(tok, dict) else None
+    if payload_crc32(m, HEADER_BYTES, index_offset) != index["payload_crc32"]:
+        raise StaleCache("its data is damaged (crc32 mismatch)")
 
     def array(rec) -> np.ndarray:
         dtype = np.dtype(rec["dtype"])
@@ -534,22 +572,16 @@ def open_checked(file: str, key: dict, model_path: str, types: dict):
     for name, d in index["tensors"].items():
         tensors[name] = tensors[d["name"]] if d["kind"] == "same" else \
             rebuild_tensor(d, array, types)
-    return config_from_dict(index["config"]), tensors, \
-        tokenizer_factory(index["tokenizer"], array, model_path)
+    make_tokenizer = early or tokenizer_factory(tok, model_path)
+    return config_from_dict(index["config"]), tensors, make_tokenizer
 
 
-def payload_crc32(f, start: int, end: int, chunk: int = 8 << 20) -> int:
-    """zlib.crc32 of bytes start..end of the open file, read through one buffer (the file's
-    pages are not mapped into this process, so they do not count in its resident set)."""
-    buf = memoryview(bytearray(chunk))
-    f.seek(start)
-    crc, left = 0, end - start
-    while left > 0:
-        n = f.readinto(buf[:min(chunk, left)])
-        if not n:
-            raise StaleCache("truncated while it was read")
-        crc = zlib.crc32(buf[:n], crc)
-        left -= n
+def payload_crc32(m: mmap.mmap, start: int, end: int) -> int:
+    """zlib.crc32 of bytes start..end of the mapped file, in one call (which lets go of the
+    GIL: the tokenizer builds meanwhile); then the pages it mapped are given back, so that
+    only what the model touches counts in the resident set, as after a cold load."""
+    crc = zlib.crc32(memoryview(m)[start:end])
+    m.madvise(mmap.MADV_DONTNEED, 0, len(m))
     return crc
 
 
@@ -581,17 +613,43 @@ def config_from_dict(d: dict) -> QwenConfig:
     return QwenConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
-def tokenizer_factory(tok, array, model_path: str):
+def tokenizer_source(tok: dict, model_path: str) -> str:
+    """The file a stored tokenizer came from: a file of the model's folder, or the model."""
+    return os.path.join(model_path, tok["source"]) if tok["source"] else model_path
+
+
+def tokenizer_factory(tok, model_path: str):
+    """A stored tokenizer that is not JSON: none, or one to build from the model's files."""
     if tok is None:
         return None
     if tok == "source":
         from .api import load_tokenizer
         return lambda: load_tokenizer(model_path)
-    text = array(tok["json"])
-    source = os.path.join(model_path, tok["source"]) if tok["source"] else model_path
+    raise ValueError(f"tokenizer {tok!r}")
 
-    def make() -> Tokenizer:
-        json_text = text.tobytes().decode("utf-8")
-        drop_pages(text)          # the JSON's pages are not needed once it is a tokenizer
-        return Tokenizer.from_json(json_text, source)
-    return make
+
+class EarlyTokenizer:
+    """A cache file's tokenizer, built in a thread of its own while the payload's crc32 is
+    computed (which lets go of the GIL; the tokenizers library holds it while it parses, so
+    nothing else overlaps well). Used only if the whole file passes its checks; calling it
+    waits for the thread."""
+
+    def __init__(self, m: mmap.mmap, tok: dict, source: str):
+        self.result = None
+        self.thread = threading.Thread(target=self.build, args=(m, tok["json"], source),
+                                       daemon=True)
+        self.thread.start()
+
+    def build(self, m: mmap.mmap, rec: dict, source: str) -> None:
+        try:
+            start = int(rec["offset"])
+            text = m[start:start + int(np.prod(rec["shape"], dtype=np.int64))].decode("utf-8")
+            self.result = Tokenizer.from_json(text, source)
+        except Exception as e:       # raised where it is used, as a lazy build's would be
+            self.result = e
+
+    def __call__(self) -> Tokenizer:
+        self.thread.join()
+        if isinstance(self.result, Exception):
+            raise self.result
+        return self.result

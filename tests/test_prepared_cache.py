@@ -131,8 +131,7 @@ def test_warm_weights_have_the_cold_types_dtypes_shapes_and_flags(gguf_model, ba
     from qwen_np.weights import prepare_tensors
     prepare_tensors(cold, be.prepare)
     qwen_np.load(gguf_model, backend=backend)
-    entry = pc.cache_entry(gguf_model, be, None)
-    _, warm, _ = entry.read()
+    _, warm, _ = pc.cache_entry(gguf_model, be, None).read()
     assert cold.keys() == warm.keys()
     for name in cold:
         assert type(warm[name]) is type(cold[name]), name
@@ -358,7 +357,8 @@ def test_a_full_disk_is_checked_before_writing(gguf_model, capsys, monkeypatch, 
     qwen_np.load(gguf_model)
     lines = stderr_lines(capsys)
     assert len(lines) == 1 and "MiB needed" in lines[0], lines
-    assert cache_files(cache_dir) == [] and not any(f.endswith(".tmp") for f in os.listdir(cache_dir))
+    assert cache_files(cache_dir) == []
+    assert not any(f.endswith(".tmp") for f in os.listdir(cache_dir))
 
 
 def test_a_failed_write_leaves_no_temporary_file(gguf_model, capsys, monkeypatch, cache_dir):
@@ -406,17 +406,38 @@ def test_a_malformed_model_never_produces_a_cache_file(tmp_path, cache_dir):
     assert cache_files(cache_dir) == []
 
 
-def test_a_malformed_tokenizer_is_refused_on_use_as_before(tmp_path, capsys, monkeypatch,
-                                                           cache_dir):
+def test_a_malformed_tokenizer_is_refused_on_use_as_before(tmp_path, cache_dir):
     path = copy_of(fixture_path("quant/gptqmodel-8bit-g64-sym"), tmp_path)
     with open(os.path.join(path, "tokenizer.json"), "w") as f:
         f.write("{not json")
+    errors = []
     for _ in range(2):                 # cold (writes the cache), then warm
         model = qwen_np.load(path)
-        with pytest.raises(FormatError, match="tokenizer.json"):
+        with pytest.raises(FormatError, match="tokenizer.json") as e:
             model.tokenizer
+        errors.append(str(e.value))
+    assert errors[0] == errors[1]
     assert len(cache_files(cache_dir)) == 1
-    assert index_of(the_file(cache_dir))["tokenizer"] == "source"
+
+
+def test_a_folder_tokenizer_is_stored_as_its_file_is(tmp_path, cache_dir):
+    """Not built and serialized again: tokenizers serializes through a table as long as the
+    largest id, and ids near 2^31 (a fuzzed file) would abort the process."""
+    path = copy_of(fixture_path("quant/gptqmodel-8bit-g64-sym"), tmp_path)
+    tok = json.load(open(os.path.join(path, "tokenizer.json")))
+    shift = 2**31 - 1000
+    tok["model"]["vocab"] = {t: i + shift for t, i in tok["model"]["vocab"].items()}
+    for t in tok["added_tokens"]:
+        t["id"] += shift
+    json.dump(tok, open(os.path.join(path, "tokenizer.json"), "w"))
+    model = qwen_np.load(path)
+    assert len(cache_files(cache_dir)) == 1
+    file = the_file(cache_dir)
+    rec = index_of(file)["tokenizer"]["json"]
+    with open(file, "rb") as f:
+        f.seek(rec["offset"])
+        assert f.read(rec["shape"][0]) == open(os.path.join(path, "tokenizer.json"), "rb").read()
+    assert qwen_np.load(path).tokenizer.encode(TEXT) == model.tokenizer.encode(TEXT)
 
 
 def test_a_source_that_is_not_a_regular_file_is_left_to_the_loader(tmp_path, cache_dir):
@@ -450,3 +471,13 @@ def records(t):
     elif isinstance(t, list):
         for v in t:
             yield from records(v)
+
+
+def test_the_tokenizer_builds_while_the_payload_is_checked(gguf_model, capsys, monkeypatch,
+                                                           cache_dir):
+    qwen_np.load(gguf_model)
+    _, _, make = pc.cache_entry(gguf_model, get_backend("numpy"), None).read()
+    assert isinstance(make, pc.EarlyTokenizer) and make().source == gguf_model
+    json_at = index_of(the_file(cache_dir))["tokenizer"]["json"]["offset"]
+    flip_byte(the_file(cache_dir), json_at + 100)      # a damaged tokenizer is never used
+    reloads(gguf_model, capsys, monkeypatch, needle="data is damaged")
