@@ -95,7 +95,7 @@ Memory: on a hit the file is mapped copy-on-write. Arrays are views of the page 
 only the pages a pass touches count in the resident set, as with a cold load's converted
 tensors; an untied embedding's pages are given back after each lookup (io/mapped.py), as
 they are from the GGUF (measured peaks, load + 64 decoded tokens, the real GGUF on the numba
-backend: warm 704 MiB, cold 712 MiB; 705 MiB with the cache off). Copy-on-write rather than
+backend: warm 699 MiB, cold 712 MiB; 705 MiB with the cache off). Copy-on-write rather than
 read-only so that arrays are exactly as writable as after a cold load (Numba compiles a
 kernel per argument type, and a read-only array is another type); those that were read-only
 are made so again. Nothing writes to them (pages given back would lose a private copy), and
