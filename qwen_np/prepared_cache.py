@@ -558,7 +558,7 @@ def open_checked(file: str, key: dict, model_path: str, types: dict):
         m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
         config, tensors, make_tokenizer, used = rebuild(index, m, index_offset, types,
                                                         model_path)
-        damaged = damaged_array(f.fileno(), used)
+        damaged = damaged_array(file, used)
     if damaged is not None:
         raise StaleCache(f"its data is damaged (crc32 mismatch in the array at byte {damaged})")
     return config, tensors, make_tokenizer
@@ -592,7 +592,7 @@ def rebuild(index: dict, m: mmap.mmap, index_offset: int, types: dict, model_pat
         tokenizer_factory(index["tokenizer"], array, model_path), used
 
 
-def damaged_array(fd: int, arrays: dict, chunk: int = 8 << 20) -> int | None:
+def damaged_array(file: str, arrays: dict, chunk: int = 8 << 20) -> int | None:
     """The offset of the first array (of {(offset, bytes): crc32}) whose bytes in the file do
     not have its crc32; None if all do. Threads (up to 4, as the cores allow) each take a
     share of the bytes and read it through a buffer of their own: the pages are not mapped,
@@ -607,18 +607,20 @@ def damaged_array(fd: int, arrays: dict, chunk: int = 8 << 20) -> int | None:
 
     def check(share):
         buf = memoryview(bytearray(chunk))
-        for offset, size, crc in share:
-            got, pos, end = 0, offset, offset + size
-            try:
-                while pos < end:
-                    k = os.preadv(fd, [buf[:min(chunk, end - pos)]], pos)
-                    if k == 0:
-                        break
-                    got, pos = zlib.crc32(buf[:k], got), pos + k
-            except OSError:
-                pass
-            if pos != end or got != crc:
-                bad.append(offset)
+        try:
+            with open(file, "rb", buffering=0) as f:
+                for offset, size, crc in share:
+                    got, pos, end = 0, offset, offset + size
+                    f.seek(offset)
+                    while pos < end:
+                        k = f.readinto(buf[:min(chunk, end - pos)])
+                        if not k:
+                            break
+                        got, pos = zlib.crc32(buf[:k], got), pos + k
+                    if pos != end or got != crc:
+                        bad.append(offset)
+        except OSError:
+            bad.append(share[0][0])
 
     threads = [threading.Thread(target=check, args=(share,)) for share in shares[1:]]
     for t in threads:
