@@ -180,12 +180,11 @@ class CacheEntry:
     must have been made from."""
     model_path: str
     file: str
-    fixed_key: dict                  # format, version, code stamp, backend name and dtype
+    fixed_key: dict                  # format, version, code stamp, backend, dtype, layout
     sources: dict                    # file name -> real path, or None (absent)
     stamps: dict                     # file name -> its stat stamp when the load began
+    types: dict                      # dataclass name -> the dataclass, for the tensors
     hashes: dict | None = None       # file name -> sha256 (or None), once computed
-    layout: str | None = None        # the backend's prepared layout
-    types: dict | None = None        # dataclass name -> the dataclass, for the tensors
 
     def key(self) -> dict:
         """What a valid file must have been made from: the sources hashed once (or their
@@ -214,7 +213,8 @@ class CacheEntry:
             return open_checked(self.file, key, self.model_path, self.types)
         except StaleCache as e:
             warn(f"prepared cache {self.file}: {e}; rebuilding it")
-        except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        except (OSError, ValueError, TypeError, LookupError, AttributeError, ArithmeticError,
+                RecursionError) as e:      # a malformed index: never trusted, never fatal
             warn(f"prepared cache {self.file}: unreadable ({type(e).__name__}: "
                  f"{str(e).splitlines()[0] if str(e) else ''}); rebuilding it")
         return None
@@ -266,7 +266,7 @@ def cache_entry(path: str, be, setting: bool | None) -> CacheEntry | None:
     digest = hashlib.sha256(f"{real}\0{backend}\0{dtype}".encode()).hexdigest()
     file = os.path.join(cache_dir(), f"{name}.{backend}-{dtype}.{digest[:16]}{SUFFIX}")
     types = {t.__name__: t for t in (*LOADER_TYPES, *backend_types)}
-    return CacheEntry(path, file, fixed_key, sources, stamps, types=types)
+    return CacheEntry(path, file, fixed_key, sources, stamps, types)
 
 
 def stored_tokenizer(model_path: str, make_tokenizer):
