@@ -74,20 +74,12 @@ def get_backend(name: str = "numpy", dtype: str = "float32", threads: int | None
                              f"(available: {', '.join(BACKENDS)})")
 
 
-# The Numba backend's row tiles (numba_tiles.py): bump when a tile's arrays change layout
-ROW_TILES_VERSION = 1
-
-
 def prepared_form(be) -> tuple[str, tuple[type, ...]] | None:
     """(layout version, the dataclasses `be.prepare` makes) of a backend whose prepared
     weights the prepared-model cache may store, or None: a backend that declares nothing is
-    not cached (the cupy backend's weights live on the GPU). The numba backend's form is named
-    here, from numba_tiles' own LANES, until it carries the two members itself."""
+    not cached (the cupy backend's weights live on the GPU)."""
     if getattr(be, "prepared_layout", None) is not None:
         return str(be.prepared_layout), tuple(getattr(be, "prepared_types", ()))
-    if type(be).__name__ == "NumbaBackend" and type(be).__module__ == __name__ + ".numba_backend":
-        from .numba_tiles import LANES, RowTiles
-        return f"row tiles of {LANES} rows, version {ROW_TILES_VERSION}", (RowTiles,)
     return None
 
 

@@ -46,7 +46,7 @@ except ImportError as e:  # reported by get_backend as a one-line error
 
 from .numba_attention import attention_many_tokens, attention_one_token, half_rows_to_float32
 from .numba_floats import LANE_MATH, ROW_SUM_MATH, as_f32, exp_of_nonpositive, kernel_floats
-from .numba_tiles import (BLOCK, LANES, RowTiles, dequantize_byte_tiles, dequantize_nibble_tiles,
+from .numba_tiles import (BLOCK, LANES, ROW_TILES_VERSION, RowTiles, dequantize_byte_tiles, dequantize_nibble_tiles,
                           dequantize_six_bit_tiles, gemm_byte_tiles, gemm_five_bit_tiles,
                           gemm_four_bit_tiles, gemm_six_bit_tiles, gemv_byte_tiles,
                           gemv_five_bit_tiles, gemv_four_bit_tiles, gemv_six_bit_tiles, tiles_take,
@@ -242,6 +242,9 @@ def attention_heads_int8(q, kc, ks, kz, vc, vs, vz, start, out):
 
 class NumbaBackend:
     name = "numba"
+    # what `prepare` makes, for the prepared-model cache (qwen_np/prepared_cache.py)
+    prepared_layout = f"row tiles of {LANES} rows, version {ROW_TILES_VERSION}"
+    prepared_types = (RowTiles,)
 
     def __init__(self, dtype: str = "float32", threads: int | None = None):
         if dtype != "float32":

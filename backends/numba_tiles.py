@@ -62,6 +62,9 @@ from .numba_floats import LANE_MATH, as_f32, kernel_floats
 
 LANES = 16
 U8 = np.uint8
+# The tiles' layout, for the prepared-model cache: bumped whenever a tile's arrays change
+# (2: the 5-bit high plane as bytes, not 32-bit words)
+ROW_TILES_VERSION = 2
 
 
 @dataclass

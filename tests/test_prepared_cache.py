@@ -247,9 +247,9 @@ def test_version_format_code_or_layout_change_invalidates(gguf_model, change, ne
 
 
 def test_numba_layout_version_invalidates(gguf_model, capsys, monkeypatch):
-    import qwen_np.backends as backends
+    from qwen_np.backends.numba_backend import NumbaBackend
     qwen_np.load(gguf_model, backend="numba")
-    monkeypatch.setattr(backends, "ROW_TILES_VERSION", backends.ROW_TILES_VERSION + 1)
+    monkeypatch.setattr(NumbaBackend, "prepared_layout", NumbaBackend.prepared_layout + " (next)")
     reloads(gguf_model, capsys, monkeypatch, backend="numba", needle="prepared layout")
 
 
