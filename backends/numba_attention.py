@@ -71,17 +71,17 @@ def attend_parts(q, k, v, n, m, l, o):
         s1 = min(n, s0 + per)
         h0 = kv * rep
         scores = np.empty((rep, max(s1 - s0, 0)), np.float32)
-        for s in range(s0, s1):
+        maxima = np.full(rep, -np.inf, np.float32)    # taken as the scores are made: a
+        for s in range(s0, s1):                       # loop of its own stays scalar
             for j in range(rep):
                 acc = np.float32(0.0)
                 for i in range(d):
                     acc += q[h0 + j, i] * as_f32(k[s, kv, i])
                 scores[j, s - s0] = acc * scale
+                maxima[j] = max(maxima[j], scores[j, s - s0])
         rows = np.zeros((rep, d), np.float32)
         for j in range(rep):
-            mx = -np.inf
-            for s in range(s1 - s0):
-                mx = max(mx, scores[j, s])
+            mx = maxima[j]
             total = np.float32(0.0)
             for s in range(s1 - s0):
                 e = exp_of_nonpositive(scores[j, s] - mx)

@@ -56,13 +56,18 @@ def main():
     ap.add_argument("--model", default=default_model_path())
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=40)
+    ap.add_argument("--context", type=int, default=100,
+                    help="tokens cached before the decoded ones (prefilled 512 at a time)")
     a = ap.parse_args()
 
     m = qwen_np.load(a.model, backend="numba", threads=a.threads)   # (sets Numba's flags)
     print(f"read bandwidth, {a.threads} threads: {read_bandwidth(a.threads):.1f} GB/s")
     be, n = m.backend, a.tokens
-    cache = new_kv_cache(m.config, 100 + 2 * n + 1, be)
-    forward(m.config, m.weights, be, list(range(100, 200)), cache, last_only=True)
+    ctx = a.context
+    cache = new_kv_cache(m.config, ctx + n + 1, be)
+    prompt = [100 + i % 1000 for i in range(ctx)]
+    for at in range(0, ctx, 512):
+        forward(m.config, m.weights, be, prompt[at:at + 512], cache, last_only=True)
     forward(m.config, m.weights, be, [200], cache, last_only=True)       # decode kernels loaded
 
     op_time, op_calls = collections.defaultdict(float), collections.Counter()
