@@ -20,9 +20,10 @@ which is the softmax-weighted sum of the values, as the reference computes it in
 
 Many tokens (prefill). Query t sees keys 0 .. start + t. For each KV head, the scores of
 its rep query heads and a piece of the tokens are one matrix product with the keys (BLAS),
-a compiled pass scales them, takes the softmax over the keys each token sees and zeroes
-the others (causal_softmax_rows), and a second product adds up the values: [P * rep, Dh] @ [Dh, n] -> softmax -> @ [n, Dh]. Pieces of
-tokens keep the scores to about PIECE_ELEMENTS floats.
+[P * rep, Dh] @ [Dh, n]; a compiled pass scales them, takes the softmax over the keys each
+token sees and zeroes the others (causal_softmax_rows); a second product adds up the
+values, [P * rep, n] @ [n, Dh]. Pieces of tokens keep the scores to about PIECE_ELEMENTS
+floats.
 
 The cache is read where it lies: float32 rows as they are, float16 rows as their bits
 (uint16) converted in the kernel; for BLAS, one KV head's rows are converted at a time.

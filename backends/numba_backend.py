@@ -46,11 +46,11 @@ except ImportError as e:  # reported by get_backend as a one-line error
 
 from .numba_attention import attention_many_tokens, attention_one_token, half_rows_to_float32
 from .numba_floats import LANE_MATH, ROW_SUM_MATH, as_f32, exp_of_nonpositive, kernel_floats
-from .numba_tiles import (BLOCK, LANES, ROW_TILES_VERSION, RowTiles, dequantize_byte_tiles, dequantize_nibble_tiles,
-                          dequantize_six_bit_tiles, gemm_byte_tiles, gemm_five_bit_tiles,
-                          gemm_four_bit_tiles, gemm_six_bit_tiles, gemv_byte_tiles,
-                          gemv_five_bit_tiles, gemv_four_bit_tiles, gemv_six_bit_tiles, tiles_take,
-                          to_row_tiles)
+from .numba_tiles import (BLOCK, LANES, ROW_TILES_VERSION, RowTiles, dequantize_byte_tiles,
+                          dequantize_nibble_tiles, dequantize_six_bit_tiles, gemm_byte_tiles,
+                          gemm_five_bit_tiles, gemm_four_bit_tiles, gemm_six_bit_tiles,
+                          gemv_byte_tiles, gemv_five_bit_tiles, gemv_four_bit_tiles,
+                          gemv_six_bit_tiles, tiles_take, to_row_tiles)
 
 PREFILL_TILE_ELEMENTS = 1 << 20
 
@@ -382,7 +382,8 @@ def _int8_head(rows: Int8Rows):
     """KV head kv of an int8 cache, dequantized: float32 [S, Dh]."""
     def head(kv):
         scale = rows.scale[:, kv, None].astype(np.float32)
-        return scale * (rows.codes[:, kv].astype(np.float32) - rows.zero[:, kv, None].astype(np.float32))
+        zero = rows.zero[:, kv, None].astype(np.float32)
+        return scale * (rows.codes[:, kv].astype(np.float32) - zero)
     return head
 
 

@@ -498,14 +498,22 @@ def gemm_five_bit_tiles(codes, high, scale, offset, x, xsum, bytes_per_group, ou
                     b1 = codes[t, 4 * i + 1, r]
                     b2 = codes[t, 4 * i + 2, r]
                     b3 = codes[t, 4 * i + 3, r]
-                    fma4(s, r, np.float32(U8((b0 & U8(15)) | ((h << U8(4)) & U8(16)))), x, t0, c)
-                    fma4(s, r, np.float32(U8((b0 >> U8(4)) | ((h << U8(3)) & U8(16)))), x, t0, c + 1)
-                    fma4(s, r, np.float32(U8((b1 & U8(15)) | ((h << U8(2)) & U8(16)))), x, t0, c + 2)
-                    fma4(s, r, np.float32(U8((b1 >> U8(4)) | ((h << U8(1)) & U8(16)))), x, t0, c + 3)
-                    fma4(s, r, np.float32(U8((b2 & U8(15)) | (h & U8(16)))), x, t0, c + 4)
-                    fma4(s, r, np.float32(U8((b2 >> U8(4)) | ((h >> U8(1)) & U8(16)))), x, t0, c + 5)
-                    fma4(s, r, np.float32(U8((b3 & U8(15)) | ((h >> U8(2)) & U8(16)))), x, t0, c + 6)
-                    fma4(s, r, np.float32(U8((b3 >> U8(4)) | ((h >> U8(3)) & U8(16)))), x, t0, c + 7)
+                    q0 = U8((b0 & U8(15)) | ((h << U8(4)) & U8(16)))    # code 8i, bit 0
+                    q1 = U8((b0 >> U8(4)) | ((h << U8(3)) & U8(16)))
+                    q2 = U8((b1 & U8(15)) | ((h << U8(2)) & U8(16)))
+                    q3 = U8((b1 >> U8(4)) | ((h << U8(1)) & U8(16)))
+                    q4 = U8((b2 & U8(15)) | (h & U8(16)))
+                    q5 = U8((b2 >> U8(4)) | ((h >> U8(1)) & U8(16)))
+                    q6 = U8((b3 & U8(15)) | ((h >> U8(2)) & U8(16)))
+                    q7 = U8((b3 >> U8(4)) | ((h >> U8(3)) & U8(16)))    # code 8i + 7, bit 7
+                    fma4(s, r, np.float32(q0), x, t0, c)
+                    fma4(s, r, np.float32(q1), x, t0, c + 1)
+                    fma4(s, r, np.float32(q2), x, t0, c + 2)
+                    fma4(s, r, np.float32(q3), x, t0, c + 3)
+                    fma4(s, r, np.float32(q4), x, t0, c + 4)
+                    fma4(s, r, np.float32(q5), x, t0, c + 5)
+                    fma4(s, r, np.float32(q6), x, t0, c + 6)
+                    fma4(s, r, np.float32(q7), x, t0, c + 7)
             add_block_group(acc, s, scale, offset, xsum, t, g, t0, lanes)
         store_block(acc, out, t, t0)
 
