@@ -551,17 +551,21 @@ def open_checked(file: str, key: dict, model_path: str, types: dict):
     """(config, tensors, tokenizer factory) from a cache file that passes every check, its
     arrays read into memory, as writable as after a cold load (Numba compiles a kernel per
     argument type, and a read-only array is another type; an untied embedding table: a
-    read-only mapping); StaleCache
-    says which check failed."""
+    read-only mapping); StaleCache says which check failed. The tokenizer is built while
+    the large arrays are read (reading lets go of the GIL; building it does not)."""
     with open(file, "rb") as f:
         _, index_offset, index = read_index(f)
         why = key_difference(index.get("key"), key)
         if why:
             raise StaleCache(why)
         m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        config, tensors, make_tokenizer, mapped, to_read = rebuild(index, m, index_offset, types,
-                                                                   model_path)
-        damaged = read_arrays(file, to_read)
+        config, tensors, make_tokenizer, mapped, to_read, n_first = rebuild(
+            index, m, index_offset, types, model_path)
+        damaged = read_arrays(file, to_read[:n_first])       # the tokenizer's text
+        if damaged is None:
+            reading = ArrayReader(file, to_read[n_first:])
+            make_tokenizer = built_meanwhile(make_tokenizer)
+            damaged = reading.join()
         if damaged is None:
             damaged = damaged_array(file, mapped)
     if damaged is not None:
@@ -569,13 +573,26 @@ def open_checked(file: str, key: dict, model_path: str, types: dict):
     return config, tensors, make_tokenizer
 
 
+def built_meanwhile(make_tokenizer):
+    """The tokenizer built now, as a factory; where building it fails, the factory itself,
+    which fails the same way when the tokenizer is first used (as after a cold load)."""
+    if make_tokenizer is None:
+        return None
+    try:
+        tokenizer = make_tokenizer()
+    except Exception:   # noqa: BLE001 (raised again, as a cold load raises it, on first use)
+        return make_tokenizer
+    return lambda: tokenizer
+
+
 def rebuild(index: dict, m: mmap.mmap, index_offset: int, types: dict, model_path: str):
     """(config, tensors, tokenizer factory, {(offset, bytes): crc32} of the arrays left
-    mapped, [(offset, crc32, array, writeable)] of the arrays to read) from a cache file's
-    index: the arrays are allocated, not yet read."""
-    mapped, to_read = {}, []
+    mapped, [(offset, crc32, array, writeable)] of the arrays to read, how many of those
+    the tokenizer needs, first in the list) from a cache file's index: the arrays are
+    allocated, not yet read."""
+    mapped, first_read, to_read = {}, [], []
 
-    def array(rec, map_it: bool = False) -> np.ndarray:
+    def array(rec, map_it: bool = False, first: bool = False) -> np.ndarray:
         dtype = np.dtype(rec["dtype"])
         if dtype.kind not in "biuf" or dtype.fields is not None:
             raise ValueError(f"dtype {rec['dtype']!r}")
@@ -589,7 +606,8 @@ def rebuild(index: dict, m: mmap.mmap, index_offset: int, types: dict, model_pat
             mapped[offset, count * dtype.itemsize] = int(rec["crc32"])
         else:
             a = np.empty(shape, dtype)
-            to_read.append((offset, int(rec["crc32"]), a, bool(rec["writeable"])))
+            (first_read if first else to_read).append(
+                (offset, int(rec["crc32"]), a, bool(rec["writeable"])))
         return a
 
     tensors = {}
@@ -597,25 +615,38 @@ def rebuild(index: dict, m: mmap.mmap, index_offset: int, types: dict, model_pat
         tensors[name] = tensors[d["name"]] if d["kind"] == "same" else \
             rebuild_tensor(d, array, types)
     return config_from_dict(index["config"]), tensors, \
-        tokenizer_factory(index["tokenizer"], array, model_path), mapped, to_read
+        tokenizer_factory(index["tokenizer"], array, model_path), mapped, first_read + to_read, \
+        len(first_read)
 
 
 def read_arrays(file: str, arrays: list) -> int | None:
-    """Read each (offset, crc32, array, writeable) of the file into its array, in threads (up
-    to 4, as the cores allow; reading and zlib.crc32 let go of the GIL), then make read-only
-    the arrays that were so; return the offset of the first whose bytes do not have its
-    crc32 (or were cut short), None if all do."""
-    n = max(1, min(4, os.cpu_count() or 1, len(arrays)))
-    shares, totals = [[] for _ in range(n)], [0] * n
-    for offset, crc, a, _ in sorted(arrays, key=lambda x: -x[2].nbytes):
-        i = totals.index(min(totals))
-        shares[i].append((offset, crc, a))
-        totals[i] += a.nbytes
-    bad = []
+    """Read each (offset, crc32, array, writeable) of the file into its array (see
+    ArrayReader) and wait; the offset of the first damaged one, or None."""
+    return ArrayReader(file, arrays).join()
 
-    def read(share):
+
+class ArrayReader:
+    """Reads each (offset, crc32, array, writeable) of a file into its array, in threads (up
+    to 4, as the cores allow; reading and zlib.crc32 let go of the GIL), started at once.
+    join() waits, makes read-only the arrays that were so, and returns the offset of the
+    first array whose bytes do not have its crc32 (or were cut short), None if all do."""
+
+    def __init__(self, file: str, arrays: list):
+        self.file, self.arrays, self.bad = file, arrays, []
+        n = max(1, min(4, os.cpu_count() or 1, len(arrays)))
+        shares, totals = [[] for _ in range(n)], [0] * n
+        for offset, crc, a, _ in sorted(arrays, key=lambda x: -x[2].nbytes):
+            i = totals.index(min(totals))
+            shares[i].append((offset, crc, a))
+            totals[i] += a.nbytes
+        self.threads = [threading.Thread(target=self.read, args=(share,)) for share in shares
+                        if share]
+        for t in self.threads:
+            t.start()
+
+    def read(self, share):
         try:
-            with open(file, "rb", buffering=0) as f:
+            with open(self.file, "rb", buffering=0) as f:
                 for offset, crc, a in share:
                     view = memoryview(a.reshape(-1).view(np.uint8)) if a.size else b""
                     f.seek(offset)
@@ -626,20 +657,16 @@ def read_arrays(file: str, arrays: list) -> int | None:
                             break
                         got += k
                     if got != len(view) or zlib.crc32(view) != crc:
-                        bad.append(offset)
+                        self.bad.append(offset)
         except OSError:
-            bad.append(share[0][0])
+            self.bad.append(share[0][0])
 
-    threads = [threading.Thread(target=read, args=(share,)) for share in shares[1:]]
-    for t in threads:
-        t.start()
-    if shares[0]:
-        read(shares[0])
-    for t in threads:
-        t.join()
-    for _, _, a, writeable in arrays:
-        a.flags.writeable = writeable
-    return min(bad) if bad else None
+    def join(self) -> int | None:
+        for t in self.threads:
+            t.join()
+        for _, _, a, writeable in self.arrays:
+            a.flags.writeable = writeable
+        return min(self.bad) if self.bad else None
 
 
 def damaged_array(file: str, arrays: dict, chunk: int = 8 << 20) -> int | None:
@@ -722,7 +749,7 @@ def tokenizer_factory(tok, array, model_path: str):
     if tok == "source":
         from .api import load_tokenizer
         return lambda: load_tokenizer(model_path)
-    text = array(tok["json"])
+    text = array(tok["json"], first=True)
     source = tokenizer_source(tok, model_path)
 
     def make() -> Tokenizer:
