@@ -97,9 +97,11 @@ kernels stream through those faster than through a mapping of the file's 4 KB pa
 (decoding the real GGUF on the numba backend, 2 threads: 44-50 tok/s with every array
 mapped from this file, 58-60 with them read; the LM head alone 20.6-22.6 against 33 G
 weights/s). Threads (up to 4, as the cores allow) read each array straight into its place
-and take its crc32 there. An untied embedding table is the exception: it stays mapped
-(read-only) and its pages are given back after each lookup (io/mapped.py), as they are from
-the GGUF. The file itself is never written. Writing goes array by array, 16 MiB at a time,
+and take its crc32 there. The arrays a cold load leaves mapped from the model's own file
+(read-only there: an untied float embedding or LM head, float vectors of a GGUF) and an
+untied quantized embedding table stay mapped (read-only), as they are in a cold load, so
+that an embedding's pages are given back after each lookup (io/mapped.py) and never count
+in the resident set at once. The file itself is never written. Writing goes array by array, 16 MiB at a time,
 from the prepared objects, with no concatenation; a table still mapped from the model's
 file gives its pages back as it is copied.
 """
@@ -550,8 +552,8 @@ def read_index(f) -> tuple[int, int, dict]:
 def open_checked(file: str, key: dict, model_path: str, types: dict):
     """(config, tensors, tokenizer factory) from a cache file that passes every check, its
     arrays read into memory, as writable as after a cold load (Numba compiles a kernel per
-    argument type, and a read-only array is another type; an untied embedding table: a
-    read-only mapping); StaleCache says which check failed. The tokenizer is built while
+    argument type, and a read-only array is another type), or, where a cold load maps them
+    from the model's file, mapped read-only; StaleCache says which check failed. The tokenizer is built while
     the large arrays are read (reading lets go of the GIL; building it does not)."""
     with open(file, "rb") as f:
         _, index_offset, index = read_index(f)
@@ -601,7 +603,7 @@ def rebuild(index: dict, m: mmap.mmap, index_offset: int, types: dict, model_pat
         if offset % ALIGN or offset < HEADER_BYTES or count < 0 or \
                 offset + count * dtype.itemsize > index_offset:
             raise ValueError(f"an array at {offset} outside the payload")
-        if map_it:
+        if map_it or not rec["writeable"]:   # as a cold load has it: mapped from its file
             a = np.frombuffer(m, dtype, count, offset).reshape(shape)
             mapped[offset, count * dtype.itemsize] = int(rec["crc32"])
         else:
