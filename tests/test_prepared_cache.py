@@ -125,7 +125,10 @@ def arrays_of(t) -> dict:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_warm_weights_have_the_cold_types_dtypes_shapes_and_flags(gguf_model, backend):
     """Numba compiles a kernel per argument type: a warm load's arrays are exactly as
-    writable, contiguous and aligned as a cold load's."""
+    writable, contiguous and aligned as a cold load's; and they lie where a cold load's do:
+    in the process's own memory (the kernels stream through it faster than through a file's
+    mapped pages), or mapped from a file where the cold load maps them from the model's."""
+    from qwen_np.io.mapped import mapping_of
     be = get_backend(backend)
     _, cold, _ = api.read_model(gguf_model)
     from qwen_np.weights import prepare_tensors
@@ -141,6 +144,7 @@ def test_warm_weights_have_the_cold_types_dtypes_shapes_and_flags(gguf_model, ba
             assert (a[k].dtype, a[k].shape) == (b[k].dtype, b[k].shape), (name, k)
             for flag in ("writeable", "c_contiguous", "aligned"):
                 assert getattr(a[k].flags, flag) == getattr(b[k].flags, flag), (name, k, flag)
+            assert (mapping_of(a[k]) is None) == (mapping_of(b[k]) is None), (name, k)
 
 
 def test_one_object_under_two_names_stays_one(gguf_model, monkeypatch, cache_dir):
