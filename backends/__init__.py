@@ -50,11 +50,24 @@ from qwen_np.errors import BackendUnavailable
 BACKENDS = ("numpy", "numba", "cupy")
 
 
-def get_backend(name: str = "numpy", dtype: str = "float32", threads: int | None = None):
+def get_backend(name: str = "numpy", dtype: str = "float32", threads: int | None = None,
+                notice=None):
     """A backend object by name; `dtype` is "float32" or "float64" (cupy: float32 only);
-    `threads` (default: all cores) is honoured by the CPU backends' kernels and by BLAS."""
+    `threads` (default: all cores) is honoured by the CPU backends' kernels and by BLAS.
+
+    "auto" is the fast CPU backend, numba, in float32; float64 is the NumPy reference's. Where
+    numba cannot load, it is numpy, and `notice(text)` (if given) gets one line saying why."""
     if dtype not in ("float32", "float64"):
         raise BackendUnavailable(f"dtype {dtype!r} is not supported (float32 or float64)")
+    if name == "auto":
+        if dtype == "float64":
+            return get_backend("numpy", dtype, threads)
+        try:
+            return get_backend("numba", dtype, threads)
+        except BackendUnavailable as e:
+            if notice is not None:
+                notice(f"{e}; running the numpy backend (the reference: slower)")
+            return get_backend("numpy", dtype, threads)
     if threads is not None:
         set_blas_threads(threads)
     if name == "numpy":
@@ -65,13 +78,13 @@ def get_backend(name: str = "numpy", dtype: str = "float32", threads: int | None
             from .numba_backend import NumbaBackend
         except ImportError as e:
             raise BackendUnavailable(f"backend 'numba' cannot load ({e}); "
-                                     f"pip install 'qwen-np[numba]'") from None
+                                     f"pip install numba") from None
         return NumbaBackend(dtype, threads)
     if name == "cupy":
         from .cupy_backend import CupyBackend
         return CupyBackend(dtype)
     raise BackendUnavailable(f"backend {name!r} is not available "
-                             f"(available: {', '.join(BACKENDS)})")
+                             f"(available: auto, {', '.join(BACKENDS)})")
 
 
 def prepared_form(be) -> tuple[str, tuple[type, ...]] | None:
@@ -85,7 +98,7 @@ def prepared_form(be) -> tuple[str, tuple[type, ...]] | None:
 
 def set_blas_threads(threads: int) -> None:
     """Limit the BLAS NumPy calls into (OpenBLAS, MKL) to `threads`, via threadpoolctl when it
-    is installed (it comes with the numba extra)."""
+    is installed (a dependency, with numba)."""
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:

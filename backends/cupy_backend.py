@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qwen_np.cache import Int8Rows
+from qwen_np.cache import Int8Rows, slot_rows
 from qwen_np.dense import BFloat16Array
 from qwen_np.errors import BackendUnavailable, InputError, UnsupportedModel
 from qwen_np.io.mapped import MappedRows
@@ -237,6 +237,20 @@ class CupyBackend:
             self.kernel(ck.templated("gemm", m.fmt, m.half_scales))(
                 grid, (block,), (*arrays, x, *sizes, np.int32(rows), np.int32(T), y))
         return y if bias is None else y + self.asarray(bias)
+
+    def linear_rows(self, x, w, bias=None):
+        """[B, in] rows of B sequences decoded together -> [B, out]: each row through the
+        one-token kernel, as linear gives it alone (a kernel reading each weight once for
+        several rows is not written yet)."""
+        x = self.asarray(x)
+        return self.xp.concatenate([self.linear(x[b:b + 1], w, bias) for b in range(x.shape[0])])
+
+    def attention_slots(self, q, k, v, slot_ids, lengths):
+        """One new token of each of B sequences over its own slot (NumpyBackend's docstring)."""
+        q = self.asarray(q)
+        return self.xp.concatenate([self.attention(q[b:b + 1], slot_rows(k, s, n),
+                                                   slot_rows(v, s, n), n - 1)
+                                    for b, (s, n) in enumerate(zip(slot_ids, lengths))])
 
     def rms_norm(self, x, w, eps):
         x = self.asarray(x)

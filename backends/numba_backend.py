@@ -29,7 +29,7 @@ from qwen_np.process_settings import apply_speed_settings
 
 apply_speed_settings(numba=True)
 
-from qwen_np.cache import Int8Rows
+from qwen_np.cache import Int8Rows, slot_rows
 from qwen_np.dense import BFloat16Array, rows_as_compute
 from qwen_np.io.mapped import MappedRows
 from qwen_np.errors import BackendUnavailable
@@ -42,7 +42,7 @@ try:
     from numba import njit, prange
 except ImportError as e:  # reported by get_backend as a one-line error
     raise BackendUnavailable("backend 'numba' needs the numba package "
-                             "(pip install 'qwen-np[numba]')") from e
+                             "(pip install numba)") from e
 
 from .numba_attention import attention_many_tokens, attention_one_token, half_rows_to_float32
 from .numba_floats import LANE_MATH, ROW_SUM_MATH, as_f32, exp_of_nonpositive, kernel_floats
@@ -310,6 +310,18 @@ class NumbaBackend:
             for o in range(0, w.shape[0], step):
                 y[:, o:o + step] = x @ rows_as_compute(w, slice(o, o + step), np.float32).T
         return y if bias is None else y + bias
+
+    def linear_rows(self, x, w, bias=None):
+        """[B, in] rows of B sequences decoded together -> [B, out], each row what linear
+        gives for it alone."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        return np.concatenate([self.linear(x[b:b + 1], w, bias) for b in range(x.shape[0])])
+
+    def attention_slots(self, q, k, v, slot_ids, lengths):
+        """One new token of each of B sequences over its own slot (NumpyBackend's docstring)."""
+        return np.concatenate([self.attention(q[b:b + 1], slot_rows(k, s, n), slot_rows(v, s, n),
+                                              n - 1)
+                               for b, (s, n) in enumerate(zip(slot_ids, lengths))])
 
     def rms_norm(self, x, w, eps):
         x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qwen_np.cache import Int8Rows
+from qwen_np.cache import Int8Rows, slot_rows
 from qwen_np.dense import rows_as_compute
 from qwen_np.io.mapped import MappedRows
 from qwen_np.quant import MappedQuantizedRows, QuantizedTensor, dequantize_rows
@@ -16,6 +16,15 @@ from qwen_np.quant import MappedQuantizedRows, QuantizedTensor, dequantize_rows
 # A quantized matrix is dequantized this many floats at a time (4 MiB in float32), so a
 # product never holds more than one tile of a layer in float.
 TILE_ELEMENTS = 1 << 20
+
+
+def matmul_transposed(x, m):
+    return x @ m.T
+
+
+def rows_apart(x, m):
+    """x @ m.T a row of x at a time."""
+    return np.concatenate([x[b:b + 1] @ m.T for b in range(x.shape[0])])
 
 
 class NumpyBackend:
@@ -54,17 +63,28 @@ class NumpyBackend:
             return dequantize_rows(table, np.asarray(ids), self.dtype)
         return rows_as_compute(table, np.asarray(ids), self.dtype)  # [T, D]
 
-    def linear(self, x, w, bias=None):
+    def linear(self, x, w, bias=None, product=None):
+        """x @ w.T (+ bias). `product(x, m)`, x @ m.T by default, multiplies x by each float
+        tile m of w."""
+        product = product or matmul_transposed
         if isinstance(w, QuantizedTensor):
             y = self.linear_tiled(x[:, w.perm] if w.perm is not None else x, w.shape,
-                                  lambda rows: dequantize_rows(w, rows, self.dtype, reorder=False))
+                                  lambda rows: dequantize_rows(w, rows, self.dtype, reorder=False),
+                                  product)
         elif isinstance(w, np.ndarray) and w.dtype == self.dtype:
-            y = x @ w.T                                                  # [T, out]
+            y = product(x, w)                                            # [T, out]
         else:  # float16 / bfloat16 / another float: converted a tile at a time
-            y = self.linear_tiled(x, w.shape, lambda rows: rows_as_compute(w, rows, self.dtype))
+            y = self.linear_tiled(x, w.shape, lambda rows: rows_as_compute(w, rows, self.dtype),
+                                  product)
         return y if bias is None else y + bias
 
-    def linear_tiled(self, x, shape, rows_as_float):
+    def linear_rows(self, x, w, bias=None):
+        """[B, in] rows of B sequences decoded together -> [B, out]: each row multiplied on
+        its own, so that it is what linear gives for that row alone (BLAS may add up a
+        product of several rows in another order); each tile of w is made once for all."""
+        return self.linear(x, w, bias, product=rows_apart)
+
+    def linear_tiled(self, x, shape, rows_as_float, product):
         """x @ W.T, where rows_as_float(slice) gives a tile of W's rows as floats: never more
         than TILE_ELEMENTS of W exist in float at once. For GPTQ act-order x arrives gathered
         by the codes' column order."""
@@ -72,7 +92,7 @@ class NumpyBackend:
         y = np.empty((x.shape[0], out), dtype=self.dtype)
         step = max(1, TILE_ELEMENTS // n_in)
         for o in range(0, out, step):
-            y[:, o:o + step] = x @ rows_as_float(slice(o, o + step)).T   # [T, rows]
+            y[:, o:o + step] = product(x, rows_as_float(slice(o, o + step)))   # [T, rows]
         return y
 
     def rms_norm(self, x, w, eps):
@@ -113,6 +133,15 @@ class NumpyBackend:
         p = p / p.sum(axis=-1, keepdims=True)                         # softmax over keys
         out = p @ vg                                                  # [Hkv, rep, T, Dh]
         return out.transpose(2, 0, 1, 3).reshape(T, H, Dh)
+
+    def attention_slots(self, q, k, v, slot_ids, lengths):
+        """One new token of each of B sequences: q [B, H, Dh]; k, v the KV slots of a layer,
+        [n_slots, S, Hkv, Dh] (or Int8Rows); token b is at position lengths[b] - 1 of slot
+        slot_ids[b] and sees its keys 0 .. lengths[b] - 1. Each row is `attention` of that
+        token alone."""
+        rows = [self.attention(q[b:b + 1], slot_rows(k, s, n), slot_rows(v, s, n), n - 1)
+                for b, (s, n) in enumerate(zip(slot_ids, lengths))]
+        return np.concatenate(rows)                                   # [B, H, Dh]
 
     def kv_as_compute(self, x):
         """Cached keys or values in the compute dtype: an int8 cache's Int8Rows dequantized,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Callable
 
 import numpy as np
@@ -19,6 +20,7 @@ from .io.model_files import regular_file
 from .memory import release_free_heap
 from .model import forward
 from .prepared_cache import cache_entry
+from .sampling import GREEDY, Sampling
 from .tokenizer import Tokenizer
 from .weights import ModelWeights, build_weights, place_vectors, prepare_tensors
 
@@ -69,17 +71,17 @@ class Model:
         return self.backend.to_numpy(forward(self.config, self.weights, self.backend, ids,
                                              self.new_cache(len(ids))))
 
-    def generate(self, ids, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
-                 top_p: float = 1.0, seed: int | None = None,
-                 stream: Callable[[int], None] | None = None, repetition_penalty: float = 1.0,
-                 stop_ids=None, cache=None) -> list[int]:
-        """New ids only; stops on the model's EOS tokens (or `stop_ids`) or max_new_tokens."""
+    def generate(self, ids, max_new_tokens: int = 64, sampling: Sampling = GREEDY,
+                 stream: Callable[[int], None] | None = None, stop_ids=None,
+                 cache=None) -> list[int]:
+        """New ids only; stops on the model's EOS tokens (or `stop_ids`) or max_new_tokens.
+        `sampling` (sampling.py): greedy unless told otherwise."""
         ids = self._check_ids(ids)
         if cache is None:
             cache = self.new_cache(len(ids) + max(max_new_tokens, 0))
         return generate_loop(self.config, self.weights, self.backend, ids, max_new_tokens,
-                             temperature, top_k, top_p, repetition_penalty, seed,
-                             self.stop_ids() if stop_ids is None else stop_ids, stream, cache)
+                             sampling, self.stop_ids() if stop_ids is None else stop_ids,
+                             stream, cache)
 
     def _check_ids(self, ids) -> list[int]:
         ids = [int(i) for i in ids]
@@ -90,6 +92,10 @@ class Model:
         if not ids:
             raise InputError(f"{self.source}: no token ids given")
         return ids
+
+
+def print_notice(text: str) -> None:
+    print(f"qwen-np: {text}", file=sys.stderr)
 
 
 def read_model(path: str):
@@ -146,7 +152,8 @@ def load(path: str, backend="numpy", dtype: str = "float32",
          threads: int | None = None, kv_cache: str | None = None,
          prepared_cache: bool | None = None) -> Model:
     """Load a Hugging Face model folder or a GGUF file for the named backend ("numpy", the
-    reference, "numba" or "cupy"; or a backend object) and dtype; `threads` (default: all
+    reference, "numba", "cupy", or "auto": numba where it loads, else numpy with a notice on
+    stderr; or a backend object) and dtype; `threads` (default: all
     cores) for the CPU backends' kernels and BLAS;
     `kv_cache` the KV cache's storage: "float32", "float16" or "int8" (cache.py; default the
     compute dtype, or int8 where a Qwen v1 config sets use_cache_quantization);
@@ -156,7 +163,8 @@ def load(path: str, backend="numpy", dtype: str = "float32",
     if kv_cache is not None:
         check_kv_kind(kv_cache)
     from .backends import get_backend
-    be = get_backend(backend, dtype, threads) if isinstance(backend, str) else backend
+    be = get_backend(backend, dtype, threads, notice=print_notice) \
+        if isinstance(backend, str) else backend
     path = os.fspath(path)
     cache = cache_entry(path, be, prepared_cache)         # None: not cached
     loaded = cache.read() if cache is not None else None

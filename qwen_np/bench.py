@@ -89,7 +89,7 @@ def measure_here(path: str, backend: str, threads: int | None, P: int, G: int,
         tok = int(np.argmax(be.to_numpy(forward(cfg, w, be, [tok], cache, last_only=True))[-1]))
         gen.append(tok)
     decode_s = time.perf_counter() - t
-    label = backend if kv_cache is None else f"{backend}, KV cache {kv_cache}"
+    label = be.name if kv_cache is None else f"{be.name}, KV cache {kv_cache}"
     return {"system": f"qwen-np ({label})", "load_s": load_s, "prefill_tok_s": P / prefill_s,
             "ttft_s": prefill_s, "decode_tok_s": G / decode_s,
             "peak_rss_mib": (rss_bytes("VmHWM") or 0) / 2**20, "first_token_at": first_token_at,

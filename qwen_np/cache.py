@@ -21,6 +21,12 @@ Two quantizers fill an int8 cache; which one is fixed when the cache is made:
     zero -min are used instead, which store the value exactly.
 
 The cache also remembers the dynamic-NTK alpha of the prefill that started it (model.py).
+
+Sequences decoded together (batch.py, serve.py) share one KVSlots: per layer one array
+[n_slots, max_tokens, Hkv, Dh], where slot i is sequence i's own KVCache (views into those
+arrays, with its own length). A sequence is prefilled through its slot's KVCache as through
+any other; a decode step writes one position in each of the batch's slots, and attention
+reads each slot up to its own length (model.decode_step).
 """
 
 from __future__ import annotations
@@ -63,8 +69,10 @@ def check_kv_kind(kind: str) -> str:
     return kind
 
 
-def new_kv_cache(cfg: QwenConfig, max_tokens: int, be, kind: str | None = None) -> KVCache:
-    """Storage for max_tokens positions, of `kind` (default: default_kv_kind)."""
+def new_kv_cache(cfg: QwenConfig, max_tokens: int, be, kind: str | None = None,
+                 n_slots: int | None = None) -> KVCache:
+    """Storage for max_tokens positions, of `kind` (default: default_kv_kind). With n_slots,
+    every array has a leading axis of n_slots (new_kv_slots)."""
     if kind is None:
         kind = default_kv_kind(cfg, be)
     elif kind != "int8":
@@ -78,19 +86,88 @@ def new_kv_cache(cfg: QwenConfig, max_tokens: int, be, kind: str | None = None) 
         raise InputError(f"backend {be.name!r} keeps a KV cache of {', '.join(kept)}, "
                          f"not {kind}")
     L = cfg.num_hidden_layers
-    shape = (max_tokens, cfg.num_key_value_heads, cfg.head_dim)
+    lead = () if n_slots is None else (n_slots,)
+    shape = lead + (max_tokens, cfg.num_key_value_heads, cfg.head_dim)
     if kind != "int8":
         return KVCache(k=[be.zeros(shape, kind) for _ in range(L)],
                        v=[be.zeros(shape, kind) for _ in range(L)],
                        length=0, max_tokens=max_tokens, kind=kind)
 
     def per_head():
-        return [be.zeros(shape[:2]) for _ in range(L)]
+        return [be.zeros(shape[:-1]) for _ in range(L)]
     return KVCache(k=[be.zeros(shape, np.uint8) for _ in range(L)],
                    v=[be.zeros(shape, np.uint8) for _ in range(L)],
                    length=0, max_tokens=max_tokens, kind=kind,
                    k_scale=per_head(), k_zero=per_head(), v_scale=per_head(), v_zero=per_head(),
                    qwen_v1_quantizer=cfg.kv_cache_quantization)
+
+
+@dataclass
+class KVSlots:
+    """A cache of n_slots sequences at their own lengths: k, v (and an int8 cache's scales
+    and zeros) per layer [n_slots, max_tokens, ...]; caches[i] is slot i as a KVCache whose
+    arrays are views of slot i's part."""
+    k: list
+    v: list
+    k_scale: list | None
+    k_zero: list | None
+    v_scale: list | None
+    v_zero: list | None
+    caches: list          # [n_slots] KVCache
+
+    @property
+    def kind(self) -> str:
+        return self.caches[0].kind
+
+
+def new_kv_slots(cfg: QwenConfig, n_slots: int, max_tokens: int, be,
+                 kind: str | None = None) -> KVSlots:
+    """Storage for n_slots sequences of up to max_tokens positions each, of `kind` (default:
+    default_kv_kind), all allocated now."""
+    whole = new_kv_cache(cfg, max_tokens, be, kind, n_slots=n_slots)
+
+    def slot(i):
+        part = lambda arrays: None if arrays is None else [a[i] for a in arrays]  # noqa: E731
+        return KVCache(k=part(whole.k), v=part(whole.v), length=0, max_tokens=max_tokens,
+                       kind=whole.kind, k_scale=part(whole.k_scale), k_zero=part(whole.k_zero),
+                       v_scale=part(whole.v_scale), v_zero=part(whole.v_zero),
+                       qwen_v1_quantizer=whole.qwen_v1_quantizer)
+    return KVSlots(whole.k, whole.v, whole.k_scale, whole.k_zero, whole.v_scale, whole.v_zero,
+                   [slot(i) for i in range(n_slots)])
+
+
+def write_kv_rows(slots: KVSlots, layer: int, slot_ids, k, v) -> None:
+    """Store k, v [B, Hkv, Dh], one new position for each of B slots, at each slot's length
+    (an int8 cache: each row quantized as write_kv quantizes a one-token chunk)."""
+    caches = [slots.caches[s] for s in slot_ids]
+    if slots.kind == "int8":
+        for b, cache in enumerate(caches):
+            write_kv(cache, layer, cache.length, k[b:b + 1], v[b:b + 1])
+        return
+    positions = [c.length for c in caches]
+    for c in caches:
+        if c.length >= c.max_tokens:
+            raise CacheFull(f"KV cache slot holds {c.max_tokens} positions; "
+                            f"{c.length + 1} were asked for")
+    slots.k[layer][slot_ids, positions] = k
+    slots.v[layer][slot_ids, positions] = v
+
+
+def read_kv_slots(slots: KVSlots, layer: int):
+    """Keys and values of every slot of `layer`, as stored: [n_slots, max_tokens, Hkv, Dh]
+    float arrays, or Int8Rows of such arrays (be.attention_slots takes either)."""
+    if slots.kind != "int8":
+        return slots.k[layer], slots.v[layer]
+    return (Int8Rows(slots.k[layer], slots.k_scale[layer], slots.k_zero[layer]),
+            Int8Rows(slots.v[layer], slots.v_scale[layer], slots.v_zero[layer]))
+
+
+def slot_rows(x, slot: int, n: int):
+    """Positions 0..n-1 of one slot of read_kv_slots' keys or values: [n, Hkv, Dh] floats or
+    Int8Rows, as read_kv gives them for a cache of its own."""
+    if isinstance(x, Int8Rows):
+        return Int8Rows(x.codes[slot, :n], x.scale[slot, :n], x.zero[slot, :n])
+    return x[slot, :n]
 
 
 def write_kv(cache: KVCache, layer: int, start: int, k, v) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import FormatError, InputError, QwenNpError
 
-BACKEND_CHOICES = ("numpy", "numba", "cupy")
+BACKEND_CHOICES = ("auto", "numpy", "numba", "cupy")
 KV_CACHE_CHOICES = ("float32", "float16", "int8")
 PRESET_NAMES = ("Qwen-7B", "Qwen2.5-0.5B", "Qwen2.5-1.5B", "Qwen2.5-7B", "Qwen3-0.6B", "Qwen3-8B")
 
@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "intermediate under its Hugging Face module name (see "
                                     "qwen_np/trace.py), with the token ids and the model's "
                                     "identity, to a .npz or .safetensors file.")
-    add_model_args(tr)
+    add_model_args(tr, backend="numpy")
     tr.add_argument("-p", "--prompt", required=True, help="the text whose tokens go through")
     tr.add_argument("-o", "--output", required=True, help="FILE.npz or FILE.safetensors")
     tr.add_argument("--layers", default=None,
@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "of --ctx tokens every --stride tokens, each scoring the "
                                     "tokens the window before did not (transformers' method; "
                                     "qwen_np/perplexity.py).")
-    add_model_args(pp)
+    add_model_args(pp, backend="numpy")
     pp.add_argument("--text", required=True, help="a UTF-8 text file")
     pp.add_argument("--ctx", type=count(2), default=512, help="window length (default 512)")
     pp.add_argument("--stride", type=count(1), default=256, help="window step (default 256)")
@@ -197,12 +197,13 @@ def count(minimum: int):
     return parse
 
 
-def add_model_args(p):
+def add_model_args(p, backend="auto"):
     p.add_argument("-m", "--model", default=None,
                    help="a Hugging Face model folder or a GGUF file (default: the cached "
                         "Qwen2.5-Coder-0.5B-Instruct GGUF, fetched on first use)")
-    p.add_argument("--backend", default="numpy", choices=BACKEND_CHOICES,
-                   help="compute backend (default numpy, the reference)")
+    p.add_argument("--backend", default=backend, choices=BACKEND_CHOICES,
+                   help="compute backend: auto (numba where it loads, else numpy), numpy (the "
+                        f"reference), numba or cupy (default {backend})")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"),
                    help="compute dtype (float64 is the oracle mode; default float32)")
     p.add_argument("--threads", type=count(1), default=None,
@@ -234,9 +235,10 @@ def add_sampling_args(p, default_max_new=64):
     p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
 
 
-def sampling_kwargs(args) -> dict:
-    return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                repetition_penalty=args.repetition_penalty, seed=args.seed)
+def sampling_of(args):
+    from .sampling import Sampling
+    return Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                    repetition_penalty=args.repetition_penalty, seed=args.seed)
 
 
 def load_model(args):
@@ -288,7 +290,8 @@ def cmd_run(args) -> int:
         ids = tok.encode(args.prompt)
         sys.stdout.write(args.prompt)
     stream = TextStream(tok, model.stop_ids())
-    model.generate(ids, max_new_tokens=args.max_new_tokens, stream=stream, **sampling_kwargs(args))
+    model.generate(ids, max_new_tokens=args.max_new_tokens, sampling=sampling_of(args),
+                   stream=stream)
     stream.flush()
     sys.stdout.write("\n")
     return 0
@@ -330,7 +333,7 @@ def cmd_chat(args) -> int:
             continue
         stream = TextStream(tok, stop)
         new = model.generate(ids, max_new_tokens=min(args.max_new_tokens, room), cache=cache,
-                             stream=stream, **sampling_kwargs(args))
+                             stream=stream, sampling=sampling_of(args))
         stream.flush()
         last = new[-1]
         print()

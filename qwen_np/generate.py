@@ -4,21 +4,18 @@ from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
-
 from .cache import new_kv_cache
 from .errors import InputError
 from .model import forward
-from .sampling import sample_next
+from .sampling import GREEDY, Sampling, sample_next
 
 
 PREFILL_CHUNK = 512   # prompt tokens per forward pass: bounds the activations of a long prompt
 
 
-def generate(cfg, weights, be, ids, max_new_tokens: int = 64, temperature: float = 0.0,
-             top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
-             seed: int | None = None, stop_ids=(), stream: Callable[[int], None] | None = None,
-             cache=None, prefill_chunk: int = PREFILL_CHUNK) -> list[int]:
+def generate(cfg, weights, be, ids, max_new_tokens: int = 64, sampling: Sampling = GREEDY,
+             stop_ids=(), stream: Callable[[int], None] | None = None, cache=None,
+             prefill_chunk: int = PREFILL_CHUNK) -> list[int]:
     """New token ids only. Stops after max_new_tokens or on a stop id (which is included).
 
     `cache` may hold earlier turns (chat): `ids` are then the tokens that follow them. The
@@ -35,7 +32,7 @@ def generate(cfg, weights, be, ids, max_new_tokens: int = 64, temperature: float
         raise InputError(f"prefill_chunk is {prefill_chunk}; it must be at least 1")
     if cache is None:
         cache = new_kv_cache(cfg, len(ids) + max_new_tokens, be)
-    rng = np.random.default_rng(seed)
+    rng = sampling.generator()
     stop = set(int(i) for i in stop_ids)
     history = list(ids)
     new: list[int] = []
@@ -46,12 +43,7 @@ def generate(cfg, weights, be, ids, max_new_tokens: int = 64, temperature: float
         logits = forward(cfg, weights, be, ids[at:at + prefill_chunk], cache, last_only=True,
                          prompt_length=length)
     for _ in range(max_new_tokens):
-        if temperature <= 0 and repetition_penalty == 1.0 and hasattr(be, "greedy_token"):
-            token = be.greedy_token(logits)          # chosen where the logits are (a GPU)
-        else:
-            last = be.to_numpy(logits)[-1]                             # [V]
-            token = sample_next(last, rng, temperature, top_k, top_p, repetition_penalty,
-                                history)
+        token = next_token(be, logits, rng, sampling, history)
         new.append(token)
         history.append(token)
         if stream is not None:
@@ -60,3 +52,10 @@ def generate(cfg, weights, be, ids, max_new_tokens: int = 64, temperature: float
             break
         logits = forward(cfg, weights, be, [token], cache, last_only=True)  # decode one
     return new
+
+
+def next_token(be, logits, rng, sampling: Sampling, history) -> int:
+    """The token after the last row of logits [T, V]."""
+    if sampling.greedy and hasattr(be, "greedy_token"):
+        return be.greedy_token(logits)          # chosen where the logits are (a GPU)
+    return sample_next(be.to_numpy(logits)[-1], rng, sampling, history)

@@ -22,6 +22,12 @@ all but the last in attention:
   int8 KV cache    with use_cache_quantization, keys and values are stored through Qwen's
                    quantizer (cache.py) and attention reads them back dequantized
 Its MLP is the same SwiGLU (w2 is the gate, w1 the up projection: io/qwen_v1.py).
+
+Decoding several sequences together (decode_step) is the same pass over one new token of
+each: the B tokens are the rows of every matrix product (be.linear_rows reads each weight
+once for all of them, and computes each row as be.linear would alone), and each token's
+RoPE position, cache slot and attention are its own sequence's. A sequence's tokens are
+therefore those it gets when decoded alone.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ import math
 
 import numpy as np
 
-from .cache import KVCache, default_kv_kind, new_kv_cache, read_kv, write_kv
+from .cache import (KVCache, KVSlots, default_kv_kind, new_kv_cache, read_kv, read_kv_slots,
+                    write_kv, write_kv_rows)
 from .config import QwenConfig
 from .weights import LayerWeights, ModelWeights
 
@@ -85,20 +92,69 @@ def ignore(name, x):
     """No trace: forward's `record` when none is asked for."""
 
 
-def attention_block(cfg: QwenConfig, layer: LayerWeights, be, x, positions, inv_freq,
-                    cache: KVCache, layer_index: int, note=ignore, p: str = ""):
+def decode_step(cfg: QwenConfig, w: ModelWeights, be, tokens, slots: KVSlots, slot_ids):
+    """Logits [B, V] of the next token of B sequences decoded together: tokens[b] follows
+    the slot_ids[b] slot's cached positions (each slot at its own length, prefilled by
+    `forward` through slots.caches[slot]). Each row equals forward's logits for that token
+    alone."""
+    caches = [slots.caches[s] for s in slot_ids]
+    positions = np.array([c.length for c in caches])
+    h = be.embed(w.embed, tokens)                                    # [B, D]
+    for i, layer in enumerate(w.layers):
+        x = be.rms_norm(h, layer.attn_norm, cfg.rms_norm_eps)
+        h = h + attention_rows(cfg, layer, be, x, positions, slots, slot_ids, i)
+        x = be.rms_norm(h, layer.mlp_norm, cfg.rms_norm_eps)
+        h = h + mlp_block(layer, be, x, linear=be.linear_rows)
+    for c in caches:
+        c.length += 1
+    h = be.rms_norm(h, w.norm, cfg.rms_norm_eps)
+    return be.linear_rows(h, w.lm_head)                              # [B, V]
+
+
+def attention_rows(cfg: QwenConfig, layer: LayerWeights, be, x, positions, slots: KVSlots,
+                   slot_ids, layer_index: int):
+    """attention_block for one new token of each of B sequences: x [B, D], positions [B]."""
+    B = x.shape[0]
+    q, k, v = project_qkv(cfg, layer, be, x, be.linear_rows)       # [B, H or Hkv, Dh]
+    alphas = [slots.caches[s].ntk_alpha for s in slot_ids]
+    if len(set(alphas)) == 1:
+        inv_freq = rope_inv_freq(cfg.rope_dim, ntk_rope_base(cfg, alphas[0]))
+        q, k = be.rope(q, positions, inv_freq), be.rope(k, positions, inv_freq)
+    else:   # the original Qwen's dynamic NTK: each sequence's own RoPE base
+        for b, alpha in enumerate(alphas):
+            inv_freq = rope_inv_freq(cfg.rope_dim, ntk_rope_base(cfg, alpha))
+            q[b:b + 1] = be.rope(q[b:b + 1], positions[b:b + 1], inv_freq)
+            k[b:b + 1] = be.rope(k[b:b + 1], positions[b:b + 1], inv_freq)
+    write_kv_rows(slots, layer_index, slot_ids, k, v)
+    k_all, v_all = read_kv_slots(slots, layer_index)                # [n_slots, S, Hkv, Dh]
+    if cfg.logn_attn and int(positions.max()) + 1 > cfg.seq_length:
+        q = q * be.asarray(logn_scale(positions, cfg.seq_length))[:, None, None]
+    out = be.attention_slots(q, k_all, v_all, slot_ids, positions + 1)   # [B, H, Dh]
+    return be.linear_rows(out.reshape(B, -1), layer.o, layer.o_bias)  # [B, D]
+
+
+def project_qkv(cfg: QwenConfig, layer: LayerWeights, be, x, linear, note=ignore, a: str = ""):
+    """q [T, H, Dh], k and v [T, Hkv, Dh] of x [T, D], before RoPE (Qwen3's q/k norms done)."""
     T = x.shape[0]
     H, Hkv, Dh = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    a = p + "self_attn."
-    q = be.linear(x, layer.q, layer.q_bias)                          # [T, H*Dh]
-    k = be.linear(x, layer.k, layer.k_bias)                          # [T, Hkv*Dh]
-    v = be.linear(x, layer.v, layer.v_bias)                          # [T, Hkv*Dh]
+    q = linear(x, layer.q, layer.q_bias)                             # [T, H*Dh]
+    k = linear(x, layer.k, layer.k_bias)                             # [T, Hkv*Dh]
+    v = linear(x, layer.v, layer.v_bias)                             # [T, Hkv*Dh]
     note(a + "q_proj", q), note(a + "k_proj", k), note(a + "v_proj", v)
     q, k, v = q.reshape(T, H, Dh), k.reshape(T, Hkv, Dh), v.reshape(T, Hkv, Dh)
     if cfg.qk_norm:  # Qwen3: RMSNorm over each head's Dh values, before RoPE
         q = be.rms_norm(q, layer.q_norm, cfg.rms_norm_eps)
         k = be.rms_norm(k, layer.k_norm, cfg.rms_norm_eps)
         note(a + "q_norm", q), note(a + "k_norm", k)
+    return q, k, v
+
+
+def attention_block(cfg: QwenConfig, layer: LayerWeights, be, x, positions, inv_freq,
+                    cache: KVCache, layer_index: int, note=ignore, p: str = ""):
+    T = x.shape[0]
+    H, Dh = cfg.num_attention_heads, cfg.head_dim
+    a = p + "self_attn."
+    q, k, v = project_qkv(cfg, layer, be, x, be.linear, note, a)
     q = be.rope(q, positions, inv_freq)       # the first 2 * len(inv_freq) dims rotate
     k = be.rope(k, positions, inv_freq)
     note(a + "q_rope", q), note(a + "k_rope", k)
@@ -115,13 +171,14 @@ def attention_block(cfg: QwenConfig, layer: LayerWeights, be, x, positions, inv_
     return out
 
 
-def mlp_block(layer: LayerWeights, be, x, note=ignore, p: str = ""):
-    gate = be.linear(x, layer.gate)                                  # [T, F]
-    up = be.linear(x, layer.up)                                      # [T, F]
+def mlp_block(layer: LayerWeights, be, x, note=ignore, p: str = "", linear=None):
+    linear = linear or be.linear
+    gate = linear(x, layer.gate)                                     # [T, F]
+    up = linear(x, layer.up)                                         # [T, F]
     note(p + "mlp.gate_proj", gate), note(p + "mlp.up_proj", up)
     act = be.silu_mul(gate, up)                                      # [T, F]
     note(p + "mlp.act", act)
-    out = be.linear(act, layer.down)                                 # [T, D]
+    out = linear(act, layer.down)                                    # [T, D]
     note(p + "mlp.down_proj", out)
     return out
 
