@@ -243,14 +243,21 @@ class CupyBackend:
         one-token kernel, as linear gives it alone (a kernel reading each weight once for
         several rows is not written yet)."""
         x = self.asarray(x)
-        return self.xp.concatenate([self.linear(x[b:b + 1], w, bias) for b in range(x.shape[0])])
+        return self.stacked([self.linear(x[b:b + 1], w, bias) for b in range(x.shape[0])])
 
     def attention_slots(self, q, k, v, slot_ids, lengths):
         """One new token of each of B sequences over its own slot (NumpyBackend's docstring)."""
         q = self.asarray(q)
-        return self.xp.concatenate([self.attention(q[b:b + 1], slot_rows(k, s, n),
-                                                   slot_rows(v, s, n), n - 1)
-                                    for b, (s, n) in enumerate(zip(slot_ids, lengths))])
+        return self.stacked([self.attention(q[b:b + 1], slot_rows(k, s, n), slot_rows(v, s, n),
+                                            n - 1)
+                             for b, (s, n) in enumerate(zip(slot_ids, lengths))])
+
+    def stacked(self, rows):
+        """[1, ...] device arrays -> one [len(rows), ...] array."""
+        out = self.xp.empty((len(rows),) + tuple(rows[0].shape[1:]), dtype=rows[0].dtype)
+        for b, row in enumerate(rows):
+            out[b:b + 1] = row
+        return out
 
     def rms_norm(self, x, w, eps):
         x = self.asarray(x)

@@ -43,33 +43,45 @@ KEYS_PER_PART = 256             # at least this many keys in a part of the one-t
 def attention_one_token(q, k, v, start: int, threads: int) -> np.ndarray:
     """q [1, H, Dh]; k, v [S, Hkv, Dh] float32, or float16 bits (uint16), with S >= start + 1:
     the new token's attention output [1, H, Dh] over keys 0 .. start."""
-    H = q.shape[1]
-    Hkv = k.shape[1]
-    n = start + 1
-    parts = max(1, min(-(-threads // Hkv) * 2, n // KEYS_PER_PART))
-    rep, d = H // Hkv, q.shape[2]
-    m = np.empty((Hkv, parts, rep), np.float32)
-    l = np.empty((Hkv, parts, rep), np.float32)
-    o = np.empty((Hkv, parts, rep, d), np.float32)
-    attend_parts(q[0], k, v, n, m, l, o)
-    out = np.empty((1, H, d), np.float32)
-    combine_parts(m, l, o, out[0])
+    return attention_slots(q, k[None], v[None], np.zeros(1, np.int64),
+                           np.array([start + 1], np.int64), threads)
+
+
+def attention_slots(q, k, v, slot_ids, lengths, threads: int) -> np.ndarray:
+    """One new token of each of B sequences: q [B, H, Dh]; k, v [n_slots, S, Hkv, Dh] float32,
+    or float16 bits (uint16); token b sees keys 0 .. lengths[b] - 1 of slot slot_ids[b].
+    -> [B, H, Dh]. Each token's keys are cut into parts as they would be for it alone, so its
+    output is the one it gets alone."""
+    B, H, d = q.shape
+    Hkv = k.shape[2]
+    lengths = np.asarray(lengths, np.int64)
+    parts = np.maximum(1, np.minimum(-(-threads // Hkv) * 2, lengths // KEYS_PER_PART))
+    P, rep = int(parts.max()), H // Hkv
+    m = np.empty((B, Hkv, P, rep), np.float32)
+    l = np.empty((B, Hkv, P, rep), np.float32)
+    o = np.empty((B, Hkv, P, rep, d), np.float32)
+    attend_parts(q, k, v, np.asarray(slot_ids, np.int64), lengths, parts, m, l, o)
+    out = np.empty((B, H, d), np.float32)
+    combine_parts(m, l, o, out)
     return out
 
 
 @njit(cache=True, parallel=True, fastmath=ROW_SUM_MATH)
-def attend_parts(q, k, v, n, m, l, o):
-    """q [H, Dh]; keys and values 0 .. n-1 of k, v [S, Hkv, Dh]; m, l [Hkv, parts, rep] and
-    o [Hkv, parts, rep, Dh] get each part's max, sum of weights and weighted values (see the
-    module docstring). An empty part (more parts than keys) gets m = -inf, l = 0, o = 0."""
-    Hkv, parts, rep = m.shape
-    d = q.shape[1]
+def attend_parts(q, k, v, slot_ids, lengths, parts, m, l, o):
+    """q [B, H, Dh]; token b reads keys and values 0 .. lengths[b] - 1 of slot slot_ids[b] of
+    k, v [n_slots, S, Hkv, Dh], in parts[b] parts; m, l [B, Hkv, P, rep] and
+    o [B, Hkv, P, rep, Dh] get each part's max, sum of weights and weighted values (see the
+    module docstring). An empty part (past parts[b], or more parts than keys) gets m = -inf,
+    l = 0, o = 0."""
+    B, Hkv, P, rep = m.shape
+    d = q.shape[2]
     scale = np.float32(1.0 / np.sqrt(d))
-    per = -(-n // parts)
-    for job in prange(Hkv * parts):
-        kv, p = job // parts, job % parts
+    for job in prange(B * Hkv * P):
+        b, kv, p = job // (Hkv * P), (job // P) % Hkv, job % P
+        n, slot = lengths[b], slot_ids[b]
+        per = -(-n // parts[b])
         s0 = p * per
-        s1 = min(n, s0 + per)
+        s1 = min(n, s0 + per) if p < parts[b] else s0
         h0 = kv * rep
         scores = np.empty((rep, max(s1 - s0, 0)), np.float32)
         maxima = np.full(rep, -np.inf, np.float32)    # taken as the scores are made: a
@@ -77,7 +89,7 @@ def attend_parts(q, k, v, n, m, l, o):
             for j in range(rep):
                 acc = np.float32(0.0)
                 for i in range(d):
-                    acc += q[h0 + j, i] * as_f32(k[s, kv, i])
+                    acc += q[b, h0 + j, i] * as_f32(k[slot, s, kv, i])
                 scores[j, s - s0] = acc * scale
                 maxima[j] = max(maxima[j], scores[j, s - s0])
         rows = np.zeros((rep, d), np.float32)
@@ -88,40 +100,42 @@ def attend_parts(q, k, v, n, m, l, o):
                 e = exp_of_nonpositive(scores[j, s] - mx)
                 scores[j, s] = e
                 total += e
-            m[kv, p, j] = mx
-            l[kv, p, j] = total
+            m[b, kv, p, j] = mx
+            l[b, kv, p, j] = total
         for s in range(s0, s1):
             for j in range(rep):
                 w = scores[j, s - s0]
                 for i in range(d):
-                    rows[j, i] += w * as_f32(v[s, kv, i])
+                    rows[j, i] += w * as_f32(v[slot, s, kv, i])
         for j in range(rep):
             for i in range(d):
-                o[kv, p, j, i] = rows[j, i]
+                o[b, kv, p, j, i] = rows[j, i]
 
 
 @njit(cache=True, fastmath=ROW_SUM_MATH)
 def combine_parts(m, l, o, out):
-    """out [H, Dh] from the parts' m, l [Hkv, parts, rep] and o [Hkv, parts, rep, Dh]:
-    out_j = sum_p exp(m_p - M) o_p / sum_p exp(m_p - M) l_p, M the largest m_p."""
-    Hkv, parts, rep = m.shape
-    d = o.shape[3]
-    for kv in range(Hkv):
-        for j in range(rep):
-            mx = -np.inf
-            for p in range(parts):
-                mx = max(mx, m[kv, p, j])
-            total = np.float32(0.0)
-            row = np.zeros(d, np.float32)
-            for p in range(parts):
-                if l[kv, p, j] == 0.0:      # an empty part (m = -inf)
-                    continue
-                w = exp_of_nonpositive(m[kv, p, j] - mx)
-                total += w * l[kv, p, j]
+    """out [B, H, Dh] from the parts' m, l [B, Hkv, P, rep] and o [B, Hkv, P, rep, Dh]:
+    out_j = sum_p exp(m_p - M) o_p / sum_p exp(m_p - M) l_p, M the largest m_p (empty parts
+    add nothing)."""
+    B, Hkv, parts, rep = m.shape
+    d = o.shape[4]
+    for b in range(B):
+        for kv in range(Hkv):
+            for j in range(rep):
+                mx = -np.inf
+                for p in range(parts):
+                    mx = max(mx, m[b, kv, p, j])
+                total = np.float32(0.0)
+                row = np.zeros(d, np.float32)
+                for p in range(parts):
+                    if l[b, kv, p, j] == 0.0:      # an empty part (m = -inf)
+                        continue
+                    w = exp_of_nonpositive(m[b, kv, p, j] - mx)
+                    total += w * l[b, kv, p, j]
+                    for i in range(d):
+                        row[i] += w * o[b, kv, p, j, i]
                 for i in range(d):
-                    row[i] += w * o[kv, p, j, i]
-            for i in range(d):
-                out[kv * rep + j, i] = row[i] / total
+                    out[b, kv * rep + j, i] = row[i] / total
 
 
 def attention_many_tokens(q, k_rows, v_rows, start: int, Hkv: int) -> np.ndarray:

@@ -44,13 +44,15 @@ except ImportError as e:  # reported by get_backend as a one-line error
     raise BackendUnavailable("backend 'numba' needs the numba package "
                              "(pip install numba)") from e
 
-from .numba_attention import attention_many_tokens, attention_one_token, half_rows_to_float32
+from .numba_attention import (attention_many_tokens, attention_one_token, attention_slots,
+                              half_rows_to_float32)
 from .numba_floats import LANE_MATH, ROW_SUM_MATH, as_f32, exp_of_nonpositive, kernel_floats
 from .numba_tiles import (BLOCK, LANES, ROW_TILES_VERSION, RowTiles, dequantize_byte_tiles,
                           dequantize_nibble_tiles, dequantize_six_bit_tiles, gemm_byte_tiles,
                           gemm_five_bit_tiles, gemm_four_bit_tiles, gemm_six_bit_tiles,
                           gemv_byte_tiles, gemv_five_bit_tiles, gemv_four_bit_tiles,
-                          gemv_six_bit_tiles, tiles_take, to_row_tiles)
+                          gemv_six_bit_tiles, rows_byte_tiles, rows_five_bit_tiles,
+                          rows_four_bit_tiles, rows_six_bit_tiles, tiles_take, to_row_tiles)
 
 PREFILL_TILE_ELEMENTS = 1 << 20
 
@@ -313,15 +315,30 @@ class NumbaBackend:
 
     def linear_rows(self, x, w, bias=None):
         """[B, in] rows of B sequences decoded together -> [B, out], each row what linear
-        gives for it alone."""
+        gives for it alone: row-tiled matrices through the rows_* kernels, which read each
+        tile once for all the rows (numba_tiles.py); other matrices a row at a time."""
         x = np.ascontiguousarray(x, dtype=np.float32)
+        if isinstance(w, RowTiles) and x.shape[0] > 1:
+            if w.perm is not None:
+                x = np.ascontiguousarray(x[:, w.perm])
+            y = rows_tiles(x, w)
+            return y if bias is None else y + bias
         return np.concatenate([self.linear(x[b:b + 1], w, bias) for b in range(x.shape[0])])
 
     def attention_slots(self, q, k, v, slot_ids, lengths):
-        """One new token of each of B sequences over its own slot (NumpyBackend's docstring)."""
-        return np.concatenate([self.attention(q[b:b + 1], slot_rows(k, s, n), slot_rows(v, s, n),
-                                              n - 1)
-                               for b, (s, n) in enumerate(zip(slot_ids, lengths))])
+        """One new token of each of B sequences over its own slot (NumpyBackend's docstring):
+        float32 and float16 slots in one kernel (numba_attention.py), whose every token's
+        output is the one-token kernel's; int8 slots a token at a time."""
+        if isinstance(k, Int8Rows):
+            return np.concatenate([self.attention(q[b:b + 1], slot_rows(k, s, n),
+                                                  slot_rows(v, s, n), n - 1)
+                                   for b, (s, n) in enumerate(zip(slot_ids, lengths))])
+        q = np.ascontiguousarray(q, dtype=np.float32)
+        if k.dtype == np.float16:
+            k, v = k.view(np.uint16), v.view(np.uint16)
+        else:
+            k, v = k.astype(np.float32, copy=False), v.astype(np.float32, copy=False)
+        return attention_slots(q, k, v, slot_ids, lengths, self.threads)
 
     def rms_norm(self, x, w, eps):
         x2 = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
@@ -414,6 +431,24 @@ def gemv_tiles(x, w: RowTiles) -> np.ndarray:
     else:
         gemv_four_bit_tiles(w.codes, w.scale, w.offset, x, w.group_size // 2, y)
     return y[:w.shape[0]]
+
+
+def rows_tiles(x, w: RowTiles) -> np.ndarray:
+    """Rows of B sequences through a row-tiled matrix, each row as gemv_tiles computes it:
+    [B, in] -> [B, out]. x is padded with zero rows to a multiple of 4."""
+    B = x.shape[0]
+    if B % BLOCK:
+        x = np.concatenate([x, np.zeros((BLOCK - B % BLOCK, x.shape[1]), np.float32)])
+    y = np.empty((x.shape[0], w.codes.shape[0] * LANES), np.float32)
+    if w.bits == 8:
+        rows_byte_tiles(w.codes, w.scale, w.offset, x, w.group_size, y)
+    elif w.bits == 6:
+        rows_six_bit_tiles(w.codes, w.high, w.scale, w.offset, x, w.group_size // 2, y)
+    elif w.bits == 5:
+        rows_five_bit_tiles(w.codes, w.high, w.scale, w.offset, x, w.group_size // 2, y)
+    else:
+        rows_four_bit_tiles(w.codes, w.scale, w.offset, x, w.group_size // 2, y)
+    return y[:B, :w.shape[0]]
 
 
 def dequantize_tiles(w: RowTiles, t0: int, out: np.ndarray) -> None:

@@ -398,6 +398,158 @@ def gemv_six_bit_tiles(codes, high, scale, offset, x, bytes_per_group, out):
 
 
 
+# -- a few tokens of different sequences (batched decoding) ------------------------------------
+# Each row of a decode step belongs to its own sequence, and must come out as the one-token
+# kernel computes it for that sequence alone. These kernels are the one-token kernels with
+# four rows per lane instead of one: every product and sum of a row is the one-token
+# kernel's, in its order (rows_* below write out the same expression for each of the four
+# rows), so a row's result is the one-token result, bit for bit (tested). A job is a tile,
+# and its codes are read once for all the rows: four rows a pass, the passes after the
+# first finding the tile's codes in the core's cache. x is [N, in] with N a multiple of 4
+# (zero rows pad it), xsum [N, G] each row's group sums as group_sums makes them.
+
+@njit(inline="always")
+def rows_sum4(s, r, q0, q1, q2, q3, x, t0, c):
+    """s[i, r] += q0 x[t0 + i, c] + q1 x[., c + 1] + q2 x[., c + 2] + q3 x[., c + 3], for the
+    four rows i, added up as the one-token kernels add up four products."""
+    s[0, r] += (q0 * x[t0, c] + q1 * x[t0, c + 1] + q2 * x[t0, c + 2] + q3 * x[t0, c + 3])
+    s[1, r] += (q0 * x[t0 + 1, c] + q1 * x[t0 + 1, c + 1] + q2 * x[t0 + 1, c + 2] +
+                q3 * x[t0 + 1, c + 3])
+    s[2, r] += (q0 * x[t0 + 2, c] + q1 * x[t0 + 2, c + 1] + q2 * x[t0 + 2, c + 2] +
+                q3 * x[t0 + 2, c + 3])
+    s[3, r] += (q0 * x[t0 + 3, c] + q1 * x[t0 + 3, c + 1] + q2 * x[t0 + 3, c + 2] +
+                q3 * x[t0 + 3, c + 3])
+
+
+@njit(inline="always")
+def row_sum8(q0, q1, q2, q3, q4, q5, q6, q7, x, t, c):
+    """q0 x[t, c] + ... + q7 x[t, c + 7], in the 5-bit one-token kernel's order."""
+    return (q0 * x[t, c] + q1 * x[t, c + 1] + q2 * x[t, c + 2] + q3 * x[t, c + 3] +
+            q4 * x[t, c + 4] + q5 * x[t, c + 5] + q6 * x[t, c + 6] + q7 * x[t, c + 7])
+
+
+@njit(inline="always")
+def rows_group_sums(x, group_size, n_groups):
+    """xsum [N, G]: group_sums of each row of x [N, in]."""
+    xsum = np.empty((x.shape[0], n_groups), np.float32)
+    for i in range(x.shape[0]):
+        xsum[i] = group_sums(x[i], group_size, n_groups)
+    return xsum
+
+
+@njit(cache=True, parallel=True, fastmath=LANE_MATH)
+def rows_four_bit_tiles(codes, scale, offset, x, bytes_per_group, out):
+    """gemv_four_bit_tiles for each row of x [N, in] (N a multiple of 4) -> out [N, 16 T]."""
+    T, m, lanes = codes.shape
+    xsum = rows_group_sums(x, 2 * bytes_per_group, scale.shape[1])
+    for t in prange(T):
+        for t0 in range(0, x.shape[0], BLOCK):
+            acc = stack_block()
+            s = stack_block()
+            for g in range(scale.shape[1]):
+                for j in range(g * bytes_per_group, min(m, (g + 1) * bytes_per_group), 2):
+                    for r in range(LANES):
+                        b0 = codes[t, j, r]
+                        b1 = codes[t, j + 1, r]
+                        rows_sum4(s, r, np.float32(U8(b0 & U8(15))), np.float32(U8(b0 >> U8(4))),
+                                  np.float32(U8(b1 & U8(15))), np.float32(U8(b1 >> U8(4))),
+                                  x, t0, 2 * j)
+                add_block_group(acc, s, scale, offset, xsum, t, g, t0, lanes)
+            store_block(acc, out, t, t0)
+
+
+@njit(cache=True, parallel=True, fastmath=LANE_MATH)
+def rows_five_bit_tiles(codes, high, scale, offset, x, bytes_per_group, out):
+    """gemv_five_bit_tiles for each row of x [N, in] (N a multiple of 4) -> out [N, 16 T]."""
+    T, m, lanes = codes.shape
+    xsum = rows_group_sums(x, 2 * bytes_per_group, scale.shape[1])
+    for t in prange(T):
+        for t0 in range(0, x.shape[0], BLOCK):
+            acc = stack_block()
+            s = stack_block()
+            for g in range(scale.shape[1]):
+                for i in range(g * bytes_per_group // 4, min(m, (g + 1) * bytes_per_group) // 4):
+                    c = 8 * i
+                    for r in range(LANES):
+                        h = high[t, i, r]
+                        b0 = codes[t, 4 * i, r]
+                        b1 = codes[t, 4 * i + 1, r]
+                        b2 = codes[t, 4 * i + 2, r]
+                        b3 = codes[t, 4 * i + 3, r]
+                        q0 = np.float32(U8((b0 & U8(15)) | ((h << U8(4)) & U8(16))))
+                        q1 = np.float32(U8((b0 >> U8(4)) | ((h << U8(3)) & U8(16))))
+                        q2 = np.float32(U8((b1 & U8(15)) | ((h << U8(2)) & U8(16))))
+                        q3 = np.float32(U8((b1 >> U8(4)) | ((h << U8(1)) & U8(16))))
+                        q4 = np.float32(U8((b2 & U8(15)) | (h & U8(16))))
+                        q5 = np.float32(U8((b2 >> U8(4)) | ((h >> U8(1)) & U8(16))))
+                        q6 = np.float32(U8((b3 & U8(15)) | ((h >> U8(2)) & U8(16))))
+                        q7 = np.float32(U8((b3 >> U8(4)) | ((h >> U8(3)) & U8(16))))
+                        s[0, r] += row_sum8(q0, q1, q2, q3, q4, q5, q6, q7, x, t0, c)
+                        s[1, r] += row_sum8(q0, q1, q2, q3, q4, q5, q6, q7, x, t0 + 1, c)
+                        s[2, r] += row_sum8(q0, q1, q2, q3, q4, q5, q6, q7, x, t0 + 2, c)
+                        s[3, r] += row_sum8(q0, q1, q2, q3, q4, q5, q6, q7, x, t0 + 3, c)
+                add_block_group(acc, s, scale, offset, xsum, t, g, t0, lanes)
+            store_block(acc, out, t, t0)
+
+
+@njit(cache=True, parallel=True, fastmath=LANE_MATH)
+def rows_six_bit_tiles(codes, high, scale, offset, x, bytes_per_group, out):
+    """gemv_six_bit_tiles for each row of x [N, in] (N a multiple of 4) -> out [N, 16 T]."""
+    T, m, lanes = codes.shape
+    xsum = rows_group_sums(x, 2 * bytes_per_group, scale.shape[1])
+    for t in prange(T):
+        for t0 in range(0, x.shape[0], BLOCK):
+            acc = stack_block()
+            s = stack_block()
+            for g in range(scale.shape[1]):
+                for i in range(g * bytes_per_group // 2, min(m, (g + 1) * bytes_per_group) // 2):
+                    j = 2 * i
+                    for r in range(LANES):
+                        h = high[t, i, r]
+                        b0 = codes[t, j, r]
+                        b1 = codes[t, j + 1, r]
+                        rows_sum4(s, r, np.float32(U8((b0 & U8(15)) | ((h & U8(3)) << U8(4)))),
+                                  np.float32(U8((b0 >> U8(4)) | ((h & U8(12)) << U8(2)))),
+                                  np.float32(U8((b1 & U8(15)) | (h & U8(48)))),
+                                  np.float32(U8((b1 >> U8(4)) | ((h & U8(192)) >> U8(2)))),
+                                  x, t0, 2 * j)
+                add_block_group(acc, s, scale, offset, xsum, t, g, t0, lanes)
+            store_block(acc, out, t, t0)
+
+
+@njit(cache=True, parallel=True, fastmath=LANE_MATH)
+def rows_byte_tiles(codes, scale, offset, x, group_size, out):
+    """gemv_byte_tiles for each row of x [N, in] (N a multiple of 4) -> out [N, 16 T]."""
+    T, n, lanes = codes.shape
+    xsum = rows_group_sums(x, group_size, scale.shape[1])
+    flat = codes.reshape(-1)
+    for t in prange(T):
+        for t0 in range(0, x.shape[0], BLOCK):
+            acc = stack_block()
+            s = stack_block()
+            for g in range(scale.shape[1]):
+                c = g * group_size
+                end = min(n, c + group_size)
+                if t0 == 0:
+                    prefetch_ahead(flat, (t * n + c) * LANES, (end - c) * LANES)
+                while c + 4 <= end:
+                    for r in range(LANES):
+                        rows_sum4(s, r, np.float32(codes[t, c, r]), np.float32(codes[t, c + 1, r]),
+                                  np.float32(codes[t, c + 2, r]), np.float32(codes[t, c + 3, r]),
+                                  x, t0, c)
+                    c += 4
+                while c < end:
+                    for r in range(LANES):
+                        q = np.float32(codes[t, c, r])
+                        s[0, r] += q * x[t0, c]
+                        s[1, r] += q * x[t0 + 1, c]
+                        s[2, r] += q * x[t0 + 2, c]
+                        s[3, r] += q * x[t0 + 3, c]
+                    c += 1
+                add_block_group(acc, s, scale, offset, xsum, t, g, t0, lanes)
+            store_block(acc, out, t, t0)
+
+
 # -- many tokens: four at a time through the tiles (prefill) -----------------------------------
 # The same loops as one token's, with four tokens' sums per lane instead of one: each code is
 # widened and converted once and meets four activations, so the conversion, the costly part

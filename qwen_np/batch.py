@@ -98,7 +98,7 @@ class Batcher:
         request = Request(ids, min(max_new_tokens, self.context - len(ids)), sampling,
                           frozenset(int(i) for i in stop), emit, rng=sampling.generator())
         with self.lock:
-            if len(self.waiting) >= self.max_waiting and not self.free:
+            if len(self.waiting) - len(self.free) >= self.max_waiting:   # no slot, no room
                 raise QueueFull(f"{len(self.running)} sequences are running and "
                                 f"{len(self.waiting)} waiting; try again later")
             self.waiting.append(request)
@@ -106,9 +106,12 @@ class Batcher:
         return request
 
     def cancel(self, request: Request) -> None:
-        """End a request at the next turn (its slot is freed; emit(None, "cancelled"))."""
+        """End a request: now if it is still waiting, else at the next turn (its slot is
+        freed); emit(None, "cancelled")."""
         request.cancelled = True
         with self.lock:
+            if request in self.waiting:
+                self.end(request, "cancelled")
             self.lock.notify()
 
     def start(self) -> "Batcher":

@@ -224,6 +224,44 @@ def test_attention(be, ref, H, Hkv, T, start):
     assert rel_err(got, ref.attention(q, k, v, start)) < TOL["attention"]
 
 
+@pytest.mark.parametrize("name", sorted(QW) + ["dense-float32", "dense-float16"])
+@pytest.mark.parametrize("B", [2, 5])
+def test_linear_rows(be, ref, name, B):
+    """Rows of B sequences decoded together: each row what the backend's own linear gives
+    for it alone (bit for bit: a sequence's tokens do not depend on its batch), and the
+    reference's rows to float32 rounding."""
+    w = QW[name] if name in QW else rng.standard_normal((33, 70)).astype(name[6:])
+    x = inputs(B, w.shape[1])
+    bias = rng.standard_normal(w.shape[0]).astype(np.float32)
+    prepared = be.prepare(copy.deepcopy(w))
+    together = be.to_numpy(be.linear_rows(be.asarray(x), prepared, bias))
+    alone = np.concatenate([be.to_numpy(be.linear(be.asarray(x[b:b + 1]), prepared, bias))
+                            for b in range(B)])
+    assert np.array_equal(together, alone)
+    assert rel_err(together, ref.linear_rows(x, w, bias)) < TOL["linear"]
+
+
+@pytest.mark.parametrize("kind", ["float32", "float16"])
+@pytest.mark.parametrize("H,Hkv", [(4, 4), (14, 2)])
+def test_attention_slots(be, ref, kind, H, Hkv):
+    """One new token of each of B sequences, each over its own slot of the cache and its own
+    length (one to past a part of the one-token kernel): the backend's one-token attention
+    for each alone, bit for bit, and the reference's to float32 rounding."""
+    Dh, n_slots, S = 8, 5, 700
+    lengths = [1, 23, 700, 300]
+    slot_ids = [3, 0, 4, 1]
+    q = rng.standard_normal((4, H, Dh)).astype(np.float32)
+    k = rng.standard_normal((n_slots, S, Hkv, Dh)).astype(kind)
+    v = rng.standard_normal((n_slots, S, Hkv, Dh)).astype(kind)
+    got = be.to_numpy(be.attention_slots(be.asarray(q), be.asarray(k) if kind == "float32"
+                                         else k, v if kind != "float32" else be.asarray(v),
+                                         slot_ids, lengths))
+    for b, (s, n) in enumerate(zip(slot_ids, lengths)):
+        alone = be.to_numpy(be.attention(be.asarray(q[b:b + 1]), k[s, :n], v[s, :n], n - 1))
+        assert np.array_equal(got[b:b + 1], alone), b
+    assert rel_err(got, ref.attention_slots(q, k, v, slot_ids, lengths)) < TOL["attention"]
+
+
 @pytest.mark.parametrize("shape", [(1, 96), (7, 33)])
 def test_silu_mul(be, ref, shape):
     g = (rng.standard_normal(shape) * 6).astype(np.float32)

@@ -31,12 +31,14 @@ def test_one_token_in_parts(parts, H, Hkv):
     start = 36
     q, k, v = qkv(1, H, Hkv, start + 1)
     rep, Dh = H // Hkv, q.shape[2]
-    m = np.empty((Hkv, parts, rep), np.float32)
+    m = np.empty((1, Hkv, parts, rep), np.float32)
     l = np.empty_like(m)
-    o = np.empty((Hkv, parts, rep, Dh), np.float32)
-    na.attend_parts(q[0], k, v, start + 1, m, l, o)
-    out = np.empty((H, Dh), np.float32)
+    o = np.empty((1, Hkv, parts, rep, Dh), np.float32)
+    one = lambda x: np.array([x], np.int64)     # noqa: E731
+    na.attend_parts(q, k[None], v[None], one(0), one(start + 1), one(parts), m, l, o)
+    out = np.empty((1, H, Dh), np.float32)
     na.combine_parts(m, l, o, out)
+    out = out[0]
     want = get_backend("numpy").attention(q, k, v, start)[0]
     assert rel_err(out, want) < 1e-5
 

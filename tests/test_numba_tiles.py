@@ -134,6 +134,26 @@ def test_prepared_matrix_against_the_reference(nb, name, T):
     assert rel_err(be.embed(prepared, ids), ref.embed(w, ids)) < 1e-6
 
 
+@pytest.mark.parametrize("name", sorted(MATS))
+@pytest.mark.parametrize("B", [2, 3, 4, 5, 8])
+def test_rows_of_a_decode_step_are_each_the_one_token_product_bit_for_bit(nb, name, B):
+    """linear_rows (the rows_* kernels: B sequences' rows, each tile read once for all) gives
+    each row exactly what linear gives for that row alone (the gemv_* kernels), extreme
+    values included, and the reference's product to float32 rounding."""
+    be, ref = get_backend("numba"), get_backend("numpy")
+    w = MATS[name]
+    prepared = be.prepare(copy.deepcopy(w))
+    x = rng.standard_normal((B, w.shape[1])).astype(np.float32)
+    x[1, :7] = [1e30, -1e30, 3e-38, -3e-38, 0.0, -0.0, 1e-45]    # huge, tiny, subnormal
+    bias = rng.standard_normal(w.shape[0]).astype(np.float32)
+    together = be.linear_rows(x, prepared, bias)
+    alone = np.concatenate([be.linear(x[b:b + 1], prepared, bias) for b in range(B)])
+    assert together.shape == (B, w.shape[0])
+    assert np.array_equal(together.view(np.uint32), alone.view(np.uint32))
+    rows = [0] + list(range(2, B))              # the rows without extreme values
+    assert rel_err(together[rows], ref.linear(x[rows], w, bias)) < 1e-5
+
+
 @pytest.mark.parametrize("name", ["Q5_0-32", "Q6_K-32", "Q8_0-32"])
 def test_prepare_reuses_the_arrays_memory(nb, name):
     w = copy.deepcopy(MATS[name])
