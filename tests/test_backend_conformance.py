@@ -364,10 +364,14 @@ def test_numpy_backend_works_without_numba():
             f"m = qwen_np.load({fixture_path(FIXTURE_MODELS[0])!r})\n"
             "print(m.generate([1, 2, 3], max_new_tokens=3))\n"
             "try:\n    qwen_np.load(m.source, backend='numba')\n"
-            "except qwen_np.BackendUnavailable as e:\n    print('ERR', e)\n")
+            "except qwen_np.BackendUnavailable as e:\n    print('ERR', e)\n"
+            "print('AUTO', qwen_np.load(m.source, backend='auto').backend.name)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "ERR backend 'numba'" in r.stdout and "pip install" in r.stdout
+    assert "AUTO numpy" in r.stdout        # auto falls back, saying so in one line
+    notice = [line for line in r.stderr.splitlines() if "running the numpy backend" in line]
+    assert len(notice) == 1 and "numba" in notice[0]
 
 
 @pytest.mark.skipif("numba" not in OTHER_BACKENDS, reason="numba is not installed")
