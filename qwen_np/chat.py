@@ -40,6 +40,26 @@ def chat_prompt_ids(tok: Tokenizer, model_type: str, query: str, system: str | N
     return ids + next_turn_ids(tok, model_type, query)
 
 
+def messages_prompt_ids(tok: Tokenizer, model_type: str, messages: list[dict],
+                        default_system: str | None) -> list[int]:
+    """The prompt for the assistant's next turn after `messages` ([{"role": "system" | "user"
+    | "assistant", "content": str}], as an OpenAI chat request sends them), with
+    `default_system` as the system turn when the first message is not one. Each turn is
+    written as chat_prompt_ids writes it, in the order given: for a system prompt and
+    alternating user/assistant turns ending with a user turn, the same ids."""
+    if model_type != "qwen":
+        return tok.encode(format_chatml(messages, default_system))
+    if not messages or messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": default_system or ""}] + list(messages)
+    start, end = chat_token_ids(tok)
+    nl = tok.encode("\n")
+    ids = []
+    for i, m in enumerate(messages):
+        ids += ([] if i == 0 else nl) + [start] + role_and_content(tok, m["role"],
+                                                                   m["content"]) + [end]
+    return ids + nl + [start] + tok.encode("assistant") + nl
+
+
 def next_turn_ids(tok: Tokenizer, model_type: str, query: str) -> list[int]:
     """The ids that follow an answer's <|im_end|>: a new user turn and the assistant's header
     (a chat that keeps its KV cache feeds only these)."""
