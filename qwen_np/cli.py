@@ -1,4 +1,4 @@
-"""The `qwen-np` command: run | chat | inspect.
+"""The `qwen-np` command: run | chat | serve | inspect ...
 
 Every user error (missing file, unsupported model, truncated tensor ...) is printed as one
 line, `qwen-np: error: <file>: <problem>`, and the command exits with status 1.
@@ -66,6 +66,32 @@ def build_parser() -> argparse.ArgumentParser:
                       help="maximum tokens in the conversation (KV cache size; default 4096)")
     add_sampling_args(chat, default_max_new=512)
     chat.set_defaults(func=cmd_chat)
+
+    sv = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (continuous batching)",
+                        description="Serve the model over HTTP with OpenAI's API: "
+                                    "/v1/completions, /v1/chat/completions (streamed or not), "
+                                    "/v1/models and /health. Requests share one running batch "
+                                    "(qwen_np/batch.py; qwen_np/serve.py). Needs "
+                                    "pip install 'qwen-np[serve]'.")
+    add_model_args(sv)
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=count(0), default=8000, help="port (default 8000)")
+    sv.add_argument("--api-key", default=os.environ.get("QWEN_NP_API_KEY"),
+                    help="require 'Authorization: Bearer KEY' on /v1 requests (default: "
+                         "$QWEN_NP_API_KEY if set, else no key)")
+    sv.add_argument("--model-name", default=None,
+                    help="the model's id in /v1/models and in responses (default: the model "
+                         "file or folder's name)")
+    sv.add_argument("--max-batch", type=count(1), default=8,
+                    help="sequences decoded together, one KV cache slot each (default 8)")
+    sv.add_argument("--context", type=count(2), default=2048,
+                    help="tokens per sequence, prompt and answer (KV cache slot size; "
+                         "default 2048)")
+    sv.add_argument("--max-waiting", type=count(0), default=64,
+                    help="requests that may wait for a slot; past that a request gets 503 "
+                         "(default 64)")
+    sv.set_defaults(func=cmd_serve)
 
     qz = sub.add_parser("quantize", help="quantize a float model to a GPTQ int4/int8 checkpoint",
                         description="Round-to-nearest quantization of every decoder projection, "
@@ -337,6 +363,20 @@ def cmd_chat(args) -> int:
         stream.flush()
         last = new[-1]
         print()
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import importlib.util
+    missing = [m for m in ("starlette", "uvicorn") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise QwenNpError(f"serve needs starlette and uvicorn ({', '.join(missing)} not "
+                          f"installed): pip install 'qwen-np[serve]'")
+    from .serve import run_server
+    model = load_model(args)
+    name = args.model_name or os.path.basename(os.path.normpath(model.source))
+    run_server(model, name, args.host, args.port, args.api_key, args.max_batch, args.context,
+               args.max_waiting)
     return 0
 
 
