@@ -15,7 +15,9 @@ the running streams up for one chunk at a time, not for the whole prompt. A sequ
 are those it gets decoded alone (model.decode_step): its own slot, positions and sampler.
 
 Tokens reach each request through its `emit(token, finish)` callback, called from the loop's
-thread: emit(token, None) for each new token, then emit(None, reason) once, with reason
+thread (or, for a request cancelled while it waits, from cancel's caller), which must be quick
+(it holds up the whole batch); if it raises, its request is cancelled. emit(token, None) for
+each new token, then emit(None, reason) once, with reason
 "stop" (a stop id was generated; it is not emitted), "length" (max_new_tokens, or the slot is
 full), "cancelled" (cancel() was called) or "error" (the step failed; the message is in
 request.error). A finished or cancelled request's slot is free for the next one.
@@ -88,6 +90,8 @@ class Batcher:
                emit: Callable[[int | None, str | None], None] = lambda t, f: None) -> Request:
         """Queue a sequence. A prompt that leaves no room in a slot for one new token is an
         InputError; a full waiting line is QueueFull."""
+        if self.closing:
+            raise InputError("the batcher is closed")
         ids = self.model._check_ids(ids)
         if len(ids) >= self.context:
             raise InputError(f"the prompt is {len(ids)} tokens; the context holds "
@@ -197,7 +201,7 @@ class Batcher:
         if token in request.stop_ids:
             self.end(request, "stop")
             return
-        request.emit(token, None)
+        deliver(request, token, None)
         cache_full = self.slots.caches[request.slot].length + 1 > self.context
         if len(request.generated) >= request.max_new_tokens or cache_full:
             self.end(request, "length")
@@ -212,10 +216,10 @@ class Batcher:
                 self.end(request, "error")
 
     def end(self, request: Request, reason: str) -> None:
-        if request.finish is not None:
-            return
-        request.finish = reason
         with self.lock:
+            if request.finish is not None:
+                return
+            request.finish = reason
             if request in self.running:
                 self.running.remove(request)
                 self.free.append(request.slot)
@@ -224,4 +228,12 @@ class Batcher:
                 self.waiting.remove(request)
             if not self.running and not self.waiting:
                 release_free_heap()     # the last step's temporaries go back to the system
-        request.emit(None, reason)
+        deliver(request, None, reason)
+
+
+def deliver(request: Request, token: int | None, finish: str | None) -> None:
+    """request.emit(token, finish); an emit that raises cancels its request (and only it)."""
+    try:
+        request.emit(token, finish)
+    except Exception:       # noqa: BLE001 (the caller's callback: its failure is its own)
+        request.cancelled = True

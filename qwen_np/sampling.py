@@ -36,8 +36,11 @@ class Sampling:
                     and math.isfinite(value) and ok(value)):
                 raise InputError(f"{name} is {value!r}; allowed: temperature >= 0, "
                                  f"0 < top_p <= 1, top_k >= 0, repetition_penalty > 0")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise InputError(f"seed is {self.seed!r}; it must be an integer")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int):
+            raise InputError(f"top_k is {self.top_k!r}; it must be an integer")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or self.seed < 0):
+            raise InputError(f"seed is {self.seed!r}; it must be an integer >= 0")
 
     @property
     def greedy(self) -> bool:

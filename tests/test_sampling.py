@@ -69,7 +69,8 @@ def test_softmax_sums_to_one():
 @pytest.mark.parametrize("bad", [dict(temperature=-0.1), dict(temperature=float("nan")),
                                  dict(top_p=0.0), dict(top_p=1.5), dict(top_k=-1),
                                  dict(repetition_penalty=0.0), dict(temperature="hot"),
-                                 dict(seed=1.5), dict(seed=True)])
+                                 dict(seed=1.5), dict(seed=True), dict(seed=-1),
+                                 dict(top_k=2.0)])
 def test_sampling_settings_out_of_range_are_refused_by_name(bad):
     with pytest.raises(InputError, match=next(iter(bad))):
         Sampling(**bad)

@@ -33,14 +33,14 @@ llama-server).
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import random
 import statistics
 import sys
 import threading
 import time
-
-import httpx
+import urllib.parse
 
 PROMPTS = [
     "def fibonacci(n):",
@@ -60,29 +60,36 @@ def stream_one(url: str, model: str, prompt: str, tokens: int, hang_up_after: in
     count if sent, and whether it failed."""
     body = {"model": model, "prompt": prompt, "max_tokens": tokens, "temperature": 0,
             "stream": True, "stream_options": {"include_usage": True}}
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
     out = {"text": "", "times": [], "usage": None, "failed": None, "start": time.perf_counter()}
+    where = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(where.hostname, where.port, timeout=600)
     try:
-        with httpx.stream("POST", f"{url}/v1/completions", json=body, headers=headers,
-                          timeout=600) as r:
-            if r.status_code != 200:
-                out["failed"] = f"HTTP {r.status_code}: {r.read()[:200]!r}"
-                return out
-            for line in r.iter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                event = json.loads(line[6:])
-                if event.get("usage"):
-                    out["usage"] = event["usage"]["completion_tokens"]
-                for choice in event.get("choices", []):
-                    if choice.get("text"):
-                        out["text"] += choice["text"]
-                        out["times"].append(time.perf_counter())
-                if hang_up_after is not None and len(out["times"]) >= hang_up_after:
-                    out["hung_up"] = True
-                    return out          # leaving the block closes the connection
-    except (httpx.HTTPError, ValueError) as e:
+        connection.request("POST", "/v1/completions", json.dumps(body), headers)
+        r = connection.getresponse()
+        if r.status != 200:
+            out["failed"] = f"HTTP {r.status}: {r.read()[:200]!r}"
+            return out
+        for raw in r:                                    # the event stream, line by line
+            line = raw.decode().strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if event.get("usage"):
+                out["usage"] = event["usage"]["completion_tokens"]
+            for choice in event.get("choices", []):
+                if choice.get("text"):
+                    out["text"] += choice["text"]
+                    out["times"].append(time.perf_counter())
+            if hang_up_after is not None and len(out["times"]) >= hang_up_after:
+                out["hung_up"] = True
+                return out              # closing the connection below hangs up
+    except (OSError, http.client.HTTPException, ValueError) as e:
         out["failed"] = f"{type(e).__name__}: {e}"
+    finally:
+        connection.close()
     return out
 
 
