@@ -66,7 +66,7 @@ def attention_slots(q, k, v, slot_ids, lengths, threads: int) -> np.ndarray:
     return out
 
 
-@njit(cache=True, parallel=True, fastmath=ROW_SUM_MATH)
+@njit(cache=True, nogil=True, parallel=True, fastmath=ROW_SUM_MATH)
 def attend_parts(q, k, v, slot_ids, lengths, parts, m, l, o):
     """q [B, H, Dh]; token b reads keys and values 0 .. lengths[b] - 1 of slot slot_ids[b] of
     k, v [n_slots, S, Hkv, Dh], in parts[b] parts; m, l [B, Hkv, P, rep] and
@@ -112,7 +112,7 @@ def attend_parts(q, k, v, slot_ids, lengths, parts, m, l, o):
                 o[b, kv, p, j, i] = rows[j, i]
 
 
-@njit(cache=True, fastmath=ROW_SUM_MATH)
+@njit(cache=True, nogil=True, fastmath=ROW_SUM_MATH)
 def combine_parts(m, l, o, out):
     """out [B, H, Dh] from the parts' m, l [B, Hkv, P, rep] and o [B, Hkv, P, rep, Dh]:
     out_j = sum_p exp(m_p - M) o_p / sum_p exp(m_p - M) l_p, M the largest m_p (empty parts
@@ -159,7 +159,7 @@ def attention_many_tokens(q, k_rows, v_rows, start: int, Hkv: int) -> np.ndarray
     return out
 
 
-@njit(cache=True, parallel=True, fastmath=ROW_SUM_MATH)
+@njit(cache=True, nogil=True, parallel=True, fastmath=ROW_SUM_MATH)
 def causal_softmax_rows(scores, scale, rep, first):
     """scores [P * rep, n]: row i belongs to token i // rep, at position first + i // rep,
     which sees keys 0 .. first + i // rep. Each row becomes the softmax of scale * scores
@@ -182,7 +182,7 @@ def causal_softmax_rows(scores, scale, rep, first):
             scores[i, s] = 0.0
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def half_rows_to_float32(bits, kv, out):
     """out [S, Dh] = the float16 values of KV head kv of bits [S, Hkv, Dh] (uint16)."""
     for s in prange(out.shape[0]):

@@ -15,7 +15,10 @@ converted, meets four activations (numba_tiles.py); attention over many tokens i
 (numba_attention.py).
 
 Every kernel is @njit(cache=True), so a second start loads them from the cache instead of
-compiling; `parallel=True` with prange splits rows over threads. Their fast-math flags are
+compiling; `parallel=True` with prange splits rows over threads; `nogil=True` lets other
+Python threads run while a kernel does (the server's HTTP thread, beside its batcher's: with
+the lock held through each kernel, one stream served decoded about 15% slower than the
+batcher alone). Their fast-math flags are
 chosen per kind of loop (numba_floats.py): never the ones that make inf or NaN undefined.
 """
 
@@ -59,7 +62,7 @@ PREFILL_TILE_ELEMENTS = 1 << 20
 
 # -- dequantizing tiles (prefill, embedding rows) ---------------------------------------------
 
-@njit(cache=True, parallel=True, fastmath=LANE_MATH)
+@njit(cache=True, nogil=True, parallel=True, fastmath=LANE_MATH)
 def dequantize_tile(codes, high, bits, scale, offset, group_of, n_in, row_ids, out):
     """out[r, c] = scale[o, g] * q[o, c] + offset[o, g] with g = group_of[c], for o = row_ids[r],
     in code order. `high` is ignored for 4 and 8 bits."""
@@ -106,7 +109,7 @@ def dequantize_tile(codes, high, bits, scale, offset, group_of, n_in, row_ids, o
 
 # -- the small ops ---------------------------------------------------------------------------
 
-@njit(cache=True, parallel=True, fastmath=ROW_SUM_MATH)
+@njit(cache=True, nogil=True, parallel=True, fastmath=ROW_SUM_MATH)
 def rms_norm_rows(x, w, eps, out):
     """A sum of squares past float32's range is inf, and the row becomes zeros (x / inf), as
     in the reference."""
@@ -120,7 +123,7 @@ def rms_norm_rows(x, w, eps, out):
             out[r, i] = x[r, i] * inv * w[i]
 
 
-@njit(cache=True, parallel=True, fastmath=LANE_MATH)
+@njit(cache=True, nogil=True, parallel=True, fastmath=LANE_MATH)
 def rope_rows(x, cos, sin, out):
     """x [T, h, Dh], cos/sin [T, n]: rotate-half over the first 2n dims, pairs (i, i + n);
     dims 2n.. are copied (partial rotary)."""
@@ -136,7 +139,7 @@ def rope_rows(x, cos, sin, out):
                 out[t, k, i] = x[t, k, i]
 
 
-@njit(cache=True, parallel=True, fastmath=ROW_SUM_MATH)
+@njit(cache=True, nogil=True, parallel=True, fastmath=ROW_SUM_MATH)
 def gemv_half_rows(bits, lut, x, out):
     """out[o] = sum_i lut[bits[o, i]] * x[i]: a float16 or bfloat16 matrix (its 16-bit
     patterns) times one vector, each weight decoded through a 65,536-entry float32 table
@@ -160,7 +163,7 @@ def half_table(kind: str) -> np.ndarray:
 HALF_TABLES = {"float16": half_table("float16"), "bfloat16": half_table("bfloat16")}
 
 
-@njit(cache=True, parallel=True, fastmath=LANE_MATH)
+@njit(cache=True, nogil=True, parallel=True, fastmath=LANE_MATH)
 def dequantize_kv_rows(codes, scale, zero, out):
     """out[s, k, i] = scale[s, k] * (codes[s, k, i] - zero[s, k]) (an int8 KV cache read)."""
     S, h, d = codes.shape
@@ -172,7 +175,7 @@ def dequantize_kv_rows(codes, scale, zero, out):
                 out[s, k, i] = sc * (np.float32(codes[s, k, i]) - z)
 
 
-@njit(cache=True, parallel=True, fastmath=LANE_MATH)
+@njit(cache=True, nogil=True, parallel=True, fastmath=LANE_MATH)
 def silu_mul_rows(gate, up, out):
     """silu(g) * u with e = exp(-|g|), which never overflows: g / (1 + e) for g >= 0, and
     g e / (1 + e) = g / (1 + exp(-g)) for g < 0. exp_of_nonpositive vectorizes (the C
@@ -192,7 +195,7 @@ def silu_mul_rows(gate, up, out):
 EXP_OVERFLOWS_FROM = -np.float32(88.72284)     # float32 exp(-g) is inf from here down
 
 
-@njit(cache=True, inline="always", fastmath=ROW_SUM_MATH)
+@njit(cache=True, nogil=True, inline="always", fastmath=ROW_SUM_MATH)
 def softmax_in_place(scores):
     """scores -> exp(scores - max) / sum, in place. The maximum starts at -inf (defined: the
     flags leave out ninf) and is taken off before exp, which would overflow float32 for
@@ -208,7 +211,7 @@ def softmax_in_place(scores):
         scores[s] = scores[s] / total
 
 
-@njit(cache=True, parallel=True, fastmath=ROW_SUM_MATH)
+@njit(cache=True, nogil=True, parallel=True, fastmath=ROW_SUM_MATH)
 def attention_heads_int8(q, kc, ks, kz, vc, vs, vz, start, out):
     """attention_heads over an int8 cache read in place: key s of head kv is
     ks[s, kv] * (kc[s, kv, :] - kz[s, kv]), so a score is ks * (q . kc - kz * sum(q)); and

@@ -146,7 +146,7 @@ def tile_rows_in_place(a: np.ndarray) -> np.ndarray:
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _tile_rows(a, out):
     rows, m = a.shape
     for t in prange(out.shape[0]):
@@ -156,7 +156,7 @@ def _tile_rows(a, out):
                 out[t, j, r] = a[t * LANES + r, j]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _tile_rows_in_place(a, out):
     m = a.shape[1]
     for t in prange(out.shape[0]):
@@ -250,7 +250,7 @@ def group_sums(x, group_size, n_groups):
 # widening, a conversion and a fused multiply-add per 8 (AVX2) or 16 (AVX-512) lanes: that,
 # not memory, bounds these kernels on AVX2 (BENCHMARKS.md).
 
-@njit(cache=True, parallel=True, fastmath=LANE_MATH)
+@njit(cache=True, nogil=True, parallel=True, fastmath=LANE_MATH)
 def gemv_four_bit_tiles(codes, scale, offset, x, bytes_per_group, out):
     """4-bit row tiles: byte j (lane r) meets x[2j] with its low nibble and x[2j + 1] with
     its high one. Two bytes a step (one byte a step is too small a body, see above); groups
@@ -278,7 +278,7 @@ def gemv_four_bit_tiles(codes, scale, offset, x, bytes_per_group, out):
             out[t * LANES + r] = acc[r]
 
 
-@njit(cache=True, parallel=True, fastmath=LANE_MATH)
+@njit(cache=True, nogil=True, parallel=True, fastmath=LANE_MATH)
 def gemv_five_bit_tiles(codes, high, scale, offset, x, bytes_per_group, out):
     """5-bit row tiles: code bytes j = 4i .. 4i + 3 hold eight codes' low nibbles as for 4
     bits; high byte i (lane r) holds their fifth bits, bit k for code 8i + k (the canonical
@@ -322,7 +322,7 @@ def gemv_five_bit_tiles(codes, high, scale, offset, x, bytes_per_group, out):
             out[t * LANES + r] = acc[r]
 
 
-@njit(cache=True, parallel=True, fastmath=LANE_MATH)
+@njit(cache=True, nogil=True, parallel=True, fastmath=LANE_MATH)
 def gemv_byte_tiles(codes, scale, offset, x, group_size, out):
     """8-bit row tiles: code column c (lane r) meets x[c]; groups of group_size columns, the
     last one shorter when group_size does not divide the row. Four columns a step: with one,
@@ -361,7 +361,7 @@ def gemv_byte_tiles(codes, scale, offset, x, group_size, out):
             out[t * LANES + r] = acc[r]
 
 
-@njit(cache=True, parallel=True, fastmath=LANE_MATH)
+@njit(cache=True, nogil=True, parallel=True, fastmath=LANE_MATH)
 def gemv_six_bit_tiles(codes, high, scale, offset, x, bytes_per_group, out):
     """6-bit row tiles: bytes j = 2i and 2i + 1 hold four codes' low nibbles as for 4 bits;
     high byte i (lane r) holds their high bits, two each, from bit 0 up (the canonical high
@@ -437,7 +437,7 @@ def rows_group_sums(x, group_size, n_groups):
     return xsum
 
 
-@njit(cache=True, parallel=True, fastmath=LANE_MATH)
+@njit(cache=True, nogil=True, parallel=True, fastmath=LANE_MATH)
 def rows_four_bit_tiles(codes, scale, offset, x, bytes_per_group, out):
     """gemv_four_bit_tiles for each row of x [N, in] (N a multiple of 4) -> out [N, 16 T]."""
     T, m, lanes = codes.shape
@@ -458,7 +458,7 @@ def rows_four_bit_tiles(codes, scale, offset, x, bytes_per_group, out):
             store_block(acc, out, t, t0)
 
 
-@njit(cache=True, parallel=True, fastmath=LANE_MATH)
+@njit(cache=True, nogil=True, parallel=True, fastmath=LANE_MATH)
 def rows_five_bit_tiles(codes, high, scale, offset, x, bytes_per_group, out):
     """gemv_five_bit_tiles for each row of x [N, in] (N a multiple of 4) -> out [N, 16 T]."""
     T, m, lanes = codes.shape
@@ -492,7 +492,7 @@ def rows_five_bit_tiles(codes, high, scale, offset, x, bytes_per_group, out):
             store_block(acc, out, t, t0)
 
 
-@njit(cache=True, parallel=True, fastmath=LANE_MATH)
+@njit(cache=True, nogil=True, parallel=True, fastmath=LANE_MATH)
 def rows_six_bit_tiles(codes, high, scale, offset, x, bytes_per_group, out):
     """gemv_six_bit_tiles for each row of x [N, in] (N a multiple of 4) -> out [N, 16 T]."""
     T, m, lanes = codes.shape
@@ -517,7 +517,7 @@ def rows_six_bit_tiles(codes, high, scale, offset, x, bytes_per_group, out):
             store_block(acc, out, t, t0)
 
 
-@njit(cache=True, parallel=True, fastmath=LANE_MATH)
+@njit(cache=True, nogil=True, parallel=True, fastmath=LANE_MATH)
 def rows_byte_tiles(codes, scale, offset, x, group_size, out):
     """gemv_byte_tiles for each row of x [N, in] (N a multiple of 4) -> out [N, 16 T]."""
     T, n, lanes = codes.shape
@@ -611,7 +611,7 @@ def store_block(acc, out, t, t0):
             out[t0 + i, t * LANES + r] = acc[i, r]
 
 
-@njit(cache=True, parallel=True, fastmath=LANE_MATH)
+@njit(cache=True, nogil=True, parallel=True, fastmath=LANE_MATH)
 def gemm_four_bit_tiles(codes, scale, offset, x, xsum, bytes_per_group, out):
     """4-bit row tiles times x [N, in] (N a multiple of 4, in the codes' column order) into
     out [N, 16 T]: byte j meets columns 2j and 2j + 1, as for one token. xsum [N, G]."""
@@ -631,7 +631,7 @@ def gemm_four_bit_tiles(codes, scale, offset, x, xsum, bytes_per_group, out):
         store_block(acc, out, t, t0)
 
 
-@njit(cache=True, parallel=True, fastmath=LANE_MATH)
+@njit(cache=True, nogil=True, parallel=True, fastmath=LANE_MATH)
 def gemm_five_bit_tiles(codes, high, scale, offset, x, xsum, bytes_per_group, out):
     """5-bit row tiles times x [N, in] (N a multiple of 4): high byte i completes the codes of
     bytes 4i .. 4i + 3, as for one token."""
@@ -670,7 +670,7 @@ def gemm_five_bit_tiles(codes, high, scale, offset, x, xsum, bytes_per_group, ou
         store_block(acc, out, t, t0)
 
 
-@njit(cache=True, parallel=True, fastmath=LANE_MATH)
+@njit(cache=True, nogil=True, parallel=True, fastmath=LANE_MATH)
 def gemm_six_bit_tiles(codes, high, scale, offset, x, xsum, bytes_per_group, out):
     """6-bit row tiles times x [N, in] (N a multiple of 4): high byte i completes the codes of
     bytes 2i and 2i + 1, as for one token."""
@@ -697,7 +697,7 @@ def gemm_six_bit_tiles(codes, high, scale, offset, x, xsum, bytes_per_group, out
         store_block(acc, out, t, t0)
 
 
-@njit(cache=True, parallel=True, fastmath=LANE_MATH)
+@njit(cache=True, nogil=True, parallel=True, fastmath=LANE_MATH)
 def gemm_byte_tiles(codes, scale, offset, x, xsum, group_size, out):
     """8-bit row tiles times x [N, in] (N a multiple of 4): code column c meets x[:, c]."""
     T, n, lanes = codes.shape
@@ -731,7 +731,7 @@ def gemm_byte_tiles(codes, scale, offset, x, xsum, group_size, out):
 # scalar (LLVM cannot rule out that `out`
 # overlaps the codes; measured 2.5x slower).
 
-@njit(cache=True, parallel=True, fastmath=LANE_MATH)
+@njit(cache=True, nogil=True, parallel=True, fastmath=LANE_MATH)
 def dequantize_nibble_tiles(codes, high, has_high, scale, offset, bytes_per_group, t0,
                             out):
     """Tiles t0.. of 4/5-bit row tiles as float columns (split order). 5-bit tiles: high
@@ -760,7 +760,7 @@ def dequantize_nibble_tiles(codes, high, has_high, scale, offset, bytes_per_grou
                 out[m + j, i * LANES + r] = hi[r]
 
 
-@njit(cache=True, parallel=True, fastmath=LANE_MATH)
+@njit(cache=True, nogil=True, parallel=True, fastmath=LANE_MATH)
 def dequantize_six_bit_tiles(codes, high, scale, offset, bytes_per_group, t0, out):
     """Tiles t0.. of 6-bit row tiles as float columns (split order)."""
     m, lanes = codes.shape[1], codes.shape[2]
@@ -787,7 +787,7 @@ def dequantize_six_bit_tiles(codes, high, scale, offset, bytes_per_group, t0, ou
                 out[m + j + 1, i * LANES + r] = hi1[r]
 
 
-@njit(cache=True, parallel=True, fastmath=LANE_MATH)
+@njit(cache=True, nogil=True, parallel=True, fastmath=LANE_MATH)
 def dequantize_byte_tiles(codes, scale, offset, group_size, t0, out):
     """Tiles t0.. of 8-bit row tiles as float columns (code order)."""
     n, lanes = codes.shape[1], codes.shape[2]
