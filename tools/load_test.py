@@ -8,9 +8,10 @@ prompt from PROMPTS through POST /v1/completions. First every prompt is served a
 after another: those texts are the single-stream greedy outputs, and every later output must
 equal its own. For each N it reports:
 
-    aggregate decode tok/s   the clients' decode rates added up; a client's rate is
-                             (its tokens - 1) / (its last token's time - its first's)
-    output tok/s             all tokens / the wall time of the round
+    aggregate decode tok/s   the tokens after each client's first, all clients together, over
+                             the time from the first first-token to the last token (a server
+                             that serves one request at a time gets its one-stream rate)
+    output tok/s             all tokens / the wall time of the round (prefills included)
     TTFT                     time to first token, median and worst over the clients
     p50 / p99 latency        of the gaps between a client's successive tokens, all clients
     failed, mismatched       requests that failed, and outputs unequal to their single-stream one
@@ -110,15 +111,16 @@ def run_round(url, model, prompts, tokens, hang_ups=None, key=None) -> list[dict
 
 def summary(results: list[dict], references: list[str] | None) -> dict:
     done = [r for r in results if not r["failed"] and not r.get("hung_up")]
-    rates, gaps, ttft = [], [], []
+    gaps, ttft = [], []
     for r in done:
         t = r["times"]
-        n = r["usage"] or len(t)
-        if len(t) >= 2:
-            rates.append((n - 1) / (t[-1] - t[0]))
         gaps += [b - a for a, b in zip(t, t[1:])]
         if t:
             ttft.append(t[0] - r["start"])
+    timed = [r for r in done if len(r["times"]) >= 2]
+    decode_span = max(r["times"][-1] for r in timed) - min(r["times"][0] for r in timed) \
+        if timed else float("nan")
+    decoded = sum((r["usage"] or len(r["times"])) - 1 for r in timed)
     wall = max(r["times"][-1] for r in done if r["times"]) - min(r["start"] for r in results) \
         if any(r["times"] for r in done) else float("nan")
     tokens = sum(r["usage"] or len(r["times"]) for r in done)
@@ -126,7 +128,7 @@ def summary(results: list[dict], references: list[str] | None) -> dict:
         r["text"] != ref for r, ref in zip(results, references)
         if not r["failed"] and not r.get("hung_up"))
     q = statistics.quantiles(gaps, n=100) if len(gaps) >= 2 else [float("nan")] * 99
-    return {"clients": len(results), "aggregate_decode_tok_s": sum(rates),
+    return {"clients": len(results), "aggregate_decode_tok_s": decoded / decode_span,
             "output_tok_s": tokens / wall, "ttft_median_s": statistics.median(ttft),
             "ttft_max_s": max(ttft), "latency_p50_ms": 1e3 * q[49], "latency_p99_ms": 1e3 * q[98],
             "tokens": tokens, "failed": sum(bool(r["failed"]) for r in results),
@@ -148,6 +150,9 @@ def main() -> int:
     ap.add_argument("--pid", type=int, default=None, help="the server's pid (memory readings)")
     ap.add_argument("--disconnect", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run the list of client counts this many times (the machine is noisy: "
+                         "compare counts within one pass)")
     ap.add_argument("--json", default=None, help="write the results here too")
     args = ap.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
@@ -176,14 +181,21 @@ def main() -> int:
             s.update(disconnected=sorted(leave), rss_before_kib=before, rss_after_kib=rss)
             rows.append(s)
     else:
-        for n in counts:
-            rows.append(summary(run_round(args.url, args.model, prompts[:n], args.tokens,
-                                          key=args.key), references[:n]))
-    print("| clients | aggregate decode tok/s | output tok/s | TTFT median / max (s) | "
-          "latency p50 / p99 (ms) | failed | mismatched |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+        for _ in range(args.repeat):
+            for n in counts:
+                rows.append(summary(run_round(args.url, args.model, prompts[:n], args.tokens,
+                                              key=args.key), references[:n]))
+    print("| clients | aggregate decode tok/s | x 1 client | output tok/s | TTFT median / max (s) "
+          "| latency p50 / p99 (ms) | failed | mismatched |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    one = None
     for s in rows:
-        print(f"| {s['clients']} | {s['aggregate_decode_tok_s']:.1f} | {s['output_tok_s']:.1f} | "
+        if s["clients"] == 1:
+            one = s["aggregate_decode_tok_s"]     # the pass's own single stream
+        ratio = f"{s['aggregate_decode_tok_s'] / one:.2f}" if one else "-"
+        s["vs_one_client"] = ratio
+        print(f"| {s['clients']} | {s['aggregate_decode_tok_s']:.1f} | {ratio} | "
+              f"{s['output_tok_s']:.1f} | "
               f"{s['ttft_median_s']:.2f} / {s['ttft_max_s']:.2f} | {s['latency_p50_ms']:.1f} / "
               f"{s['latency_p99_ms']:.1f} | {s['failed']} | {s['mismatched']} |")
         if "rss_before_kib" in s and s["rss_before_kib"]:
