@@ -119,9 +119,26 @@ class Batcher:
             self.lock.notify()
 
     def start(self) -> "Batcher":
+        """Warm up, then run the loop in a thread of its own."""
+        self.warm_up()
         self.thread = threading.Thread(target=self.run, name="qwen-np batcher", daemon=True)
         self.thread.start()
         return self
+
+    def warm_up(self) -> None:
+        """Run each kind of pass once, on scratch tokens in two free slots: a prompt of two
+        tokens, one of one, and a decode step of both. The backend's kernels are compiled
+        (or loaded from their cache) here, not at the first request that needs them (the
+        Numba backend's first batched step compiled for about 9 s mid-stream)."""
+        if len(self.free) < 2:
+            return
+        m, (a, b) = self.model, self.free[:2]
+        scratch = [self.slots.caches[a], self.slots.caches[b]]
+        forward(m.config, m.weights, m.backend, [0, 0], scratch[0], last_only=True)
+        forward(m.config, m.weights, m.backend, [0], scratch[1], last_only=True)
+        decode_step(m.config, m.weights, m.backend, [0, 0], self.slots, [a, b])
+        for cache in scratch:
+            cache.length, cache.ntk_alpha = 0, 1.0
 
     def close(self) -> None:
         with self.lock:
