@@ -422,17 +422,30 @@ def _int8_head(rows: Int8Rows):
 _NO_HIGH = np.zeros((1, 1), np.uint8)
 
 
+# The kernels of each code width (numba_tiles.py): one token, the rows of a decode step, a
+# prefill's tokens. Each takes tile_operands(w), then x (and xsum for a prefill), the group
+# parameter, and the output.
+TILE_KERNELS = {8: (gemv_byte_tiles, rows_byte_tiles, gemm_byte_tiles),
+                6: (gemv_six_bit_tiles, rows_six_bit_tiles, gemm_six_bit_tiles),
+                5: (gemv_five_bit_tiles, rows_five_bit_tiles, gemm_five_bit_tiles),
+                4: (gemv_four_bit_tiles, rows_four_bit_tiles, gemm_four_bit_tiles)}
+
+
+def tile_operands(w: RowTiles):
+    """(the tiles' arrays a width's kernels read, its group parameter): 8-bit codes per group
+    for 8 bits, code bytes per group for the others; a high plane for 5 and 6 bits only."""
+    if w.bits == 8:
+        return (w.codes, w.scale, w.offset), w.group_size
+    if w.bits in (5, 6):
+        return (w.codes, w.high, w.scale, w.offset), w.group_size // 2
+    return (w.codes, w.scale, w.offset), w.group_size // 2
+
+
 def gemv_tiles(x, w: RowTiles) -> np.ndarray:
     """One token through a row-tiled matrix: [in] -> [out]."""
     y = np.empty(w.codes.shape[0] * LANES, np.float32)
-    if w.bits == 8:
-        gemv_byte_tiles(w.codes, w.scale, w.offset, x, w.group_size, y)
-    elif w.bits == 6:
-        gemv_six_bit_tiles(w.codes, w.high, w.scale, w.offset, x, w.group_size // 2, y)
-    elif w.bits == 5:
-        gemv_five_bit_tiles(w.codes, w.high, w.scale, w.offset, x, w.group_size // 2, y)
-    else:
-        gemv_four_bit_tiles(w.codes, w.scale, w.offset, x, w.group_size // 2, y)
+    arrays, group = tile_operands(w)
+    TILE_KERNELS[w.bits][0](*arrays, x, group, y)
     return y[:w.shape[0]]
 
 
@@ -440,18 +453,18 @@ def rows_tiles(x, w: RowTiles) -> np.ndarray:
     """Rows of B sequences through a row-tiled matrix, each row as gemv_tiles computes it:
     [B, in] -> [B, out]. x is padded with zero rows to a multiple of 4."""
     B = x.shape[0]
-    if B % BLOCK:
-        x = np.concatenate([x, np.zeros((BLOCK - B % BLOCK, x.shape[1]), np.float32)])
+    x = padded_to_block(x)
     y = np.empty((x.shape[0], w.codes.shape[0] * LANES), np.float32)
-    if w.bits == 8:
-        rows_byte_tiles(w.codes, w.scale, w.offset, x, w.group_size, y)
-    elif w.bits == 6:
-        rows_six_bit_tiles(w.codes, w.high, w.scale, w.offset, x, w.group_size // 2, y)
-    elif w.bits == 5:
-        rows_five_bit_tiles(w.codes, w.high, w.scale, w.offset, x, w.group_size // 2, y)
-    else:
-        rows_four_bit_tiles(w.codes, w.scale, w.offset, x, w.group_size // 2, y)
+    arrays, group = tile_operands(w)
+    TILE_KERNELS[w.bits][1](*arrays, x, group, y)
     return y[:B, :w.shape[0]]
+
+
+def padded_to_block(x):
+    """x [N, in] with zero rows added up to a multiple of BLOCK (4) rows."""
+    if x.shape[0] % BLOCK == 0:
+        return x
+    return np.concatenate([x, np.zeros((BLOCK - x.shape[0] % BLOCK, x.shape[1]), np.float32)])
 
 
 def dequantize_tiles(w: RowTiles, t0: int, out: np.ndarray) -> None:
@@ -474,19 +487,12 @@ def prefill_tiles(x, w: RowTiles) -> np.ndarray:
     group (the last may be shorter)."""
     out_f, n_in = w.shape
     N = x.shape[0]
-    if N % BLOCK:
-        x = np.concatenate([x, np.zeros((BLOCK - N % BLOCK, n_in), np.float32)])
+    x = padded_to_block(x)
     xsum = np.ascontiguousarray(np.add.reduceat(x, np.arange(0, n_in, w.group_size), axis=1),
                                 dtype=np.float32)
     y = np.empty((x.shape[0], w.codes.shape[0] * LANES), np.float32)
-    if w.bits == 8:
-        gemm_byte_tiles(w.codes, w.scale, w.offset, x, xsum, w.group_size, y)
-    elif w.bits == 6:
-        gemm_six_bit_tiles(w.codes, w.high, w.scale, w.offset, x, xsum, w.group_size // 2, y)
-    elif w.bits == 5:
-        gemm_five_bit_tiles(w.codes, w.high, w.scale, w.offset, x, xsum, w.group_size // 2, y)
-    else:
-        gemm_four_bit_tiles(w.codes, w.scale, w.offset, x, xsum, w.group_size // 2, y)
+    arrays, group = tile_operands(w)
+    TILE_KERNELS[w.bits][2](*arrays, x, xsum, group, y)
     return y[:N, :out_f]
 
 
