@@ -37,7 +37,7 @@ def main() -> None:
     m = qwen_np.load(args.model or default_model_path(), backend=args.backend,
                      threads=args.threads)
     cfg, w, be = m.config, m.weights, m.backend
-    room = args.context + args.rounds * (args.steps + 1) * len(SIZES) + 8
+    room = args.context + (args.rounds * len(SIZES) + 2) * (args.steps + 1) + 8
     slots = new_kv_slots(cfg, 8, room, be, m.kv_cache)
     for s in range(8):
         forward(cfg, w, be, [100 + s + i for i in range(args.context)], slots.caches[s],
