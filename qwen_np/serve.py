@@ -44,6 +44,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -585,9 +586,12 @@ async def stream_events(batcher: Batcher, request, queue: asyncio.Queue, text: S
 def run_server(model, model_name: str, host: str = "127.0.0.1", port: int = 8000,
                api_key: str | None = None, max_batch: int = 8, context: int = 2048,
                max_waiting: int = 64) -> None:
-    """Serve until Ctrl-C or SIGTERM (call from the main thread): bind, start the batcher,
-    print one line when ready, and on the way out give open requests SHUTDOWN_GRACE_SECONDS
-    and close the batcher."""
+    """Serve until Ctrl-C or SIGTERM (call from the main thread): bind, warm up, print one
+    line when ready, and on the way out give open requests SHUTDOWN_GRACE_SECONDS.
+
+    The HTTP server runs in a thread of its own, and the batcher's loop in this thread, the
+    one that loaded the model: the kernels then run in one thread only (batch.Batcher.start
+    says why that matters)."""
     import uvicorn
     model.tokenizer                                  # no tokenizer: a one-line error now
     batcher = Batcher(model, max_batch=max_batch, context=context, max_waiting=max_waiting)
@@ -595,23 +599,35 @@ def run_server(model, model_name: str, host: str = "127.0.0.1", port: int = 8000
     server = uvicorn.Server(uvicorn.Config(
         make_app(model, batcher, model_name, api_key), log_level="warning", lifespan="off",
         timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS))
-    # uvicorn handles SIGTERM while it runs and raises it again once it has stopped; this
-    # handler makes that second one (or one that comes before uvicorn's starts) a stop,
-    # so that the batcher is closed below and the exit status is 0
-    previous = signal.signal(signal.SIGTERM,
-                             lambda sig, frame: setattr(server, "should_exit", True))
+    interrupted = []
+
+    def stop(sig, frame):       # uvicorn then lets open requests finish, and returns
+        interrupted.append(sig)
+        server.should_exit = True
+
+    def serve_http():
+        try:
+            server.run(sockets=[sock])
+        finally:
+            batcher.close()     # the loop below ends once the HTTP server has
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     bound_host, bound_port = sock.getsockname()[:2]
     url = f"http://[{bound_host}]:{bound_port}" if ":" in bound_host else \
         f"http://{bound_host}:{bound_port}"
-    batcher.start()
+    batcher.warm_up()
+    http = threading.Thread(target=serve_http, name="qwen-np http", daemon=True)
+    http.start()
     print(f"qwen-np: serving {model_name} on {url} (backend {model.backend.name}, "
           f"{max_batch} slots, context {context})", file=sys.stderr, flush=True)
     try:
-        server.run(sockets=[sock])
+        batcher.run()
+        http.join()
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        batcher.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         sock.close()
+    if signal.SIGINT in interrupted:
+        raise KeyboardInterrupt      # the CLI's exit status 130
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
