@@ -94,6 +94,8 @@ def softmax(x: np.ndarray) -> np.ndarray:
 def sample_next(logits, rng: np.random.Generator, sampling: Sampling = GREEDY,
                 previous_ids=()) -> int:
     """One token id from logits [V]."""
+    if sampling.greedy:                  # the argmax as the logits are (float32 -> float64
+        return int(np.argmax(logits))    # would change no order, so it is not done)
     logits = np.asarray(logits, dtype=np.float64)
     logits = apply_repetition_penalty(logits, previous_ids, sampling.repetition_penalty)
     if sampling.temperature <= 0:
