@@ -136,19 +136,14 @@ def new_kv_slots(cfg: QwenConfig, n_slots: int, max_tokens: int, be,
                    [slot(i) for i in range(n_slots)])
 
 
-def write_kv_rows(slots: KVSlots, layer: int, slot_ids, k, v) -> None:
-    """Store k, v [B, Hkv, Dh], one new position for each of B slots, at each slot's length
-    (an int8 cache: each row quantized as write_kv quantizes a one-token chunk)."""
-    caches = [slots.caches[s] for s in slot_ids]
+def write_kv_rows(slots: KVSlots, layer: int, slot_ids, positions, k, v) -> None:
+    """Store k, v [B, Hkv, Dh], one new position for each of B slots: row b at position
+    positions[b] of slot slot_ids[b] (an int8 cache: each row quantized as write_kv
+    quantizes a one-token chunk)."""
     if slots.kind == "int8":
-        for b, cache in enumerate(caches):
-            write_kv(cache, layer, cache.length, k[b:b + 1], v[b:b + 1])
+        for b, s in enumerate(slot_ids):
+            write_kv(slots.caches[s], layer, int(positions[b]), k[b:b + 1], v[b:b + 1])
         return
-    positions = [c.length for c in caches]
-    for c in caches:
-        if c.length >= c.max_tokens:
-            raise CacheFull(f"KV cache slot holds {c.max_tokens} positions; "
-                            f"{c.length + 1} were asked for")
     slots.k[layer][slot_ids, positions] = k
     slots.v[layer][slot_ids, positions] = v
 

@@ -39,6 +39,7 @@ import numpy as np
 from .cache import (KVCache, KVSlots, default_kv_kind, new_kv_cache, read_kv, read_kv_slots,
                     write_kv, write_kv_rows)
 from .config import QwenConfig
+from .errors import CacheFull
 from .weights import LayerWeights, ModelWeights
 
 
@@ -98,11 +99,22 @@ def decode_step(cfg: QwenConfig, w: ModelWeights, be, tokens, slots: KVSlots, sl
     `forward` through slots.caches[slot]). Each row equals forward's logits for that token
     alone."""
     caches = [slots.caches[s] for s in slot_ids]
-    positions = np.array([c.length for c in caches])
+    for c in caches:
+        if c.length >= c.max_tokens:
+            raise CacheFull(f"KV cache slot holds {c.max_tokens} positions; "
+                            f"{c.length + 1} were asked for")
+    positions = np.array([c.length for c in caches])                 # [B]
+    # RoPE's frequencies: one table, or (the original Qwen's dynamic NTK, prompts of
+    # different lengths) each sequence's own
+    alphas = [c.ntk_alpha for c in caches]
+    if len(set(alphas)) == 1:
+        inv_freq = rope_inv_freq(cfg.rope_dim, ntk_rope_base(cfg, alphas[0]))
+    else:
+        inv_freq = [rope_inv_freq(cfg.rope_dim, ntk_rope_base(cfg, a)) for a in alphas]
     h = be.embed(w.embed, tokens)                                    # [B, D]
     for i, layer in enumerate(w.layers):
         x = be.rms_norm(h, layer.attn_norm, cfg.rms_norm_eps)
-        h = h + attention_rows(cfg, layer, be, x, positions, slots, slot_ids, i)
+        h = h + attention_rows(cfg, layer, be, x, positions, inv_freq, slots, slot_ids, i)
         x = be.rms_norm(h, layer.mlp_norm, cfg.rms_norm_eps)
         h = h + mlp_block(layer, be, x, linear=be.linear_rows)
     for c in caches:
@@ -111,21 +123,19 @@ def decode_step(cfg: QwenConfig, w: ModelWeights, be, tokens, slots: KVSlots, sl
     return be.linear_rows(h, w.lm_head)                              # [B, V]
 
 
-def attention_rows(cfg: QwenConfig, layer: LayerWeights, be, x, positions, slots: KVSlots,
-                   slot_ids, layer_index: int):
-    """attention_block for one new token of each of B sequences: x [B, D], positions [B]."""
+def attention_rows(cfg: QwenConfig, layer: LayerWeights, be, x, positions, inv_freq,
+                   slots: KVSlots, slot_ids, layer_index: int):
+    """attention_block for one new token of each of B sequences: x [B, D], positions [B];
+    inv_freq one table for all, or a list of one per sequence."""
     B = x.shape[0]
     q, k, v = project_qkv(cfg, layer, be, x, be.linear_rows)       # [B, H or Hkv, Dh]
-    alphas = [slots.caches[s].ntk_alpha for s in slot_ids]
-    if len(set(alphas)) == 1:
-        inv_freq = rope_inv_freq(cfg.rope_dim, ntk_rope_base(cfg, alphas[0]))
+    if isinstance(inv_freq, list):
+        for b, f in enumerate(inv_freq):
+            q[b:b + 1] = be.rope(q[b:b + 1], positions[b:b + 1], f)
+            k[b:b + 1] = be.rope(k[b:b + 1], positions[b:b + 1], f)
+    else:
         q, k = be.rope(q, positions, inv_freq), be.rope(k, positions, inv_freq)
-    else:   # the original Qwen's dynamic NTK: each sequence's own RoPE base
-        for b, alpha in enumerate(alphas):
-            inv_freq = rope_inv_freq(cfg.rope_dim, ntk_rope_base(cfg, alpha))
-            q[b:b + 1] = be.rope(q[b:b + 1], positions[b:b + 1], inv_freq)
-            k[b:b + 1] = be.rope(k[b:b + 1], positions[b:b + 1], inv_freq)
-    write_kv_rows(slots, layer_index, slot_ids, k, v)
+    write_kv_rows(slots, layer_index, slot_ids, positions, k, v)
     k_all, v_all = read_kv_slots(slots, layer_index)                # [n_slots, S, Hkv, Dh]
     if cfg.logn_attn and int(positions.max()) + 1 > cfg.seq_length:
         q = q * be.asarray(logn_scale(positions, cfg.seq_length))[:, None, None]

@@ -12,7 +12,7 @@ import pytest
 from conftest import FIXTURE_MODELS, fixture_path
 from qwen_np.batch import Batcher, QueueFull
 from qwen_np.cache import new_kv_slots
-from qwen_np.errors import InputError
+from qwen_np.errors import CacheFull, InputError
 from qwen_np.fetch import default_model_path, is_fetched
 from qwen_np.model import decode_step, forward
 from qwen_np.sampling import Sampling
@@ -69,6 +69,18 @@ def test_each_row_of_a_decode_step_is_the_sequence_decoded_alone(backend, name, 
         for step in range(5):
             assert np.array_equal(together[step][b], alone[step]), (b, step)
     assert [slots.caches[s].length for s in slot_ids] == [len(p) + 5 for p in PROMPTS]
+
+
+def test_a_decode_step_into_a_full_slot_is_refused_before_anything_is_written():
+    m = load("qwen2-tied-f32", "numpy")
+    slots = new_kv_slots(m.config, 2, 4, m.backend)
+    forward(m.config, m.weights, m.backend, [1, 2, 3, 4], slots.caches[1], last_only=True)
+    forward(m.config, m.weights, m.backend, [5], slots.caches[0], last_only=True)
+    before = [a.copy() for a in slots.k]
+    with pytest.raises(CacheFull, match="holds 4 positions; 5"):
+        decode_step(m.config, m.weights, m.backend, [7, 8], slots, [0, 1])
+    assert all(np.array_equal(a, b) for a, b in zip(slots.k, before))
+    assert [c.length for c in slots.caches] == [1, 4]
 
 
 def run_all(batcher, requests, timeout=120):
