@@ -129,10 +129,14 @@ class Batcher:
         then calls start() does best to run the loop itself instead (run(), after warm_up()),
         as `qwen-np serve` does."""
         ready = threading.Event()
+        failed = []
 
         def warm_up_then_run():
             try:
                 self.warm_up()
+            except BaseException as e:      # start() raises it in the caller's thread
+                failed.append(e)
+                return
             finally:
                 ready.set()
             self.run()
@@ -140,6 +144,8 @@ class Batcher:
                                        daemon=True)
         self.thread.start()
         ready.wait()
+        if failed:
+            raise failed[0]
         return self
 
     def warm_up(self) -> None:

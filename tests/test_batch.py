@@ -220,6 +220,28 @@ def test_an_emit_that_raises_cancels_only_its_own_request():
     assert good.tokens == m.generate([3, 4], max_new_tokens=6, stop_ids=[])
 
 
+def test_start_warms_up_on_scratch_slots_and_a_failing_warm_up_is_raised(monkeypatch):
+    m = load("qwen2-tied-f32", "numpy")
+    b = Batcher(m, max_batch=2, context=16).start()
+    assert [c.length for c in b.slots.caches] == [0, 0] and b.free == [0, 1]
+    assert b.slots.k[0][:2, :2].any()          # the warm-up's two passes wrote there
+    got = Collect()
+    r = b.submit([1, 2, 3], 4, stop_ids=[], emit=got)
+    deadline = time.time() + 60
+    while r.finish is None and time.time() < deadline:
+        time.sleep(0.005)
+    b.close()
+    assert got.tokens == m.generate([1, 2, 3], max_new_tokens=4, stop_ids=[])
+
+    broken = Batcher(m, max_batch=2, context=16)
+
+    def fail():
+        raise RuntimeError("no kernels today")
+    monkeypatch.setattr(broken, "warm_up", fail)
+    with pytest.raises(RuntimeError, match="no kernels today"):
+        broken.start()
+
+
 def test_close_ends_what_is_left_and_the_thread_stops():
     m = load("qwen2-tied-f32", "numpy")
     b = Batcher(m, max_batch=1, context=64).start()
