@@ -17,8 +17,10 @@ Hkv key/value heads, Dh head dim, S cached positions):
     embed(table, ids)              [V, D] table, [T] ids            -> [T, D]
     linear(x, w, bias=None)        [T, in] x, w [out, in]           -> [T, out]  (x @ w.T + bias)
     rms_norm(x, w, eps)            [..., n] x, [n] w                -> [..., n]
-    rope(x, positions, inv_freq)   [T, h, Dh] x, [T] positions      -> [T, h, Dh] (rotate-half
-                                   over the first 2 * len(inv_freq) dims; the rest unchanged)
+    rope(x, positions, inv_freq, scaling=1.0)
+                                   [T, h, Dh] x, [T] positions      -> [T, h, Dh] (rotate-half
+                                   over the first 2 * len(inv_freq) dims, cos and sin times
+                                   `scaling` (YaRN); the rest unchanged)
     attention(q, k, v, start)      q [T, H, Dh], k/v [S, Hkv, Dh]; query t sits at position
                                    start + t and sees keys 0..start+t (causal, GQA); k/v
                                    are float arrays (any float dtype) or an int8 cache's

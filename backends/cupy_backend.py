@@ -268,7 +268,9 @@ class CupyBackend:
                                      (x, self.asarray(w), np.float32(eps), np.int32(n), out))
         return out
 
-    def rope(self, x, positions, inv_freq):
+    def rope(self, x, positions, inv_freq, scaling=1.0):
+        """The kernel turns by cos and sin of its own; YaRN's factor on cos and sin
+        (`scaling`, else 1) multiplies the result (the same up to float32 rounding)."""
         x = self.asarray(x)
         T, heads, d = x.shape
         inv = np.ascontiguousarray(inv_freq, np.float64)
@@ -277,6 +279,9 @@ class CupyBackend:
         self.kernel("rope_rows")((grid,), (block,), (
             x, self.upload(np.asarray(positions, np.int32)), self.upload(inv),
             np.int32(heads), np.int32(d), np.int32(len(inv)), np.int64(x.size), out))
+        if scaling != 1.0:
+            n = 2 * len(inv)        # only the rotated dims; the rest pass through
+            out[..., :n] *= np.float32(scaling)
         return out
 
     def attention(self, q, k, v, start):

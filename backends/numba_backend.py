@@ -349,11 +349,12 @@ class NumbaBackend:
         rms_norm_rows(x2, np.asarray(w, np.float32), np.float32(eps), out)
         return out.reshape(x.shape)
 
-    def rope(self, x, positions, inv_freq):
+    def rope(self, x, positions, inv_freq, scaling=1.0):
         angle = np.asarray(positions, np.float64)[:, None] * np.asarray(inv_freq, np.float64)
         out = np.empty(x.shape, np.float32)
-        rope_rows(np.ascontiguousarray(x, dtype=np.float32), np.cos(angle).astype(np.float32),
-                  np.sin(angle).astype(np.float32), out)
+        rope_rows(np.ascontiguousarray(x, dtype=np.float32),
+                  (np.cos(angle) * scaling).astype(np.float32),
+                  (np.sin(angle) * scaling).astype(np.float32), out)
         return out
 
     def attention(self, q, k, v, start):

@@ -100,7 +100,7 @@ class NumpyBackend:
         mean_sq = np.mean(x * x, axis=-1, keepdims=True)
         return x / np.sqrt(mean_sq + self.dtype.type(eps)) * w
 
-    def rope(self, x, positions, inv_freq):
+    def rope(self, x, positions, inv_freq, scaling=1.0):
         """Rotate-half ("NeoX") RoPE over the first 2n = 2 * len(inv_freq) dims of each head:
         element i pairs with element i + n; dims from 2n on pass through unchanged (partial
         rotary, as the original Qwen's rotary_pct < 1).
@@ -108,11 +108,12 @@ class NumpyBackend:
         angle[t, j] = positions[t] * inv_freq[j]           j < n
         x'[..., :n]   = x1 * cos - x2 * sin
         x'[..., n:2n] = x2 * cos + x1 * sin
-        The angles and their cos/sin are computed in float64, then rounded to the compute dtype.
+        cos and sin are multiplied by `scaling` (YaRN's attention factor; else 1). The angles
+        and their cos/sin are computed in float64, then rounded to the compute dtype.
         """
         angle = np.asarray(positions, np.float64)[:, None] * np.asarray(inv_freq, np.float64)
-        cos = np.cos(angle).astype(self.dtype)[:, None, :]  # [T, 1, n]
-        sin = np.sin(angle).astype(self.dtype)[:, None, :]
+        cos = (np.cos(angle) * scaling).astype(self.dtype)[:, None, :]  # [T, 1, n]
+        sin = (np.sin(angle) * scaling).astype(self.dtype)[:, None, :]
         n = angle.shape[1]
         x1, x2, rest = x[..., :n], x[..., n:2 * n], x[..., 2 * n:]
         return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], axis=-1)

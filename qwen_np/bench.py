@@ -9,6 +9,8 @@ token (s)" is the wall time from just before the parent spawns the child (its ti
 to the moment the child knows the first token (the child's time.time() then), so that the
 interpreter's start, the imports and the load count for both sides. qwen-np's includes its
 two-token warm-up pass (which loads the JIT-compiled kernels before the prefill is timed).
+"weights read / token (MiB)" is what one decoded token reads of qwen-np's weights
+(memory.decode_bytes_per_token: an MoE model's token reads k of each sparse layer's E experts).
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def measure_here(path: str, backend: str, threads: int | None, P: int, G: int,
     import numpy as np
 
     from .api import load
-    from .memory import rss_bytes
+    from .memory import decode_bytes_per_token, rss_bytes
     from .model import forward
     t0 = time.perf_counter()
     model = load(path, backend=backend, threads=threads, kv_cache=kv_cache,
@@ -93,7 +95,7 @@ def measure_here(path: str, backend: str, threads: int | None, P: int, G: int,
     return {"system": f"qwen-np ({label})", "load_s": load_s, "prefill_tok_s": P / prefill_s,
             "ttft_s": prefill_s, "decode_tok_s": G / decode_s,
             "peak_rss_mib": (rss_bytes("VmHWM") or 0) / 2**20, "first_token_at": first_token_at,
-            "ids": gen[:16]}
+            "read_mib": decode_bytes_per_token(cfg, w) / 2**20, "ids": gen[:16]}
 
 
 def run_json(cmd: list[str]) -> dict:
@@ -126,15 +128,17 @@ def format_table(rows: list[dict], P: int) -> str:
             ("ttft_s", "first token (s)", ".2f"),
             ("start_to_first_s", "start to first token (s)", ".2f"),
             ("decode_tok_s", "decode (tok/s)", ".2f"),
-            ("peak_rss_mib", "peak RSS (MiB)", ".0f")]
+            ("peak_rss_mib", "peak RSS (MiB)", ".0f"),
+            ("read_mib", "weights read / token (MiB)", ".1f")]
     lines = ["| system | " + " | ".join(c[1] for c in cols) + " |",
              "| --- |" + " --- |" * len(cols)]
     for r in rows:
-        lines.append(f"| {r['system']} | " + " | ".join(format(r[k], f) for k, _, f in cols) + " |")
+        lines.append(f"| {r['system']} | " + " | ".join(
+            format(r[k], f) if k in r else "-" for k, _, f in cols) + " |")
     if len(rows) == 2:
         a, b = rows
-        lines.append("| ratio qwen-np / llama.cpp | " +
-                     " | ".join(f"{a[k] / b[k]:.3f}" for k, _, _ in cols) + " |")
+        lines.append("| ratio qwen-np / llama.cpp | " + " | ".join(
+            f"{a[k] / b[k]:.3f}" if k in a and k in b else "-" for k, _, _ in cols) + " |")
         lines.append(f"\nsame greedy ids (first 16): {a['ids'] == b['ids']}")
     return "\n".join(lines)
 

@@ -6,6 +6,18 @@ Qwen3 is written as the difference from Qwen2, as transformers' modular files do
          biases only if `attention_bias` (then on q, k, v *and* o, as in LlamaAttention).
 Both: `head_dim` comes from the config when present, else hidden_size // num_attention_heads.
 
+The mixture-of-experts models are Qwen2 and Qwen3 with a different MLP in some layers:
+  qwen2_moe  Qwen2 attention (q/k/v bias per `qkv_bias`); in a sparse layer a router picks
+             num_experts_per_tok of num_experts SwiGLU experts (moe_intermediate_size wide),
+             plus one shared expert (shared_expert_intermediate_size wide) scaled by a
+             sigmoid gate
+  qwen3_moe  Qwen3 attention; the same router and experts, no shared expert
+Layer i is sparse if i is not in `mlp_only_layers` and (i + 1) % decoder_sparse_step == 0
+(transformers' Qwen2MoeDecoderLayer); the others are dense MLPs of intermediate_size.
+
+YaRN (`rope_scaling` / `rope_parameters` with type "yarn") changes RoPE's frequencies and
+scales cos and sin; rope.py has the math, `YarnScaling` its parameters.
+
 The original Qwen (`qwen`, QWenLMHeadModel, Qwen's own modeling_qwen.py) is Qwen2 without GQA
 plus four differences, each a field here:
   rotary_dim      only the first int(kv_channels * rotary_pct) dims of a head rotate
@@ -27,13 +39,25 @@ from dataclasses import dataclass, field, replace
 from .errors import FormatError, UnsupportedModel
 from .io.model_files import read_json, short_repr
 
-SUPPORTED_MODEL_TYPES = ("qwen", "qwen2", "qwen3")
+SUPPORTED_MODEL_TYPES = ("qwen", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe")
 REQUIRED = object()   # ConfigReader: the key has no default
 
 
 @dataclass(frozen=True)
+class YarnScaling:
+    """YaRN's parameters as transformers reads them (modeling_rope_utils._compute_yarn_parameters)."""
+    factor: float                   # context extension: s
+    original_max_position_embeddings: int   # the length the model was trained at
+    beta_fast: float = 32.0         # rotations bounding the extrapolated (fast) dims
+    beta_slow: float = 1.0          # rotations bounding the interpolated (slow) dims
+    attention_factor: float = 1.0   # multiplies cos and sin (0.1 ln s + 1 unless given)
+    truncate: bool = True           # floor/ceil the correction range
+
+
+@dataclass(frozen=True)
 class QwenConfig:
-    model_type: str                 # "qwen" (the original), "qwen2" (Qwen2, Qwen2.5) or "qwen3"
+    model_type: str                 # "qwen" (the original), "qwen2" (Qwen2, Qwen2.5), "qwen3",
+                                    # "qwen2_moe" or "qwen3_moe"
     vocab_size: int                 # V: rows of the embedding table
     hidden_size: int                # D
     intermediate_size: int          # F: SwiGLU width
@@ -55,10 +79,22 @@ class QwenConfig:
     dynamic_ntk: bool = False       # Qwen v1: RoPE base from the prompt length (model.py)
     logn_attn: bool = False         # Qwen v1: queries past seq_length scaled by log_seq(p+1)
     kv_cache_quantization: bool = False   # Qwen v1's use_cache_quantization (cache.py)
+    yarn: YarnScaling | None = None # YaRN RoPE scaling (rope.py), or None
+    # mixture of experts (qwen2_moe, qwen3_moe; zero / empty for dense models)
+    num_experts: int = 0            # E: routed experts in a sparse layer
+    num_experts_per_tok: int = 0    # k: experts each token is sent to
+    moe_intermediate_size: int = 0  # Fe: an expert's SwiGLU width
+    shared_expert_intermediate_size: int = 0   # Fs: Qwen2-MoE's shared expert (0: none)
+    norm_topk_prob: bool = False    # renormalize the k chosen probabilities to sum to 1
+    sparse_layers: tuple[int, ...] = ()        # the layers whose MLP is the expert mixture
 
     @property
     def rope_dim(self) -> int:
         return self.head_dim if self.rotary_dim is None else self.rotary_dim
+
+    def is_sparse(self, layer: int) -> bool:
+        """Whether layer `layer`'s MLP is the mixture of experts."""
+        return layer in self.sparse_layers
 
 
 def config_from_hf_dict(d: dict, source: str = "config.json") -> QwenConfig:
@@ -90,14 +126,12 @@ def config_from_hf_dict(d: dict, source: str = "config.json") -> QwenConfig:
                           f"{heads} (and there is no head_dim)")
     head_dim = key.integer("head_dim", hidden // heads)
 
-    rope = key.object("rope_parameters")
-    scaling = key.object("rope_scaling")
-    rope_type = rope.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
-    if rope_type != "default":
-        raise UnsupportedModel(f"{source}: rope type {short_repr(rope_type)} is not supported (only 'default')")
+    rope = {**key.object("rope_scaling"), **key.object("rope_parameters")}
     theta = ConfigReader(rope, source).number("rope_theta", None, positive=True)
     if theta is None:
         theta = key.number("rope_theta", 10000.0, positive=True)
+    max_positions = key.integer("max_position_embeddings", 32768)
+    yarn = yarn_from_dict(rope, key, max_positions, source)
     act = d.get("hidden_act", "silu")
     if act != "silu":     # the MLP is SwiGLU: another activation would be silently wrong
         raise UnsupportedModel(f"{source}: hidden_act {short_repr(act)} is not supported "
@@ -109,29 +143,98 @@ def config_from_hf_dict(d: dict, source: str = "config.json") -> QwenConfig:
 
     if model_type == "qwen2":
         qkv_bias, o_bias, qk_norm = True, False, False
-    else:  # qwen3
+    elif model_type == "qwen2_moe":
+        qkv_bias, o_bias, qk_norm = key.flag("qkv_bias", True), False, False
+    else:  # qwen3, qwen3_moe
         bias = key.flag("attention_bias", False)
         qkv_bias, o_bias, qk_norm = bias, bias, True
+    layers = key.integer("num_hidden_layers")
+    moe = moe_fields(d, key, model_type, layers, source) if model_type.endswith("_moe") else {}
 
     return QwenConfig(
         model_type=model_type,
         vocab_size=key.integer("vocab_size"),
         hidden_size=hidden,
         intermediate_size=key.integer("intermediate_size"),
-        num_hidden_layers=key.integer("num_hidden_layers"),
+        num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
         head_dim=head_dim,
         rms_norm_eps=key.number("rms_norm_eps", 1e-6),
         rope_theta=theta,
-        max_position_embeddings=key.integer("max_position_embeddings", 32768),
+        max_position_embeddings=max_positions,
         tie_word_embeddings=key.flag("tie_word_embeddings", False),
         qkv_bias=qkv_bias,
         o_bias=o_bias,
         qk_norm=qk_norm,
         bos_token_id=key.token_id("bos_token_id"),
         eos_token_ids=key.token_ids("eos_token_id"),
+        yarn=yarn,
+        **moe,
     )
+
+
+def yarn_from_dict(rope: dict, key: "ConfigReader", max_positions: int,
+                   source: str) -> YarnScaling | None:
+    """YaRN's parameters from the merged rope_scaling / rope_parameters object, with
+    transformers' defaults (standardize_rope_params, _compute_yarn_parameters):
+    original_max_position_embeddings from the object, else the config's top level, else
+    max_position_embeddings; factor, else max_position_embeddings / that; attention_factor,
+    else from mscale / mscale_all_dim when both are given, else 0.1 ln(factor) + 1.
+    Any rope type but "default" and "yarn" is refused by name."""
+    rope_type = rope.get("rope_type") or rope.get("type") or "default"
+    if rope_type == "default":
+        return None
+    if rope_type != "yarn":
+        raise UnsupportedModel(f"{source}: rope type {short_repr(rope_type)} is not supported "
+                               f"(supported: default, yarn)")
+    r = ConfigReader(rope, source)
+    original = r.integer("original_max_position_embeddings", None) \
+        or key.integer("original_max_position_embeddings", max_positions)
+    factor = r.number("factor", None, positive=True)
+    if factor is None:
+        factor = max_positions / original
+    mscale, mscale_all = r.number("mscale", 0.0), r.number("mscale_all_dim", 0.0)
+
+    def get_mscale(scale, m=1.0):
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    attention = r.number("attention_factor", None)
+    if attention is None:
+        attention = get_mscale(factor, mscale) / get_mscale(factor, mscale_all) \
+            if mscale and mscale_all else get_mscale(factor)
+    return YarnScaling(factor=factor, original_max_position_embeddings=original,
+                       beta_fast=r.number("beta_fast", 0.0) or 32.0,
+                       beta_slow=r.number("beta_slow", 0.0) or 1.0,
+                       attention_factor=attention, truncate=r.flag("truncate", True))
+
+
+def moe_fields(d: dict, key: "ConfigReader", model_type: str, layers: int, source: str) -> dict:
+    """QwenConfig's mixture-of-experts fields from a qwen2_moe / qwen3_moe config.json, with
+    transformers' defaults (configuration_qwen2_moe.py, configuration_qwen3_moe.py)."""
+    v2 = model_type == "qwen2_moe"
+    # Qwen's own configs say num_experts; transformers 5 writes Qwen3-MoE's as num_local_experts
+    name = "num_local_experts" if d.get("num_experts") is None and \
+        d.get("num_local_experts") is not None else "num_experts"
+    experts = key.integer(name, 60 if v2 else 128)
+    per_tok = key.integer("num_experts_per_tok", 4 if v2 else 8)
+    if per_tok > experts:
+        raise FormatError(f"{source}: num_experts_per_tok {per_tok} is larger than "
+                          f"{name} {experts}")
+    step = key.integer("decoder_sparse_step", 1)
+    only = d.get("mlp_only_layers") or []
+    if not isinstance(only, list) or any(isinstance(i, bool) or not isinstance(i, int)
+                                         for i in only):
+        raise FormatError(f"{source}: mlp_only_layers is {short_repr(only)}; expected a list "
+                          f"of layer indices")
+    return dict(
+        num_experts=experts, num_experts_per_tok=per_tok,
+        moe_intermediate_size=key.integer("moe_intermediate_size", 1408 if v2 else 768),
+        shared_expert_intermediate_size=key.integer("shared_expert_intermediate_size", 5632)
+        if v2 else 0,
+        norm_topk_prob=key.flag("norm_topk_prob", False),
+        sparse_layers=tuple(i for i in range(layers)
+                            if i not in only and (i + 1) % step == 0))
 
 
 # Qwen v1's config keys: the current name and the early (August 2023) one for each.

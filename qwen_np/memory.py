@@ -128,14 +128,23 @@ def model_components(cfg: QwenConfig, weights, context: int, kv_kind: str,
         if isinstance(t, QuantizedTensor) and key == "float matrices":
             c["quantized codes"] += t.codes.nbytes
             c["scales + offsets"] += t.nbytes - t.codes.nbytes
+        elif key == "routed experts":
+            c[next(k for k in c if k.startswith(key))] += int(t.nbytes)
         else:
             c[key] += int(t.nbytes)
 
+    if cfg.num_experts:     # listed apart: a decoded token reads k of each layer's E
+        c[f"routed experts ({cfg.num_experts_per_tok} of {cfg.num_experts} read)"] = 0
     for layer in weights.layers:
         for name, t in vars(layer).items():
             if t is None:
                 continue
-            if name in ("q", "k", "v", "o", "gate", "up", "down"):
+            if name == "moe":
+                for m in moe_shared_matrices(t):
+                    add_matrix(m, "float matrices")
+                for m in expert_matrices(t):
+                    add_matrix(m, "routed experts")
+            elif name in ("q", "k", "v", "o", "gate", "up", "down"):
                 add_matrix(t, "float matrices")
             else:
                 c["norms + biases"] += int(t.nbytes)
@@ -153,6 +162,38 @@ def model_components(cfg: QwenConfig, weights, context: int, kv_kind: str,
     c["KV cache"] = kv_cache_bytes(cfg, context, kv_kind, compute_itemsize)
     c["working buffers"] = working_bytes(cfg, prompt_tokens, context, compute_itemsize, largest_tile)
     return c
+
+
+def expert_matrices(moe) -> list:
+    """The routed experts' matrices of one sparse layer (MoEWeights)."""
+    return [m for e in moe.experts for m in (e.gate, e.up, e.down)]
+
+
+def moe_shared_matrices(moe) -> list:
+    """What every token of a sparse layer reads: the router, and the shared expert with its
+    gate (Qwen2-MoE)."""
+    shared = [] if moe.shared is None else [moe.shared.gate, moe.shared.up, moe.shared.down,
+                                             moe.shared_gate]
+    return [moe.router] + shared
+
+
+def decode_bytes_per_token(cfg: QwenConfig, weights) -> int:
+    """Weight bytes one decoded token reads: every matrix of every layer, except that a sparse
+    layer's routed experts count k / E of their bytes (the token reads k of the E; their
+    average size), the LM head, and one row of an untied embedding (a lookup)."""
+    read = 0.0
+    for layer in weights.layers:
+        for name in ("q", "k", "v", "o", "gate", "up", "down"):
+            t = getattr(layer, name)
+            read += 0 if t is None else t.nbytes
+        if layer.moe is not None:
+            read += sum(m.nbytes for m in moe_shared_matrices(layer.moe))
+            read += sum(m.nbytes for m in expert_matrices(layer.moe)) \
+                * cfg.num_experts_per_tok / cfg.num_experts
+    read += weights.lm_head.nbytes
+    if weights.embed is not weights.lm_head:
+        read += weights.embed.nbytes / weights.embed.shape[0]
+    return int(read)
 
 
 def total(components: dict[str, int]) -> int:

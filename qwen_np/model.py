@@ -10,6 +10,10 @@
 Qwen3 differs only inside attention: a per-head RMSNorm on q and k before RoPE, and no biases.
 Source: transformers' modeling_qwen2.py and modular_qwen3.py.
 
+Qwen2-MoE and Qwen3-MoE differ only in the MLP of their sparse layers: a router sends each
+token to k of E SwiGLU experts (moe.py). YaRN changes only RoPE's frequencies and multiplies
+its cos and sin by a factor (rope.py).
+
 The original Qwen (Qwen's own modeling_qwen.py) differs from Qwen2 in four small, named ways,
 all but the last in attention:
   partial rotary   only the first cfg.rope_dim dims of each head rotate (be.rope leaves the rest)
@@ -40,6 +44,8 @@ from .cache import (KVCache, KVSlots, default_kv_kind, new_kv_cache, read_kv, re
                     write_kv, write_kv_rows)
 from .config import QwenConfig
 from .errors import CacheFull
+from .moe import moe_block
+from .rope import config_inv_freq, cos_sin_factor
 from .weights import LayerWeights, ModelWeights
 
 
@@ -64,7 +70,7 @@ def forward(cfg: QwenConfig, w: ModelWeights, be, ids, cache: KVCache | None = N
     positions = np.arange(start, start + T)
     if start == 0:   # a prefill: dynamic NTK chooses its alpha here, for this pass and later ones
         cache.ntk_alpha = ntk_alpha(cfg, prompt_length or T)
-    inv_freq = rope_inv_freq(cfg.rope_dim, ntk_rope_base(cfg, cache.ntk_alpha))
+    inv_freq = config_inv_freq(cfg, ntk_rope_base(cfg, cache.ntk_alpha))
 
     h = be.embed(w.embed, ids)                                       # [T, D]
     note("model.embed_tokens", h)
@@ -76,7 +82,7 @@ def forward(cfg: QwenConfig, w: ModelWeights, be, ids, cache: KVCache | None = N
         note(p + "attn_residual", h)
         x = be.rms_norm(h, layer.mlp_norm, cfg.rms_norm_eps)
         note(p + "post_attention_layernorm", x)
-        h = h + mlp_block(layer, be, x, note, p)
+        h = h + mlp_or_experts(cfg, layer, be, x, note, p)
         note(p.rstrip("."), h)                                       # the layer's output
     cache.length = start + T
 
@@ -108,15 +114,15 @@ def decode_step(cfg: QwenConfig, w: ModelWeights, be, tokens, slots: KVSlots, sl
     # different lengths) each sequence's own
     alphas = [c.ntk_alpha for c in caches]
     if len(set(alphas)) == 1:
-        inv_freq = rope_inv_freq(cfg.rope_dim, ntk_rope_base(cfg, alphas[0]))
+        inv_freq = config_inv_freq(cfg, ntk_rope_base(cfg, alphas[0]))
     else:
-        inv_freq = [rope_inv_freq(cfg.rope_dim, ntk_rope_base(cfg, a)) for a in alphas]
+        inv_freq = [config_inv_freq(cfg, ntk_rope_base(cfg, a)) for a in alphas]
     h = be.embed(w.embed, tokens)                                    # [B, D]
     for i, layer in enumerate(w.layers):
         x = be.rms_norm(h, layer.attn_norm, cfg.rms_norm_eps)
         h = h + attention_rows(cfg, layer, be, x, positions, inv_freq, slots, slot_ids, i)
         x = be.rms_norm(h, layer.mlp_norm, cfg.rms_norm_eps)
-        h = h + mlp_block(layer, be, x, linear=be.linear_rows)
+        h = h + mlp_or_experts(cfg, layer, be, x, linear=be.linear_rows)
     for c in caches:
         c.length += 1
     h = be.rms_norm(h, w.norm, cfg.rms_norm_eps)
@@ -129,12 +135,13 @@ def attention_rows(cfg: QwenConfig, layer: LayerWeights, be, x, positions, inv_f
     inv_freq one table for all, or a list of one per sequence."""
     B = x.shape[0]
     q, k, v = project_qkv(cfg, layer, be, x, be.linear_rows)       # [B, H or Hkv, Dh]
+    s = cos_sin_factor(cfg)
     if isinstance(inv_freq, list):
         for b, f in enumerate(inv_freq):
-            q[b:b + 1] = be.rope(q[b:b + 1], positions[b:b + 1], f)
-            k[b:b + 1] = be.rope(k[b:b + 1], positions[b:b + 1], f)
+            q[b:b + 1] = be.rope(q[b:b + 1], positions[b:b + 1], f, s)
+            k[b:b + 1] = be.rope(k[b:b + 1], positions[b:b + 1], f, s)
     else:
-        q, k = be.rope(q, positions, inv_freq), be.rope(k, positions, inv_freq)
+        q, k = be.rope(q, positions, inv_freq, s), be.rope(k, positions, inv_freq, s)
     write_kv_rows(slots, layer_index, slot_ids, positions, k, v)
     k_all, v_all = read_kv_slots(slots, layer_index)                # [n_slots, S, Hkv, Dh]
     if cfg.logn_attn and int(positions.max()) + 1 > cfg.seq_length:
@@ -165,8 +172,9 @@ def attention_block(cfg: QwenConfig, layer: LayerWeights, be, x, positions, inv_
     H, Dh = cfg.num_attention_heads, cfg.head_dim
     a = p + "self_attn."
     q, k, v = project_qkv(cfg, layer, be, x, be.linear, note, a)
-    q = be.rope(q, positions, inv_freq)       # the first 2 * len(inv_freq) dims rotate
-    k = be.rope(k, positions, inv_freq)
+    s = cos_sin_factor(cfg)                   # YaRN's attention factor, else 1
+    q = be.rope(q, positions, inv_freq, s)    # the first 2 * len(inv_freq) dims rotate
+    k = be.rope(k, positions, inv_freq, s)
     note(a + "q_rope", q), note(a + "k_rope", k)
 
     start = int(positions[0])
@@ -181,7 +189,18 @@ def attention_block(cfg: QwenConfig, layer: LayerWeights, be, x, positions, inv_
     return out
 
 
-def mlp_block(layer: LayerWeights, be, x, note=ignore, p: str = "", linear=None):
+def mlp_or_experts(cfg: QwenConfig, layer: LayerWeights, be, x, note=ignore, p: str = "",
+                   linear=None):
+    """The layer's MLP: the dense SwiGLU, or (a sparse layer of an MoE model) the mixture of
+    experts (moe.py)."""
+    if layer.moe is not None:
+        return moe_block(cfg, layer.moe, be, x, note, p, linear or be.linear, mlp_block)
+    return mlp_block(layer, be, x, note, p, linear)
+
+
+def mlp_block(layer, be, x, note=ignore, p: str = "", linear=None):
+    """SwiGLU: down(silu(gate(x)) * up(x)). `layer`: anything with gate, up and down (a
+    layer's weights, or one expert's)."""
     linear = linear or be.linear
     gate = linear(x, layer.gate)                                     # [T, F]
     up = linear(x, layer.up)                                         # [T, F]
@@ -191,11 +210,6 @@ def mlp_block(layer: LayerWeights, be, x, note=ignore, p: str = "", linear=None)
     out = linear(act, layer.down)                                    # [T, D]
     note(p + "mlp.down_proj", out)
     return out
-
-
-def rope_inv_freq(dim: int, theta: float) -> np.ndarray:
-    """inv_freq[j] = 1 / theta^(2j / dim), j < dim/2, in float64 (dim: the rotated dims)."""
-    return 1.0 / theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
 
 
 def ntk_alpha(cfg: QwenConfig, length: int) -> float:

@@ -7,6 +7,7 @@ in `nn.Linear` and stay as the reader gave them (memory-mapped, file dtype); the
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,23 @@ from .errors import FormatError
 
 # Buffers some older checkpoints carry; they are recomputed, never read.
 IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
+
+
+@dataclass
+class ExpertWeights:
+    """One SwiGLU MLP: a routed expert, or Qwen2-MoE's shared expert."""
+    gate: object                     # [Fe, D]
+    up: object                       # [Fe, D]
+    down: object                     # [D, Fe]
+
+
+@dataclass
+class MoEWeights:
+    """A sparse layer's mixture of experts (moe.py)."""
+    router: object                   # [E, D]     mlp.gate: one logit per expert
+    experts: list[ExpertWeights]     # E of them, each read only for the tokens routed to it
+    shared: ExpertWeights | None     # Qwen2-MoE: the expert every token goes through
+    shared_gate: object | None       # [1, D]     its sigmoid gate
 
 
 @dataclass
@@ -33,9 +51,10 @@ class LayerWeights:
     q_norm: np.ndarray | None        # [Dh]      (Qwen3)
     k_norm: np.ndarray | None        # [Dh]
     mlp_norm: np.ndarray             # [D]
-    gate: object                     # [F, D]
+    gate: object                     # [F, D]     (None in a sparse layer)
     up: object                       # [F, D]
     down: object                     # [D, F]
+    moe: MoEWeights | None = None    # a sparse layer's experts (MoE models)
 
 
 @dataclass
@@ -62,10 +81,8 @@ def expected_shapes(cfg: QwenConfig) -> dict[str, tuple[int, ...]]:
             p + "self_attn.v_proj.weight": (kv_out, D),
             p + "self_attn.o_proj.weight": (D, q_out),
             p + "post_attention_layernorm.weight": (D,),
-            p + "mlp.gate_proj.weight": (F, D),
-            p + "mlp.up_proj.weight": (F, D),
-            p + "mlp.down_proj.weight": (D, F),
         })
+        shapes.update(moe_shapes(cfg, i) if cfg.is_sparse(i) else swiglu_shapes(p + "mlp.", F, D))
         if cfg.qkv_bias:
             shapes.update({p + "self_attn.q_proj.bias": (q_out,),
                            p + "self_attn.k_proj.bias": (kv_out,),
@@ -75,6 +92,24 @@ def expected_shapes(cfg: QwenConfig) -> dict[str, tuple[int, ...]]:
         if cfg.qk_norm:
             shapes.update({p + "self_attn.q_norm.weight": (Dh,),
                            p + "self_attn.k_norm.weight": (Dh,)})
+    return shapes
+
+
+def swiglu_shapes(prefix: str, F: int, D: int) -> dict[str, tuple[int, int]]:
+    """gate_proj, up_proj and down_proj of a SwiGLU MLP F wide, under `prefix`."""
+    return {prefix + "gate_proj.weight": (F, D), prefix + "up_proj.weight": (F, D),
+            prefix + "down_proj.weight": (D, F)}
+
+
+def moe_shapes(cfg: QwenConfig, layer: int) -> dict[str, tuple[int, ...]]:
+    """A sparse layer's tensors: the router, each expert, and Qwen2-MoE's shared expert."""
+    D, p = cfg.hidden_size, f"model.layers.{layer}.mlp."
+    shapes = {p + "gate.weight": (cfg.num_experts, D)}
+    for e in range(cfg.num_experts):
+        shapes.update(swiglu_shapes(f"{p}experts.{e}.", cfg.moe_intermediate_size, D))
+    if cfg.shared_expert_intermediate_size:
+        shapes.update(swiglu_shapes(p + "shared_expert.", cfg.shared_expert_intermediate_size, D))
+        shapes[p + "shared_expert_gate.weight"] = (1, D)
     return shapes
 
 
@@ -96,6 +131,7 @@ def check_tensors(cfg: QwenConfig, tensors: dict, source: str, shapes: dict | No
     """Missing, extra or mis-shaped tensors are errors that name the tensor; `shapes` are the
     names and shapes expected (default: expected_shapes(cfg), the names the model reads)."""
     shapes = expected_shapes(cfg) if shapes is None else shapes
+    check_expert_count(cfg, tensors, source)
     for name, shape in shapes.items():
         if name not in tensors:
             raise FormatError(f"{source}: missing tensor {name}")
@@ -109,6 +145,28 @@ def check_tensors(cfg: QwenConfig, tensors: dict, source: str, shapes: dict | No
             continue  # tied: transformers ignores a stored copy too, and so do we
         raise FormatError(f"{source}: unexpected tensor {name} (not used by a "
                           f"{cfg.model_type} model with this config)")
+
+
+EXPERT = re.compile(r"model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.")
+
+
+def check_expert_count(cfg: QwenConfig, tensors: dict, source: str) -> None:
+    """Each sparse layer holds exactly the config's num_experts experts (numbered from 0),
+    and no other layer holds any: a disagreement is named as such, not as a missing tensor."""
+    held: dict[int, set[int]] = {}
+    for name in tensors:
+        m = EXPERT.match(name)
+        if m:
+            held.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+    for layer, experts in sorted(held.items()):
+        if not cfg.is_sparse(layer):
+            raise FormatError(f"{source}: layer {layer} holds experts but the config makes it "
+                              f"a dense layer (num_experts {cfg.num_experts}, "
+                              f"sparse layers {list(cfg.sparse_layers)})")
+        if experts != set(range(cfg.num_experts)):
+            raise FormatError(f"{source}: layer {layer} holds {len(experts)} experts "
+                              f"(numbered {min(experts)}..{max(experts)}); the config says "
+                              f"num_experts {cfg.num_experts}")
 
 
 def prepare_tensors(tensors: dict, prepare) -> None:
@@ -137,6 +195,19 @@ def place_vectors(w: ModelWeights, place) -> None:
     w.norm = place(w.norm)
 
 
+def moe_weights(cfg: QwenConfig, tensors: dict, p: str) -> MoEWeights:
+    """A sparse layer's router and experts from the tensors under `p` (`model.layers.N.mlp.`)."""
+    def expert(q):
+        return ExpertWeights(gate=tensors[q + "gate_proj.weight"], up=tensors[q + "up_proj.weight"],
+                             down=tensors[q + "down_proj.weight"])
+
+    shared = cfg.shared_expert_intermediate_size > 0
+    return MoEWeights(router=tensors[p + "gate.weight"],
+                      experts=[expert(f"{p}experts.{e}.") for e in range(cfg.num_experts)],
+                      shared=expert(p + "shared_expert.") if shared else None,
+                      shared_gate=tensors[p + "shared_expert_gate.weight"] if shared else None)
+
+
 def build_weights(cfg: QwenConfig, tensors: dict, dtype, source: str) -> ModelWeights:
     check_tensors(cfg, tensors, source)
 
@@ -155,8 +226,9 @@ def build_weights(cfg: QwenConfig, tensors: dict, dtype, source: str) -> ModelWe
             v_bias=vec(a + "v_proj.bias"), o_bias=vec(a + "o_proj.bias"),
             q_norm=vec(a + "q_norm.weight"), k_norm=vec(a + "k_norm.weight"),
             mlp_norm=vec(p + "post_attention_layernorm.weight"),
-            gate=tensors[p + "mlp.gate_proj.weight"], up=tensors[p + "mlp.up_proj.weight"],
-            down=tensors[p + "mlp.down_proj.weight"],
+            gate=tensors.get(p + "mlp.gate_proj.weight"), up=tensors.get(p + "mlp.up_proj.weight"),
+            down=tensors.get(p + "mlp.down_proj.weight"),
+            moe=moe_weights(cfg, tensors, p + "mlp.") if cfg.is_sparse(i) else None,
         ))
     embed = tensors["model.embed_tokens.weight"]
     return ModelWeights(

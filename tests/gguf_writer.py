@@ -22,32 +22,78 @@ LAYER_PARTS = {"input_layernorm.weight": "attn_norm.weight",
                "self_attn.k_norm.weight": "attn_k_norm.weight",
                "post_attention_layernorm.weight": "ffn_norm.weight",
                "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
-               "mlp.down_proj.weight": "ffn_down.weight"}
+               "mlp.down_proj.weight": "ffn_down.weight",
+               "mlp.gate.weight": "ffn_gate_inp.weight",
+               "mlp.shared_expert.gate_proj.weight": "ffn_gate_shexp.weight",
+               "mlp.shared_expert.up_proj.weight": "ffn_up_shexp.weight",
+               "mlp.shared_expert.down_proj.weight": "ffn_down_shexp.weight",
+               "mlp.shared_expert_gate.weight": "ffn_gate_inp_shexp.weight"}
+GGUF_ARCH = {"qwen2": "qwen2", "qwen3": "qwen3", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe"}
 
 
 def gguf_name(hf: str) -> str:
     if hf in HF_TO_GGUF:
         return HF_TO_GGUF[hf]
     parts = hf.split(".")
+    if parts[3:5] == ["mlp", "experts"]:                              # stacked_experts' names
+        return f"blk.{parts[2]}.ffn_{parts[5]}_exps.weight"
     return f"blk.{parts[2]}." + LAYER_PARTS[".".join(parts[3:])]
 
 
+def stacked_experts(tensors: dict) -> dict:
+    """Per-expert matrices stacked as llama.cpp's converter stacks them (torch.stack over the
+    experts: [E, out, in]) under model.layers.N.mlp.experts.{gate,up,down}."""
+    out, stacks = {}, {}
+    for name, t in tensors.items():
+        parts = name.split(".")
+        if parts[3:5] == ["mlp", "experts"]:
+            key = ".".join(parts[:5]) + "." + parts[6].replace("_proj", "")
+            stacks.setdefault(key, {})[int(parts[5])] = t
+        else:
+            out[name] = t
+    for key, by_expert in stacks.items():
+        out[key] = np.stack([by_expert[e] for e in range(len(by_expert))])
+    return out
+
+
 def write_gguf_from_hf(src: str, out: str, qtype=T.Q8_0, arch: str | None = None,
-                       extra_tensor=None) -> dict:
+                       extra_tensor=None, skip=(), expert_counts=None) -> dict:
     """Matrices quantized to `qtype` by gguf-py, vectors F32; tokenizer metadata from the
-    folder's tokenizer.json. Returns {gguf name: float32 array gguf-py dequantizes it to}."""
+    folder's tokenizer.json. Returns {gguf name: float32 array gguf-py dequantizes it to}.
+    `skip`: GGUF tensor names left out; `expert_counts`: (expert_count, expert_used_count)
+    written instead of the config's (bad files for the tests)."""
     from safetensors.torch import load_file   # reads bfloat16 too
     cfg = json.load(open(os.path.join(src, "config.json")))
-    arch = arch or cfg["model_type"]
+    arch = arch or GGUF_ARCH[cfg["model_type"]]
     tensors = {}
     for f in sorted(os.listdir(src)):
         if f.endswith(".safetensors"):
             tensors.update({k: v.float().numpy() for k, v in load_file(os.path.join(src, f)).items()})
+    tensors = stacked_experts(tensors)
     w = gguf.GGUFWriter(out, arch)
     w.add_block_count(cfg["num_hidden_layers"])
     w.add_context_length(cfg["max_position_embeddings"])
     w.add_embedding_length(cfg["hidden_size"])
     w.add_feed_forward_length(cfg["intermediate_size"])
+    if cfg["model_type"].endswith("_moe"):      # convert_hf_to_gguf.py's Qwen2MoeModel keys
+        count, used = expert_counts or (cfg.get("num_experts") or cfg["num_local_experts"],
+                                        cfg["num_experts_per_tok"])
+        w.add_expert_count(count)
+        w.add_expert_used_count(used)
+        w.add_expert_feed_forward_length(cfg["moe_intermediate_size"])
+        if cfg.get("shared_expert_intermediate_size"):
+            w.add_expert_shared_feed_forward_length(cfg["shared_expert_intermediate_size"])
+    rope = cfg.get("rope_parameters") or {}
+    if rope.get("rope_type") == "yarn":
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(rope["factor"])
+        w.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
+        if rope.get("beta_fast") is not None:               # as convert_hf_to_gguf.py: only
+            w.add_rope_scaling_yarn_beta_fast(rope["beta_fast"])   # where config.json has them
+        if rope.get("beta_slow") is not None:
+            w.add_rope_scaling_yarn_beta_slow(rope["beta_slow"])
+        if rope.get("attention_factor") is not None:
+            w.add_rope_scaling_yarn_attn_factor(rope["attention_factor"])
     w.add_head_count(cfg["num_attention_heads"])
     w.add_head_count_kv(cfg["num_key_value_heads"])
     w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
@@ -74,8 +120,14 @@ def write_gguf_from_hf(src: str, out: str, qtype=T.Q8_0, arch: str | None = None
     expected = {}
     for hf, arr in tensors.items():
         name = gguf_name(hf)
+        if name in skip:
+            continue
         arr = np.asarray(arr, np.float32)
-        if arr.ndim == 2 and arr.shape[1] % 32 == 0:
+        if name.endswith("ffn_gate_inp_shexp.weight"):
+            arr = arr.reshape(-1)                                     # stored as [D]
+        if arr.ndim >= 2 and arr.shape[-1] % 32 == 0 and qtype != T.F32 \
+                and "ffn_gate_inp." not in name:                      # the router stays float
+            raw = gguf.quants.quantize(arr, qtype)
             raw = gguf.quants.quantize(arr, qtype)
             w.add_tensor(name, raw, raw_dtype=qtype)
             expected[name] = gguf.quants.dequantize(raw, qtype)

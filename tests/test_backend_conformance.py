@@ -16,7 +16,7 @@ from conftest import FIXTURE_MODELS, fixture_path, rel_err
 from qwen_np.backends import get_backend
 from qwen_np.errors import BackendUnavailable
 from qwen_np.dense import BFloat16Array
-from qwen_np.model import rope_inv_freq
+from qwen_np.rope import rope_inv_freq
 from qwen_np.quant import QuantizedTensor
 from qwen_np.quant.gguf import BLOCK_TYPES, block_rows_to_canonical
 from qwen_np.quant.gptq import gptq_to_canonical

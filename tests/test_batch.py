@@ -21,6 +21,7 @@ BACKENDS = ["numpy"] + (["numba"] if importlib.util.find_spec("numba") else [])
 QWEN1 = ["qwen1/qwen1-f32-ntk-logn", "qwen1/qwen1-f32-cache-int8", "qwen1/qwen1-gptq-int4"]
 QUANT = ["quant/gptqmodel-4bit-g32-descact-asym", "quant/gptqmodel-8bit-g64-sym",
          "quant/autoawq-4bit-g32-gemm"]
+MOE = ["moe/qwen2moe-step2-f32", "moe/qwen3moe-headdim24-bf16-sharded"]
 PROMPTS = [[1, 2, 3], [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15], [4], [12, 13, 14, 15, 16, 17]]
 
 
@@ -44,7 +45,7 @@ def decode_alone(m, prompt, steps):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name,kv", [(n, None) for n in FIXTURE_MODELS + QWEN1 + QUANT]
+@pytest.mark.parametrize("name,kv", [(n, None) for n in FIXTURE_MODELS + QWEN1 + QUANT + MOE]
                          + [("qwen2-tied-f32", "float16"), ("qwen3-bias-bf16-sharded", "int8")])
 def test_each_row_of_a_decode_step_is_the_sequence_decoded_alone(backend, name, kv):
     """Four prompts of different lengths in slots 3, 0, 5, 2 of six, decoded together for

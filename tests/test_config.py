@@ -1,7 +1,10 @@
 import json
+import math
 
+import numpy as np
 import pytest
 
+from conftest import HAVE_TRANSFORMERS
 from qwen_np.config import config_from_hf_dict, read_hf_config
 from qwen_np.errors import FormatError, UnsupportedModel
 
@@ -49,15 +52,97 @@ def test_untied_and_eos_list():
     assert not c.tie_word_embeddings and c.eos_token_ids == (151645, 151643)
 
 
-@pytest.mark.parametrize("model_type", ["llama", "qwen2_moe", "qwen3_moe", None])
+@pytest.mark.parametrize("model_type", ["llama", "mixtral", "qwen2_vl", None])
 def test_unsupported_model_type_names_what_is_supported(model_type):
-    with pytest.raises(UnsupportedModel, match="supported: qwen, qwen2, qwen3"):
+    with pytest.raises(UnsupportedModel, match="supported: qwen, qwen2, qwen3, qwen2_moe, qwen3_moe"):
         config_from_hf_dict({**QWEN25_05B, "model_type": model_type})
 
 
+# Qwen1.5-MoE-A2.7B's config.json, as published
+QWEN15_MOE = {
+    "architectures": ["Qwen2MoeForCausalLM"], "model_type": "qwen2_moe", "hidden_size": 2048,
+    "intermediate_size": 5632, "num_hidden_layers": 24, "num_attention_heads": 16,
+    "num_key_value_heads": 16, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+    "max_position_embeddings": 8192, "decoder_sparse_step": 1, "moe_intermediate_size": 1408,
+    "shared_expert_intermediate_size": 5632, "num_experts_per_tok": 4, "num_experts": 60,
+    "norm_topk_prob": False, "tie_word_embeddings": False, "vocab_size": 151936,
+    "bos_token_id": 151643, "eos_token_id": 151643,
+}
+# Qwen3-30B-A3B's, as published
+QWEN3_30B_A3B = {
+    "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "hidden_size": 2048,
+    "intermediate_size": 6144, "num_hidden_layers": 48, "num_attention_heads": 32,
+    "num_key_value_heads": 4, "head_dim": 128, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+    "max_position_embeddings": 40960, "decoder_sparse_step": 1, "moe_intermediate_size": 768,
+    "num_experts_per_tok": 8, "num_experts": 128, "norm_topk_prob": True,
+    "mlp_only_layers": [], "attention_bias": False, "tie_word_embeddings": False,
+    "vocab_size": 151936, "bos_token_id": 151643, "eos_token_id": 151645,
+}
+
+
+def test_moe_configs():
+    a = config_from_hf_dict(QWEN15_MOE)
+    assert (a.num_experts, a.num_experts_per_tok, a.moe_intermediate_size) == (60, 4, 1408)
+    assert a.shared_expert_intermediate_size == 5632 and not a.norm_topk_prob and a.qkv_bias
+    assert a.sparse_layers == tuple(range(24))
+    b = config_from_hf_dict(QWEN3_30B_A3B)
+    assert (b.num_experts, b.num_experts_per_tok, b.norm_topk_prob, b.head_dim) == (128, 8, True, 128)
+    assert b.shared_expert_intermediate_size == 0 and b.qk_norm and not b.qkv_bias
+    c = config_from_hf_dict({**QWEN15_MOE, "decoder_sparse_step": 3, "mlp_only_layers": [5]})
+    assert c.sparse_layers == (2, 8, 11, 14, 17, 20, 23)
+    with pytest.raises(FormatError, match="num_experts_per_tok 61 is larger than num_experts 60"):
+        config_from_hf_dict({**QWEN15_MOE, "num_experts_per_tok": 61})
+
+
+def test_yarn_in_both_spellings():
+    qwen25 = config_from_hf_dict({**QWEN25_05B, "rope_scaling": {
+        "factor": 4.0, "original_max_position_embeddings": 32768, "type": "yarn"}})
+    qwen3 = config_from_hf_dict({**QWEN3_06B, "rope_parameters": {
+        "rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0,
+        "original_max_position_embeddings": 32768}})
+    for c in (qwen25, qwen3):
+        assert c.yarn.factor == 4.0 and c.yarn.original_max_position_embeddings == 32768
+        assert (c.yarn.beta_fast, c.yarn.beta_slow, c.yarn.truncate) == (32.0, 1.0, True)
+        assert c.yarn.attention_factor == pytest.approx(0.1 * math.log(4.0) + 1, rel=1e-15)
+        assert c.rope_theta == 1e6
+    assert config_from_hf_dict(QWEN25_05B).yarn is None
+
+
+@pytest.mark.parametrize("rope_type", ["linear", "dynamic", "llama3", "longrope", "su"])
+def test_other_rope_types_are_refused_by_name(rope_type):
+    with pytest.raises(UnsupportedModel, match=f"rope type '{rope_type}' is not supported"):
+        config_from_hf_dict({**QWEN25_05B, "rope_scaling": {"type": rope_type, "factor": 4.0}})
+
+
+YARN_CASES = [
+    {"factor": 4.0, "original_max_position_embeddings": 32768},
+    {"factor": 2.0, "original_max_position_embeddings": 4096, "beta_fast": 16, "beta_slow": 2},
+    {"factor": 8.0, "original_max_position_embeddings": 8192, "truncate": False},
+    {"factor": 4.0, "original_max_position_embeddings": 32768, "attention_factor": 0.75},
+    {"factor": 4.0, "original_max_position_embeddings": 32768, "mscale": 0.7,
+     "mscale_all_dim": 0.5},
+    {"factor": None, "original_max_position_embeddings": 10240},   # factor from the lengths
+]
+
+
+@pytest.mark.skipif(not HAVE_TRANSFORMERS, reason="needs torch and transformers")
+@pytest.mark.parametrize("params", YARN_CASES)
+def test_yarn_frequencies_and_factor_equal_transformers(params):
+    """Our float64 inv_freq against transformers' _compute_yarn_parameters (float32)."""
+    import transformers
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    from qwen_np.rope import config_inv_freq, cos_sin_factor
+    rope = {"rope_type": "yarn", "rope_theta": 1e6, **params}
+    hf = transformers.Qwen3Config(**{k: v for k, v in QWEN3_06B.items()
+                                     if k not in ("architectures", "model_type", "rope_parameters")},
+                                  rope_parameters=dict(rope))
+    inv, factor = ROPE_INIT_FUNCTIONS["yarn"](hf)
+    ours = config_from_hf_dict({**QWEN3_06B, "rope_parameters": rope})
+    assert np.allclose(config_inv_freq(ours, ours.rope_theta), inv.double().numpy(), rtol=2e-7)
+    assert cos_sin_factor(ours) == pytest.approx(factor, rel=1e-12)
+
+
 def test_unsupported_rope_scaling_and_sliding_window():
-    with pytest.raises(UnsupportedModel, match="yarn"):
-        config_from_hf_dict({**QWEN25_05B, "rope_scaling": {"type": "yarn", "factor": 4.0}})
     with pytest.raises(UnsupportedModel, match="sliding"):
         config_from_hf_dict({**QWEN25_05B, "use_sliding_window": True})
 

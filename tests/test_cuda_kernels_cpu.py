@@ -152,7 +152,7 @@ def test_silu_mul(be, ref, count):
 @pytest.mark.parametrize("T,heads,d,n", [(1, 3, 16, 8), (5, 2, 12, 3), (7, 4, 10, 1)])
 def test_rope_rows(be, ref, T, heads, d, n):
     """Full rotary (n = d/2) and partial (the original Qwen's rotary_pct < 1)."""
-    from qwen_np.model import rope_inv_freq
+    from qwen_np.rope import rope_inv_freq
     rng = np.random.default_rng(T * d)
     x = rng.standard_normal((T, heads, d)).astype(np.float32)
     positions = np.arange(40, 40 + T)

@@ -167,3 +167,16 @@ def test_get_backend_names_cupy():
         if HAVE_CUPY:
             pytest.skip("CuPy is installed here")
         get_backend("cupy")
+
+
+@pytest.mark.parametrize("name", ["moe/qwen2moe-step2-f32", "moe/gptqmodel-qwen3moe-4bit-g32-sym",
+                                  "yarn/qwen3moe-yarn4"])
+def test_moe_and_yarn_run_on_the_cuda_kernels(emulated, name):
+    """The mixture of experts (experts picked on the host from the router's logits, each
+    expert's matrices through the GPU product) and YaRN's factor on cos and sin, against
+    transformers' (or GPTQModel's) logits."""
+    ref = np.load(fixture_path(name) + ".reference.npz")
+    ids = ref["ids_1"] if "ids_1" in ref.files else ref["ids"]
+    want = ref["logits32_1"] if "logits32_1" in ref.files else ref["logits"]
+    got = qwen_np.load(fixture_path(name), backend=emulated).logits(ids)
+    assert float(np.max(np.abs(got - want)) / np.max(np.abs(want))) < 1e-4

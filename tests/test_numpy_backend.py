@@ -5,7 +5,7 @@ import pytest
 
 from qwen_np.backends import get_backend
 from qwen_np.dense import BFloat16Array
-from qwen_np.model import rope_inv_freq
+from qwen_np.rope import rope_inv_freq
 
 rng = np.random.default_rng(0)
 

@@ -3,9 +3,10 @@
 Used by tools/make_fixtures.py (committed fixtures) and by the live tests (fresh models, when
 torch and transformers are importable). Nothing here imports qwen_np.
 
-float64 oracle: transformers computes RMSNorm, RoPE's cos/sin and the eager softmax in float32
-even when the model is float64. `exact_float64()` patches those three places to compute in the
-input's dtype, so that "transformers in float64" is float64 throughout; the math is unchanged.
+float64 oracle: transformers computes RMSNorm, RoPE's cos/sin, the eager softmax and (MoE) the
+router's softmax in float32 even when the model is float64. `exact_float64()` patches those
+places to compute in the input's dtype, so that "transformers in float64" is float64
+throughout; the math is unchanged. (Its RoPE is the plain one: not for YaRN models.)
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import numpy as np
 import torch
 import transformers
 from transformers.models.qwen2 import modeling_qwen2
+from transformers.models.qwen2_moe import modeling_qwen2_moe
 from transformers.models.qwen3 import modeling_qwen3
+from transformers.models.qwen3_moe import modeling_qwen3_moe
 
 # A fixed corpus for the tiny byte-level BPE tokenizer.
 CORPUS = [
@@ -57,17 +60,26 @@ def train_tiny_tokenizer(vocab_size: int = 300):
 
 def make_config(model_type: str, hidden: int, heads: int, kv_heads: int, layers: int = 2,
                 intermediate: int = 80, vocab: int = 384, head_dim: int | None = None,
-                tied: bool = True, attention_bias: bool = False, eos=None):
+                tied: bool = True, attention_bias: bool = False, eos=None, moe=None,
+                rope_parameters=None, max_positions: int = 256):
+    """A Qwen2 / Qwen3 config, or (model_type qwen2_moe / qwen3_moe) an MoE one with the
+    `moe` dict's keys (num_experts, num_experts_per_tok, moe_intermediate_size, ...);
+    `rope_parameters` replaces the default RoPE's (e.g. YaRN's)."""
+    rope = {"rope_type": "default", "rope_theta": 10000.0, **(rope_parameters or {})}
     common = dict(hidden_size=hidden, num_attention_heads=heads, num_key_value_heads=kv_heads,
                   num_hidden_layers=layers, intermediate_size=intermediate, vocab_size=vocab,
-                  max_position_embeddings=256, rms_norm_eps=1e-6, tie_word_embeddings=tied,
-                  rope_theta=10000.0, eos_token_id=eos, bos_token_id=None, pad_token_id=None)
-    if model_type == "qwen2":
+                  max_position_embeddings=max_positions, rms_norm_eps=1e-6,
+                  tie_word_embeddings=tied, rope_parameters=rope, eos_token_id=eos,
+                  bos_token_id=None, pad_token_id=None)
+    if model_type in ("qwen2", "qwen2_moe"):
         if head_dim is not None:
             common["head_dim"] = head_dim
+        if model_type == "qwen2_moe":
+            return transformers.Qwen2MoeConfig(**common, **moe)
         return transformers.Qwen2Config(**common)
-    return transformers.Qwen3Config(head_dim=head_dim or hidden // heads,
-                                    attention_bias=attention_bias, **common)
+    cls = transformers.Qwen3MoeConfig if model_type == "qwen3_moe" else transformers.Qwen3Config
+    return cls(head_dim=head_dim or hidden // heads, attention_bias=attention_bias, **common,
+               **(moe or {}))
 
 
 def random_model(config, seed: int, std: float = 0.2):
@@ -78,7 +90,7 @@ def random_model(config, seed: int, std: float = 0.2):
     model.eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.ndim == 2:
+            if p.ndim >= 2:      # matrices, and stacked experts [E, out, in]
                 p.normal_(0.0, std)
             elif name.endswith("bias"):
                 p.normal_(0.0, 0.1)
@@ -102,15 +114,32 @@ def _rotary_in_float64(self, x, position_ids):
     return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
 
 
+def _router_in_input_dtype(self, hidden_states):
+    """Qwen2MoeTopKRouter.forward (and Qwen3-MoE's, the same) with the softmax in the input's
+    dtype instead of float32."""
+    hidden_states = hidden_states.reshape(-1, self.hidden_dim)
+    router_logits = torch.nn.functional.linear(hidden_states, self.weight)
+    router_probs = torch.nn.functional.softmax(router_logits, dim=-1)
+    top_value, top_index = torch.topk(router_probs, self.top_k, dim=-1)
+    if self.norm_topk_prob:
+        top_value /= top_value.sum(dim=-1, keepdim=True)
+    return router_logits, top_value.to(router_logits.dtype), top_index
+
+
 @contextlib.contextmanager
 def exact_float64():
     """Within this block, float64 transformers models compute every op in float64."""
     saved = []
-    for mod, prefix in ((modeling_qwen2, "Qwen2"), (modeling_qwen3, "Qwen3")):
+    for mod, prefix in ((modeling_qwen2, "Qwen2"), (modeling_qwen3, "Qwen3"),
+                        (modeling_qwen2_moe, "Qwen2Moe"), (modeling_qwen3_moe, "Qwen3Moe")):
         norm, rot = getattr(mod, prefix + "RMSNorm"), getattr(mod, prefix + "RotaryEmbedding")
         saved += [(norm, "forward", norm.forward), (rot, "forward", rot.forward)]
         norm.forward = _rms_norm_in_input_dtype
         rot.forward = _rotary_in_float64
+        router = getattr(mod, prefix + "TopKRouter", None)
+        if router is not None:
+            saved.append((router, "forward", router.forward))
+            router.forward = _router_in_input_dtype
     try:
         yield
     finally:
@@ -120,10 +149,13 @@ def exact_float64():
 
 def load_reference(model_dir: str, dtype: str):
     """Load a saved folder with transformers in float32 or float64 (sdpa attention, which
-    computes in the tensors' dtype)."""
+    computes in the tensors' dtype; MoE experts run by the eager loop over experts, the
+    definition, which also runs in float64)."""
     torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
+    moe = transformers.AutoConfig.from_pretrained(model_dir).model_type.endswith("_moe")
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch_dtype, attn_implementation="sdpa")
+        model_dir, dtype=torch_dtype, attn_implementation="sdpa",
+        **({"experts_implementation": "eager"} if moe else {}))
     model.eval()
     return model
 

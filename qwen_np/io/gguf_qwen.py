@@ -3,26 +3,46 @@
 Metadata keys are `{arch}.*` (llama.cpp's convert_hf_to_gguf.py writes them from config.json);
 tensor names map one to one (gguf-py's tensor_mapping.py). Qwen GGUFs keep q/k rows in
 Hugging Face order (no permutation, unlike llama), so the same rotate-half RoPE applies.
+
+MoE files (qwen2moe, qwen3moe) stack each sparse layer's experts into one tensor per matrix,
+    blk.N.ffn_gate_exps.weight   ne [D, Fe, E]  ->  NumPy [E, Fe, D]: expert e is [e]
+    blk.N.ffn_up_exps.weight     ne [D, Fe, E]
+    blk.N.ffn_down_exps.weight   ne [Fe, D, E]
+(torch.stack over the experts, so each expert's rows, and their quant blocks, are contiguous);
+each becomes one matrix per expert under the Hugging Face per-expert names, views of one
+converted tensor. The router is ffn_gate_inp [E, D]; Qwen2-MoE's shared expert ffn_*_shexp and
+its gate ffn_gate_inp_shexp, stored as [D]. A layer with ffn_gate_inp is sparse; the others
+are dense (ffn_gate / ffn_up / ffn_down).
 """
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
 
-from ..config import ConfigReader, QwenConfig
+from ..config import REQUIRED, ConfigReader, QwenConfig, YarnScaling
 from ..dense import BFloat16Array
 from ..errors import FormatError, UnsupportedModel
-from ..quant import MappedQuantizedRows
+from ..quant import MappedQuantizedRows, QuantizedTensor
+from ..quant.tensor import row_block
 from ..quant.gguf import BLOCK_TYPES, block_rows_to_canonical
 from .gguf import GGUFTensor, read_gguf
 from ..weights import check_layer_count
 from .mapped import drop_pages
 from .model_files import short_repr
 
-SUPPORTED_ARCHS = ("qwen2", "qwen3")
-LATER_ARCHS = ("qwen2moe", "qwen3moe", "qwen")   # recognised; not runnable in this version
+MODEL_TYPES = {"qwen2": "qwen2", "qwen3": "qwen3", "qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe"}
+SUPPORTED_ARCHS = tuple(MODEL_TYPES)
+LATER_ARCHS = ("qwen",)   # recognised; not runnable from GGUF in this version
+# llama.cpp's renormalization of the chosen experts' weights where the file does not say
+# ({arch}.expert_weights_norm): build_moe_ffn(norm_w=false) for qwen2moe, true for qwen3moe
+NORM_TOPK_DEFAULT = {"qwen2moe": False, "qwen3moe": True}
+STACKED_EXPERTS = {"ffn_gate_exps.weight": "gate_proj", "ffn_up_exps.weight": "up_proj",
+                   "ffn_down_exps.weight": "down_proj"}
+SHARED_EXPERT = ("ffn_gate_shexp.weight", "ffn_up_shexp.weight", "ffn_down_shexp.weight",
+                 "ffn_gate_inp_shexp.weight")
 
 GLOBAL_NAMES = {"token_embd.weight": "model.embed_tokens.weight",
                 "output_norm.weight": "model.norm.weight",
@@ -37,7 +57,12 @@ LAYER_NAMES = {"attn_norm.weight": "input_layernorm.weight",
                "attn_k_norm.weight": "self_attn.k_norm.weight",
                "ffn_norm.weight": "post_attention_layernorm.weight",
                "ffn_gate.weight": "mlp.gate_proj.weight", "ffn_up.weight": "mlp.up_proj.weight",
-               "ffn_down.weight": "mlp.down_proj.weight"}
+               "ffn_down.weight": "mlp.down_proj.weight",
+               "ffn_gate_inp.weight": "mlp.gate.weight",
+               "ffn_gate_shexp.weight": "mlp.shared_expert.gate_proj.weight",
+               "ffn_up_shexp.weight": "mlp.shared_expert.up_proj.weight",
+               "ffn_down_shexp.weight": "mlp.shared_expert.down_proj.weight",
+               "ffn_gate_inp_shexp.weight": "mlp.shared_expert_gate.weight"}
 LAYER = re.compile(r"blk\.(\d+)\.(.+)$")
 
 
@@ -64,11 +89,7 @@ def config_from_gguf(meta: dict, tensors: dict[str, GGUFTensor], path: str) -> Q
     key = ConfigReader(meta, path)
     a = arch + "."
 
-    scaling = meta.get(a + "rope.scaling.type", "none")
-    scaling = scaling if isinstance(scaling, str) else short_repr(scaling)
-    factor = key.number(a + "rope.scaling.factor", 1.0)
-    if scaling not in ("none", "linear") or (scaling == "linear" and factor != 1.0):
-        raise UnsupportedModel(f"{path}: rope scaling {scaling!r} is not supported")
+    yarn = yarn_from_gguf(meta, a, path)
     hidden, heads = key.integer(a + "embedding_length"), key.integer(a + "attention.head_count")
     kv_heads = key.integer(a + "attention.head_count_kv", heads)
     if heads % kv_heads:
@@ -81,12 +102,15 @@ def config_from_gguf(meta: dict, tensors: dict[str, GGUFTensor], path: str) -> Q
         raise FormatError(f"{path}: missing tensor token_embd.weight")
     has_bias = "blk.0.attn_q.bias" in tensors
     eos = key.token_id("tokenizer.ggml.eos_token_id")
+    layers = key.integer(a + "block_count")
+    moe = moe_from_gguf(meta, tensors, arch, layers, path) if arch in NORM_TOPK_DEFAULT else {}
+    dense = layers > len(moe.get("sparse_layers", ()))
     return QwenConfig(
-        model_type=arch,
+        model_type=MODEL_TYPES[arch],
         vocab_size=int(tensors["token_embd.weight"].shape[0]),
         hidden_size=hidden,
-        intermediate_size=key.integer(a + "feed_forward_length"),
-        num_hidden_layers=key.integer(a + "block_count"),
+        intermediate_size=key.integer(a + "feed_forward_length", REQUIRED if dense else 0),
+        num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
         head_dim=key.integer(a + "attention.key_length", hidden // heads),
@@ -96,10 +120,89 @@ def config_from_gguf(meta: dict, tensors: dict[str, GGUFTensor], path: str) -> Q
         tie_word_embeddings="output.weight" not in tensors,
         qkv_bias=True if arch == "qwen2" else has_bias,
         o_bias="blk.0.attn_output.bias" in tensors,
-        qk_norm=arch == "qwen3",
+        qk_norm=arch in ("qwen3", "qwen3moe"),
         bos_token_id=key.token_id("tokenizer.ggml.bos_token_id"),
         eos_token_ids=() if eos is None else (eos,),
+        yarn=yarn,
+        **moe,
     )
+
+
+def yarn_from_gguf(meta: dict, a: str, path: str) -> YarnScaling | None:
+    """YaRN's parameters from `{arch}.rope.scaling.*`, as convert_hf_to_gguf.py writes them
+    from a yarn rope_scaling: type, factor, original_context_length, and only where the
+    config.json had them yarn_beta_fast, yarn_beta_slow and yarn_attn_factor (transformers'
+    attention_factor). Defaults as transformers': betas 32 and 1, the original length
+    context_length, the factor on cos and sin 0.1 ln(factor) + 1, times llama.cpp's generic
+    rope.scaling.attn_factor where a file has one. (llama.cpp's qwen graphs use the default
+    betas and factor whatever the file says: for such a file its output and this differ.)
+    No scaling, or "linear" with factor 1, is plain RoPE; any other type is refused by name,
+    and so are yarn_ext_factor != 1 and yarn_log_multiplier != 0, which transformers' YaRN
+    does not have."""
+    key = ConfigReader(meta, path)
+    scaling = meta.get(a + "rope.scaling.type", "none")
+    scaling = scaling if isinstance(scaling, str) else short_repr(scaling)
+    factor = key.number(a + "rope.scaling.factor", 1.0)
+    if scaling == "none" or (scaling == "linear" and factor == 1.0):
+        return None
+    if scaling != "yarn":
+        raise UnsupportedModel(f"{path}: rope scaling {scaling!r} is not supported "
+                               f"(supported: none, yarn)")
+    for k, plain in (("rope.scaling.yarn_ext_factor", 1.0), ("rope.scaling.yarn_log_multiplier", 0.0)):
+        if key.number(a + k, plain) != plain:
+            raise UnsupportedModel(f"{path}: {a}{k} = {meta[a + k]} is not supported "
+                                   f"(transformers' YaRN has no such parameter)")
+    if factor <= 0:
+        raise FormatError(f"{path}: {a}rope.scaling.factor is {factor}; expected a positive number")
+    original = key.integer(a + "rope.scaling.original_context_length",
+                           key.integer(a + "context_length", 32768))
+    attention = key.number(a + "rope.scaling.yarn_attn_factor", None)
+    if attention is None:
+        attention = key.number(a + "rope.scaling.attn_factor", 1.0) \
+            * (1.0 if factor <= 1 else 0.1 * math.log(factor) + 1.0)
+    return YarnScaling(factor=factor, original_max_position_embeddings=original,
+                       beta_fast=key.number(a + "rope.scaling.yarn_beta_fast", 32.0, positive=True),
+                       beta_slow=key.number(a + "rope.scaling.yarn_beta_slow", 1.0, positive=True),
+                       attention_factor=attention)
+
+
+def moe_from_gguf(meta: dict, tensors: dict, arch: str, layers: int, path: str) -> dict:
+    """QwenConfig's MoE fields from `{arch}.expert_*` metadata; the sparse layers are those
+    with a router (ffn_gate_inp), each checked to hold every stacked expert tensor."""
+    key, a = ConfigReader(meta, path), arch + "."
+    experts, used = key.integer(a + "expert_count"), key.integer(a + "expert_used_count")
+    if used > experts:
+        raise FormatError(f"{path}: {a}expert_used_count {used} is larger than "
+                          f"{a}expert_count {experts}")
+    sparse = tuple(i for i in range(layers) if f"blk.{i}.ffn_gate_inp.weight" in tensors)
+    shared = key.integer(a + "expert_shared_feed_forward_length", 0) if arch == "qwen2moe" else 0
+    for i in sparse:
+        need = list(STACKED_EXPERTS) + (list(SHARED_EXPERT) if shared else [])
+        for part in need:
+            if f"blk.{i}.{part}" not in tensors:
+                raise FormatError(f"{path}: missing tensor blk.{i}.{part} (layer {i} has a "
+                                  f"router, ffn_gate_inp)")
+    return dict(num_experts=experts, num_experts_per_tok=used,
+                moe_intermediate_size=key.integer(a + "expert_feed_forward_length"),
+                shared_expert_intermediate_size=shared,
+                norm_topk_prob=key.flag(a + "expert_weights_norm", NORM_TOPK_DEFAULT[arch]),
+                sparse_layers=sparse)
+
+
+def expert_matrices(t: GGUFTensor, experts: int) -> list:
+    """A stacked expert tensor [E, out, in] -> E matrices [out, in] (views of one converted
+    tensor: a block type is converted as E * out rows, then split by rows)."""
+    E, out, n_in = t.shape
+    if E != experts:
+        raise FormatError(f"tensor {t.name} stacks {E} experts; the metadata says "
+                          f"expert_count {experts}")
+    flat = GGUFTensor(t.name, t.type_id, (n_in, E * out), t.data)
+    whole = tensor_to_canonical(flat)                                   # [E * out, in]
+    if isinstance(whole, QuantizedTensor):
+        return [row_block(whole, e * out, (e + 1) * out) for e in range(E)]
+    if isinstance(whole, BFloat16Array):
+        return [BFloat16Array(whole.bits[e * out:(e + 1) * out]) for e in range(E)]
+    return [whole[e * out:(e + 1) * out] for e in range(E)]
 
 
 def lookup_table(t: GGUFTensor) -> MappedQuantizedRows:
@@ -141,6 +244,18 @@ def read_gguf_model(path: str):
     check_layer_count(config, len(tensors), path)
     out = {}
     for name, t in tensors.items():
+        m = LAYER.match(name)
+        if m and m.group(2) in STACKED_EXPERTS and len(t.shape) == 3:
+            try:
+                matrices = expert_matrices(t, config.num_experts)
+            except FormatError as e:
+                raise FormatError(f"{path}: {e}") from None
+            p = f"model.layers.{m.group(1)}.mlp.experts."
+            for e, w in enumerate(matrices):
+                out[f"{p}{e}.{STACKED_EXPERTS[m.group(2)]}.weight"] = w
+            continue
+        if m and m.group(2) == "ffn_gate_inp_shexp.weight" and len(t.shape) == 1:
+            t = GGUFTensor(t.name, t.type_id, (t.ne[0], 1), t.data)   # [D] -> [1, D]
         hf = hf_name(name)
         if hf is None:
             raise FormatError(f"{path}: unexpected tensor {name} for a {config.model_type} model")

@@ -4,8 +4,10 @@ model.safetensors.index.json, and (optionally) tokenizer.json."""
 from __future__ import annotations
 
 import os
+import re
 
 from ..config import QwenConfig, read_hf_config
+from ..dense import BFloat16Array
 from ..errors import FormatError
 from ..weights import check_layer_count, expected_shapes
 from .hf_quantized import convert_quantized_tensors, read_quantization_config
@@ -71,6 +73,8 @@ def read_hf_dir(model_dir: str) -> tuple[QwenConfig, dict, str | None]:
         raise FormatError(f"{model_dir}: no such model folder")
     config = read_hf_config(model_dir)
     tensors = read_hf_tensors(model_dir)
+    if config.num_experts:
+        tensors = unstacked_experts(config, tensors, model_dir)
     v1 = config.model_type == "qwen"
     check_layer_count(config, len(tensors), model_dir, V1_TENSORS_PER_LAYER if v1 else None)
     quant = read_quantization_config(model_dir)
@@ -80,6 +84,44 @@ def read_hf_dir(model_dir: str) -> tuple[QwenConfig, dict, str | None]:
     if v1:
         tensors = v1_to_model_names(config, tensors, model_dir)
     return config, tensors, tokenizer_file(model_dir)
+
+
+STACKED = re.compile(r"model\.layers\.(\d+)\.mlp\.experts\.(gate_up_proj|down_proj)$")
+
+
+def unstacked_experts(config: QwenConfig, tensors: dict, source: str) -> dict:
+    """Experts stored stacked, as transformers v5 holds them in memory,
+        model.layers.N.mlp.experts.gate_up_proj   [E, 2 Fe, D]   (each expert's gate rows, then up)
+        model.layers.N.mlp.experts.down_proj      [E, D, Fe]
+    become one view per expert under the per-expert names save_pretrained writes
+    (model.layers.N.mlp.experts.E.gate_proj.weight and so on); nothing is copied."""
+    out = {}
+    E, Fe, D = config.num_experts, config.moe_intermediate_size, config.hidden_size
+    for name, t in tensors.items():
+        m = STACKED.match(name)
+        if m is None:
+            out[name] = t
+            continue
+        fused = m.group(2) == "gate_up_proj"
+        want = (E, 2 * Fe, D) if fused else (E, D, Fe)
+        if tuple(t.shape) != want:
+            raise FormatError(f"{source}: tensor {name} has shape {list(t.shape)}, the config "
+                              f"implies {list(want)} (num_experts {E})")
+        p = f"model.layers.{m.group(1)}.mlp.experts."
+        for e in range(E):
+            if fused:
+                out[f"{p}{e}.gate_proj.weight"] = sliced(t, e, slice(0, Fe))
+                out[f"{p}{e}.up_proj.weight"] = sliced(t, e, slice(Fe, 2 * Fe))
+            else:
+                out[f"{p}{e}.down_proj.weight"] = sliced(t, e, slice(None))
+    return out
+
+
+def sliced(t, e: int, rows: slice):
+    """t[e, rows] of a stacked float tensor (a NumPy array or a BFloat16Array), a view."""
+    if isinstance(t, BFloat16Array):
+        return BFloat16Array(t.bits[e, rows])
+    return t[e, rows]
 
 
 TOKENIZER_FILES = ("tokenizer.json", "qwen.tiktoken")   # Hugging Face's; the original Qwen's

@@ -116,7 +116,7 @@ def test_wrong_magic_and_version(tiny_gguf, tmp_path):
 
 
 @pytest.mark.parametrize("arch,message", [("llama", "unknown GGUF architecture 'llama'"),
-                                          ("qwen2moe", "'qwen2moe' is not supported yet")])
+                                          ("qwen", "'qwen' is not supported yet")])
 def test_unsupported_architecture(tmp_path, arch, message):
     p = str(tmp_path / "a.gguf")
     write_gguf_from_hf(SRC, p, T.Q8_0, arch=arch)
