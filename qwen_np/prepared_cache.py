@@ -124,7 +124,7 @@ from dataclasses import asdict, dataclass, fields, is_dataclass
 
 import numpy as np
 
-from .config import QwenConfig
+from .config import QwenConfig, YarnScaling
 from .dense import BFloat16Array
 from .errors import QwenNpError
 from .io.mapped import drop_pages
@@ -735,7 +735,10 @@ def config_from_dict(d: dict) -> QwenConfig:
     names = {f.name for f in fields(QwenConfig)}
     if set(d) != names:
         raise ValueError("the config's fields differ from QwenConfig's")
-    return QwenConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    if d["yarn"] is not None:       # asdict wrote the nested dataclass as a dict
+        d["yarn"] = YarnScaling(**d["yarn"])
+    return QwenConfig(**d)
 
 
 def tokenizer_source(tok: dict, model_path: str) -> str:

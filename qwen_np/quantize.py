@@ -1,7 +1,9 @@
 """`qwen-np quantize`: a float Hugging Face folder -> a GPTQ (v1) folder, by round-to-nearest.
 
-Every projection of every decoder layer (q, k, v, o, gate, up, down) is quantized with
-`quant.rtn.quantize_rtn`; embeddings, norms, biases and the LM head stay unquantized, in
+Every projection of every decoder layer (q, k, v, o, gate, up, down; in an MoE model each
+expert's and the shared expert's gate, up and down, one module per expert as GPTQModel writes
+them) is quantized with `quant.rtn.quantize_rtn`; embeddings, norms, biases, an MoE router
+and the shared expert's gate, and the LM head stay unquantized, in
 float16 when the source holds float32 (as GPTQ checkpoints store them; bfloat16 stays
 bfloat16). The output is an ordinary GPTQ checkpoint (`qweight`, `qzeros` holding
 zero - 1, `scales`, `g_idx`; `quantization_config` in config.json and quantize_config.json),
@@ -21,7 +23,7 @@ from . import __version__
 from .config import config_to_hf_dict
 from .dense import as_compute
 from .errors import FormatError, InputError, UnsupportedModel
-from .io.hf_dir import read_hf_config, read_hf_tensors
+from .io.hf_dir import read_hf_config, read_hf_tensors, unstacked_experts
 from .io.hf_quantized import read_quantization_config
 from .io.model_files import read_json
 from .io.safetensors import write_safetensors
@@ -31,7 +33,8 @@ from .quant.rtn import quantize_rtn
 
 # the decoder projections: Qwen2/Qwen3 names, and the original Qwen's (whose output is then
 # the Qwen-7B-Chat-Int4 layout: c_attn, c_proj, w1, w2 quantized, c_attn keeping its bias)
-QUANTIZED = re.compile(r"(model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)"
+QUANTIZED = re.compile(r"(model\.layers\.\d+\.(self_attn\.[qkvo]_proj"
+                       r"|mlp\.(experts\.\d+\.|shared_expert\.)?(gate|up|down)_proj)"
                        r"|transformer\.h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.w1|mlp\.w2"
                        r"|mlp\.c_proj))\.weight$")
 COPIED_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json",
@@ -120,16 +123,19 @@ def read_float_source(src: str):
     if not os.path.exists(src):
         raise FormatError(f"{src}: no such file or folder")
     if os.path.isdir(src):
-        read_hf_config(src)  # validates the architecture first
+        cfg = read_hf_config(src)  # validates the architecture first
         if read_quantization_config(src) is not None:
             raise FormatError(f"{src}: already quantized")
         config = read_json(os.path.join(src, "config.json"), "config.json")
+        tensors = read_hf_tensors(src)
+        if cfg.num_experts:         # stacked experts: one module per expert, as GPTQ has them
+            tensors = unstacked_experts(cfg, tensors, src)
 
         def copy_tokenizer(dst):
             for fname in COPIED_FILES:
                 if os.path.isfile(os.path.join(src, fname)):
                     shutil.copyfile(os.path.join(src, fname), os.path.join(dst, fname))
-        return config, read_hf_tensors(src), copy_tokenizer
+        return config, tensors, copy_tokenizer
     from .api import read_model
     cfg, tensors, make_tokenizer = read_model(src)
     return config_to_hf_dict(cfg), tensors, \

@@ -223,3 +223,28 @@ def test_gptqmodel_moe_logits_match_gptqmodel(backend):
     logits = load(GPTQ, backend).logits(ref["ids"])
     assert ref["logits"].std() > 0.3
     assert rel_err(logits, ref["logits"]) < 1e-4
+
+
+def test_quantize_writes_each_expert_as_a_module_and_keeps_the_router_float(tmp_path):
+    """`qwen-np quantize` of an MoE folder (experts stacked, as transformers v5 holds them):
+    each expert and the shared expert become 4-bit GPTQ modules, the router and the shared
+    expert's gate stay float, and each expert's weights are rounded to the nearest of their
+    group's 16 levels (within half a step of the float weights)."""
+    from qwen_np.quant import QuantizedTensor, dequantize
+    from qwen_np.quantize import quantize_folder
+    write_stacked(fixture_path(MOE[0]), tmp_path / "stacked")
+    quantize_folder(str(tmp_path / "stacked"), str(tmp_path / "q"), bits=4, group_size=16)
+    names = set(open_safetensors(str(tmp_path / "q" / "model.safetensors")))
+    assert "model.layers.1.mlp.experts.7.down_proj.qweight" in names
+    assert "model.layers.3.mlp.shared_expert.up_proj.qweight" in names
+    assert "model.layers.1.mlp.gate.weight" in names
+    assert "model.layers.1.mlp.shared_expert_gate.weight" in names
+    q = load(MOE[0], path=tmp_path / "q")
+    moe = q.weights.layers[1].moe
+    assert isinstance(moe.experts[7].down, QuantizedTensor) and moe.experts[7].down.bits == 4
+    assert not isinstance(moe.router, QuantizedTensor)
+    w = load(MOE[0]).weights.layers[1].moe.experts[7].down                  # [32, 16] float
+    qt = moe.experts[7].down
+    step = np.repeat(qt.scale.astype(np.float32), qt.group_size, axis=1)    # [32, 16]
+    assert np.all(np.abs(dequantize(qt) - w) <= 0.5 * step * (1 + 1e-3) + 1e-6)
+

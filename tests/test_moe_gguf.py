@@ -95,3 +95,23 @@ def test_expert_counts_disagreeing_with_the_tensors(tmp_path, counts, message):
     with pytest.raises(FormatError, match=message) as e:
         load(path)
     assert "\n" not in str(e.value) and path in str(e.value)
+
+
+ALLSPARSE = ["moe/qwen2moe-allsparse-bf16", "moe/qwen3moe-allsparse-bf16"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ALLSPARSE)
+def test_f32_moe_file_gives_llama_cpp_logits(name, backend, tmp_path):
+    """llama.cpp's own logits for the same file (llama-cpp-python 0.3.36, F32 KV cache;
+    tools/make_moe_gguf_fixtures.py), and transformers' for the folder it was written from."""
+    import hashlib
+    llama = np.load(fixture_path(name) + ".llama_cpp.npz")
+    path = str(tmp_path / "m.gguf")
+    write_gguf_from_hf(fixture_path(name), path, T.F32)
+    with open(path, "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == str(llama["gguf_sha256"])
+    m = load(path, backend)
+    assert rel_err(m.logits(llama["ids"]), llama["logits"]) < 1e-5
+    ref = reference(name)
+    assert rel_err(m.logits(ref["ids_1"]), ref["logits32_1"]) < 1e-5

@@ -25,7 +25,8 @@ T = gguf.GGMLQuantizationType
 
 BACKENDS = ["numpy", "numba"]
 QUANT_FOLDERS = ["quant/gptqmodel-4bit-g32-descact-asym", "quant/autoawq-4bit-g32-gemm",
-                 "quant/gptqmodel-8bit-g64-sym", "qwen1/qwen1-gptq-int4"]
+                 "quant/gptqmodel-8bit-g64-sym", "qwen1/qwen1-gptq-int4",
+                 "moe/gptqmodel-qwen3moe-4bit-g32-sym"]
 IDS = [1, 5, 9, 2, 7, 3, 11]
 TEXT = "def add(a, b):\n    return a + b  # <|im_end|> x"
 
@@ -53,6 +54,22 @@ def gguf_other_types(request, tmp_path_factory):
     path = str(tmp_path_factory.mktemp("gguf") / f"tiny-{request.param}.gguf")
     write_gguf_from_hf(fixture_path("qwen2-untied-bf16-sharded"), path, T[request.param])
     return path
+
+
+@pytest.fixture(scope="module", params=["moe/qwen2moe-step2-f32", "yarn/qwen3moe-yarn4"])
+def gguf_moe_yarn(request, tmp_path_factory):
+    """Q4_0 GGUFs with stacked experts (one also with YaRN, whose parameters are a nested
+    dataclass of the config)."""
+    path = str(tmp_path_factory.mktemp("gguf") / "moe.gguf")
+    write_gguf_from_hf(fixture_path(request.param), path, T.Q4_0)
+    return path
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_moe_and_yarn_gguf_warm_load_equals_cold_load(gguf_moe_yarn, backend, monkeypatch,
+                                                     cache_dir):
+    cold, warm = warm_equals_cold(gguf_moe_yarn, backend, monkeypatch, cache_dir)
+    assert warm.config.num_experts > 0
 
 
 def cache_files(d) -> list[str]:

@@ -43,6 +43,20 @@ MODELS = {
         dict(num_experts=6, num_experts_per_tok=3, moe_intermediate_size=20,
              decoder_sparse_step=1, mlp_only_layers=[1], norm_topk_prob=True),
         "bfloat16", True),
+    # every layer sparse, as llama.cpp's qwen2moe / qwen3moe graphs need (their GGUF files are
+    # checked against llama.cpp by tools/make_moe_gguf_fixtures.py); qwen2moe's head untied
+    # and head_dim = hidden / heads, as llama.cpp's qwen2moe loader requires
+    "qwen2moe-allsparse-bf16": (
+        "qwen2_moe", dict(hidden=32, heads=4, kv_heads=2, layers=2, intermediate=64, tied=False),
+        dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
+             shared_expert_intermediate_size=64, decoder_sparse_step=1, mlp_only_layers=[],
+             norm_topk_prob=False), "bfloat16", False),
+    "qwen3moe-allsparse-bf16": (
+        "qwen3_moe", dict(hidden=32, heads=4, kv_heads=2, layers=2, intermediate=64,
+                          head_dim=16, tied=True),
+        dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
+             decoder_sparse_step=1, mlp_only_layers=[], norm_topk_prob=True),
+        "bfloat16", False),
 }
 INPUT_LENGTHS = (7, 13, 29)
 PROMPT_LENGTH, GREEDY_TOKENS = 5, 16
