@@ -23,6 +23,10 @@ F the MLP width, V the vocabulary):
     model.layers.{i}.mlp.up_proj                  [T, F]
     model.layers.{i}.mlp.act                      [T, F]       silu(gate) * up
     model.layers.{i}.mlp.down_proj                [T, D]
+      (a sparse layer of an MoE model, instead of the four above:)
+    model.layers.{i}.mlp.gate                     [T, E]       the router's logits
+    model.layers.{i}.mlp.experts                  [T, D]       the chosen experts' weighted sum
+    model.layers.{i}.mlp.shared_expert            [T, D]       Qwen2-MoE: before its gate
     model.layers.{i}                              [T, D]       the layer's output (the residual
                                                                stream after the MLP)
     model.norm                                    [T, D]

@@ -31,6 +31,27 @@ LAYER_PARTS = {"input_layernorm.weight": "attn_norm.weight",
 GGUF_ARCH = {"qwen2": "qwen2", "qwen3": "qwen3", "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe"}
 
 
+def add_tokenizer_metadata(w, tokenizer_json: str, vocab_size: int) -> None:
+    """tokenizer.ggml.* from a byte-level BPE tokenizer.json, as convert_hf_to_gguf.py writes
+    them (ids past the vocabulary become [PAD<i>], UNUSED)."""
+    tok = json.load(open(tokenizer_json, encoding="utf-8"))
+    vocab = tok["model"]["vocab"]
+    specials = {t["content"]: t["id"] for t in tok["added_tokens"]}
+    tokens = [None] * vocab_size
+    types = [5] * vocab_size                                   # UNUSED padding
+    for t, i in {**vocab, **specials}.items():
+        tokens[i] = t
+        types[i] = 3 if t in specials else 1                          # CONTROL / NORMAL
+    tokens = [t if t is not None else f"[PAD{i}]" for i, t in enumerate(tokens)]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("qwen2")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_eos_token_id(specials["<|im_end|>"])
+
+
 def gguf_name(hf: str) -> str:
     if hf in HF_TO_GGUF:
         return HF_TO_GGUF[hf]
@@ -101,22 +122,7 @@ def write_gguf_from_hf(src: str, out: str, qtype=T.Q8_0, arch: str | None = None
     if "head_dim" in cfg:
         w.add_key_length(cfg["head_dim"])
         w.add_value_length(cfg["head_dim"])
-    tok = json.load(open(os.path.join(src, "tokenizer.json"), encoding="utf-8"))
-    vocab = tok["model"]["vocab"]
-    specials = {t["content"]: t["id"] for t in tok["added_tokens"]}
-    tokens = [None] * cfg["vocab_size"]
-    types = [5] * cfg["vocab_size"]                                   # UNUSED padding
-    for t, i in {**vocab, **specials}.items():
-        tokens[i] = t
-        types[i] = 3 if t in specials else 1                          # CONTROL / NORMAL
-    tokens = [t if t is not None else f"[PAD{i}]" for i, t in enumerate(tokens)]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("qwen2")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    w.add_eos_token_id(specials["<|im_end|>"])
+    add_tokenizer_metadata(w, os.path.join(src, "tokenizer.json"), cfg["vocab_size"])
     expected = {}
     for hf, arr in tensors.items():
         name = gguf_name(hf)
