@@ -450,11 +450,13 @@ def cmd_memory(args) -> int:
               f"GiB = 2^30 bytes")
         for c in cols.values():
             c["runtime (measured now)"] = baseline
-        print(f"  {'component':<24}" + "".join(f"{k:>18}" for k in cols))
+        width = max(24, *(len(k) for k in next(iter(cols.values()))))
+        print(f"  {'component':<{width}}" + "".join(f"{k:>18}" for k in cols))
         for comp in next(iter(cols.values())):
-            print(f"  {comp:<24}" + "".join(f"{c[comp] / mm.GiB:>14.3f} GiB" for c in cols.values()))
-        print(f"  {'predicted peak':<24}" + "".join(f"{mm.total(c) / mm.GiB:>14.3f} GiB"
-                                                   for c in cols.values()))
+            print(f"  {comp:<{width}}" + "".join(f"{c[comp] / mm.GiB:>14.3f} GiB"
+                                                 for c in cols.values()))
+        print(f"  {'predicted peak':<{width}}" + "".join(f"{mm.total(c) / mm.GiB:>14.3f} GiB"
+                                                        for c in cols.values()))
         return 0
 
     from .api import load
@@ -468,9 +470,10 @@ def cmd_memory(args) -> int:
     predicted = mm.total(comps)
     print(f"{args.model}: context {args.context}, KV cache {model.kv_cache}, "
           f"compute {args.dtype}")
+    width = max(24, *(len(k) for k in comps))
     for comp, b in comps.items():
-        print(f"  {comp:<24} {b:>15,} B {b / mm.MiB:>10.1f} MiB")
-    print(f"  {'predicted peak':<24} {predicted:>15,} B {predicted / mm.MiB:>10.1f} MiB")
+        print(f"  {comp:<{width}} {b:>15,} B {b / mm.MiB:>10.1f} MiB")
+    print(f"  {'predicted peak':<{width}} {predicted:>15,} B {predicted / mm.MiB:>10.1f} MiB")
     if args.measure:
         if args.prompt_tokens + args.gen_tokens > args.context:
             raise InputError("--prompt-tokens + --gen-tokens exceed --context")
@@ -481,7 +484,7 @@ def cmd_memory(args) -> int:
         peak = mm.rss_bytes("VmHWM")
         if peak is None:
             raise QwenNpError("cannot read the peak RSS (/proc/self/status) on this system")
-        print(f"  {'measured peak RSS':<24} {peak:>15,} B {peak / mm.MiB:>10.1f} MiB "
+        print(f"  {'measured peak RSS':<{width}} {peak:>15,} B {peak / mm.MiB:>10.1f} MiB "
               f"({peak / predicted:.3f} x predicted; {args.prompt_tokens} prompt + "
               f"{args.gen_tokens} generated tokens)")
     return 0

@@ -42,6 +42,19 @@ PRESETS = {
                      intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
                      num_key_value_heads=8, head_dim=128, tie_word_embeddings=False, qkv_bias=False,
                      qk_norm=True),
+    # mixture of experts (config.json of each; every layer sparse)
+    "Qwen1.5-MoE-A2.7B": dict(model_type="qwen2_moe", vocab_size=151936, hidden_size=2048,
+                              intermediate_size=5632, num_hidden_layers=24, num_attention_heads=16,
+                              num_key_value_heads=16, head_dim=128, tie_word_embeddings=False,
+                              qkv_bias=True, num_experts=60, num_experts_per_tok=4,
+                              moe_intermediate_size=1408, shared_expert_intermediate_size=5632,
+                              sparse_layers=tuple(range(24))),
+    "Qwen3-30B-A3B": dict(model_type="qwen3_moe", vocab_size=151936, hidden_size=2048,
+                          intermediate_size=6144, num_hidden_layers=48, num_attention_heads=32,
+                          num_key_value_heads=4, head_dim=128, tie_word_embeddings=False,
+                          qkv_bias=False, qk_norm=True, num_experts=128, num_experts_per_tok=8,
+                          moe_intermediate_size=768, norm_topk_prob=True,
+                          sparse_layers=tuple(range(48))),
 }
 
 
@@ -52,11 +65,24 @@ def preset_config(name: str) -> QwenConfig:
     return QwenConfig(**d)
 
 
-def linear_shapes(cfg: QwenConfig) -> list[tuple[int, int]]:
-    """[out, in] of the seven projections of one layer."""
+def linear_shapes(cfg: QwenConfig, layer: int = 0) -> list[tuple[int, int]]:
+    """[out, in] of the projections of one layer: attention's four, then the dense MLP's
+    three, or (a sparse layer) the shared expert's three and its [1, D] gate."""
     D, F, Dh = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
     q, kv = cfg.num_attention_heads * Dh, cfg.num_key_value_heads * Dh
-    return [(q, D), (kv, D), (kv, D), (D, q), (F, D), (F, D), (D, F)]
+    attention = [(q, D), (kv, D), (kv, D), (D, q)]
+    if not cfg.is_sparse(layer):
+        return attention + [(F, D), (F, D), (D, F)]
+    Fs = cfg.shared_expert_intermediate_size
+    return attention + ([(Fs, D), (Fs, D), (D, Fs), (1, D)] if Fs else [])
+
+
+def expert_shapes(cfg: QwenConfig, layer: int) -> list[tuple[int, int]]:
+    """[out, in] of a sparse layer's routed experts (E x gate, up, down); none in a dense one."""
+    if not cfg.is_sparse(layer):
+        return []
+    D, Fe = cfg.hidden_size, cfg.moe_intermediate_size
+    return [(Fe, D), (Fe, D), (D, Fe)] * cfg.num_experts
 
 
 def vector_params(cfg: QwenConfig) -> int:
@@ -90,15 +116,25 @@ def preset_components(cfg: QwenConfig, bits: int | None, group_size: int, contex
                       kv_kind: str, compute_itemsize: int = 4,
                       embed_itemsize: int = 2, prompt_tokens: int = 16) -> dict[str, int]:
     """Component bytes of a preset: float32 (bits=None) or GPTQ-style int4/int8 (codes, float16
-    scales and offsets per group, embedding and head in float16 as GPTQ checkpoints keep them)."""
-    linear = sum(o * i for o, i in linear_shapes(cfg)) * cfg.num_hidden_layers
-    groups = sum(o * -(-i // group_size) for o, i in linear_shapes(cfg)) * cfg.num_hidden_layers
+    scales and offsets per group, embedding and head in float16 as GPTQ checkpoints keep them).
+    An MoE model's routed experts are one component of their own (quantized as the others);
+    its routers stay float32."""
+    layers = range(cfg.num_hidden_layers)
+    shapes = [s for i in layers for s in linear_shapes(cfg, i)]
+    experts = [s for i in layers for s in expert_shapes(cfg, i)]
+
+    def quantized(shapes):        # codes + float16 scale and offset per group
+        return sum(o * i * bits // 8 + o * -(-i // group_size) * 4 for o, i in shapes)
+
+    linear = sum(o * i for o, i in shapes)
+    groups = sum(o * -(-i // group_size) for o, i in shapes)
+    routers = sum(cfg.num_experts * cfg.hidden_size for i in layers if cfg.is_sparse(i)) * 4
     embed_item = 4 if bits is None else embed_itemsize
     embed = cfg.vocab_size * cfg.hidden_size * embed_item
     c = {
         "quantized codes": 0 if bits is None else linear * bits // 8,
         "scales + offsets": 0 if bits is None else groups * 2 * 2,
-        "float matrices": linear * 4 if bits is None else 0,
+        "float matrices": (linear * 4 if bits is None else 0) + routers,
         "embedding": embed,
         "LM head": 0 if cfg.tie_word_embeddings else embed,
         "norms + biases": vector_params(cfg) * compute_itemsize,
@@ -106,6 +142,9 @@ def preset_components(cfg: QwenConfig, bits: int | None, group_size: int, contex
         "working buffers": working_bytes(cfg, prompt_tokens, context, compute_itemsize,
                                          0 if bits is None else 1 << 20),
     }
+    if experts:
+        c[f"routed experts ({cfg.num_experts_per_tok} of {cfg.num_experts} read)"] = \
+            sum(o * i * 4 for o, i in experts) if bits is None else quantized(experts)
     return c
 
 

@@ -48,10 +48,14 @@ def moe_block(cfg: QwenConfig, moe, be, x, note, p: str, linear, mlp_block):
     note(p + "mlp.gate", logits)
     chosen, weight = route(be.to_numpy(logits), cfg.num_experts_per_tok, cfg.norm_topk_prob)
     out = be.zeros(x.shape)                                          # [T, D]
-    for e in np.unique(chosen):                                      # increasing expert id
-        tokens, slot = np.nonzero(chosen == e)                       # each token once
-        y = mlp_block(moe.experts[e], be, x[tokens], linear=linear)  # [n_e, D]
-        out[tokens] += y * be.asarray(weight[tokens, slot])[:, None]
+    if x.shape[0] == 1:    # one token (decoding): its k experts, no grouping to do
+        for e, w in sorted(zip(chosen[0].tolist(), weight[0])):
+            out += mlp_block(moe.experts[e], be, x, linear=linear) * be.asarray(w[None, None])
+    else:
+        for e in np.unique(chosen):                                  # increasing expert id
+            tokens, slot = np.nonzero(chosen == e)                   # each token once
+            y = mlp_block(moe.experts[e], be, x[tokens], linear=linear)  # [n_e, D]
+            out[tokens] += y * be.asarray(weight[tokens, slot])[:, None]
     note(p + "mlp.experts", out)
     if moe.shared is not None:                                       # Qwen2-MoE
         shared = mlp_block(moe.shared, be, x, linear=linear)         # [T, D]

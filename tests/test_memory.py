@@ -37,3 +37,16 @@ def test_memory_cli_preset_and_measure():
     r = subprocess.run([sys.executable, "-m", "qwen_np", "memory", "NoSuchModel"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "NoSuchModel" in r.stderr
+
+
+def test_qwen3_30b_a3b_lists_its_experts():
+    """Hand count: 48 layers x 128 experts x (gate 768 x 2048, up 768 x 2048, down 2048 x 768)
+    = 28,991,029,248 expert weights; at 4 bits with a float16 scale and offset per 128."""
+    c = preset_components(preset_config("Qwen3-30B-A3B"), 4, 128, 2048, kv_kind="float16")
+    experts = 48 * 128 * 3 * 768 * 2048
+    assert experts == 28_991_029_248
+    assert c["routed experts (8 of 128 read)"] == experts // 2 + experts // 128 * 4
+    # attention: q 4096 x 2048, k and v 512 x 2048, o 2048 x 4096 per layer
+    assert c["quantized codes"] == 48 * (2 * 4096 * 2048 + 2 * 512 * 2048) // 2
+    assert c["float matrices"] == 48 * 128 * 2048 * 4            # the routers, float32
+    assert 15 < total(c) / GiB < 17
