@@ -179,7 +179,7 @@ def edited_copy(name, tmp_path, edit):
     (lambda c: c.update(num_experts=7), "holds 8 experts .* num_experts 7"),
     (lambda c: c.update(num_experts=9), "holds 8 experts .* num_experts 9"),
     (lambda c: c.update(num_experts_per_tok=9), "num_experts_per_tok 9 is larger than num_experts 8"),
-    (lambda c: c.update(decoder_sparse_step=1), "layer 0: .*|missing tensor model.layers.0.mlp.gate"),
+    (lambda c: c.update(decoder_sparse_step=1), "missing tensor model.layers.0.mlp.gate.weight"),
     (lambda c: c.update(mlp_only_layers=[3]), "layer 3 holds experts but the config makes it a dense"),
     (lambda c: c.update(mlp_only_layers="3"), "mlp_only_layers is '3'"),
 ])
@@ -188,6 +188,17 @@ def test_moe_config_disagreeing_with_the_tensors_is_one_line(tmp_path, edit, mes
     with pytest.raises(FormatError, match=message) as e:
         qwen_np.load(path, prepared_cache=False)
     assert "\n" not in str(e.value) and str(path) in str(e.value)
+
+
+def test_the_cli_says_it_in_one_line_and_exits_non_zero(tmp_path):
+    import subprocess
+    import sys
+    path = edited_copy(MOE[0], tmp_path, lambda c: c.update(num_experts=7))
+    r = subprocess.run([sys.executable, "-m", "qwen_np", "run", "-m", str(path), "-p", "x"],
+                       capture_output=True, text=True, timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert "holds 8 experts" in lines[0] and "num_experts 7" in lines[0]
 
 
 GPTQ = "moe/gptqmodel-qwen3moe-4bit-g32-sym"
