@@ -189,3 +189,33 @@ def save_model(model, tokenizer, out_dir: str, dtype: str, shard: bool):
         tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
     with open(os.path.join(out_dir, "config.json"), encoding="utf-8") as f:
         return json.load(f)
+
+
+def write_reference_fixture(out_dir: str, config, seed: int, tokenizer, dtype: str, shard: bool,
+                            rng, input_lengths, prompt_length: int, greedy_tokens: int,
+                            float64: bool = True) -> dict:
+    """A random model of `config` saved into out_dir (tools/make_*fixtures.py), and beside it
+    out_dir + ".reference.npz": for inputs of `input_lengths` random ids (drawn from `rng`),
+    transformers' float32 logits (and float64, every op in float64), then a prompt and its
+    greedy continuation. Returns the reference."""
+    import shutil
+    shutil.rmtree(out_dir, ignore_errors=True)
+    model = random_model(config, seed=seed)
+    save_model(model, tokenizer, out_dir, dtype, shard)
+    ref = {}
+    m32 = load_reference(out_dir, "float32")
+    m64 = load_reference(out_dir, "float64") if float64 else None
+    for k, n in enumerate(input_lengths):
+        ids = rng.integers(0, config.vocab_size, size=n)
+        ref[f"ids_{k}"] = ids
+        ref[f"logits32_{k}"] = reference_logits(m32, ids.tolist()).astype(np.float32)
+        if float64:
+            ref[f"logits64_{k}"] = reference_logits(m64, ids.tolist())
+    prompt = rng.integers(3, config.vocab_size, size=prompt_length)
+    ref["prompt"] = prompt
+    ref["greedy"] = np.array(reference_greedy(m32, prompt.tolist(), greedy_tokens))
+    np.savez_compressed(out_dir + ".reference.npz", **ref)
+    size = sum(os.path.getsize(os.path.join(out_dir, f)) for f in os.listdir(out_dir))
+    print(f"{os.path.basename(out_dir)}: {size / 1024:.0f} KiB, greedy {ref['greedy'].tolist()}")
+    return ref
+

@@ -17,7 +17,6 @@ per expert, as save_pretrained writes them, tokenizer.json) and <name>.reference
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 
 import numpy as np
@@ -67,26 +66,10 @@ def main():
     eos = [tokenizer.token_to_id(t) for t in ("<|endoftext|>", "<|im_end|>")]
     rng = np.random.default_rng(4321)
     for seed, (name, (model_type, kw, moe, dtype, shard)) in enumerate(MODELS.items()):
-        out_dir = os.path.join(OUT, name)
-        shutil.rmtree(out_dir, ignore_errors=True)
         config = oracle.make_config(model_type, eos=eos, moe=moe, **kw)
-        model = oracle.random_model(config, seed=100 + seed)
-        oracle.save_model(model, tokenizer, out_dir, dtype, shard)
-
-        ref = {}
-        m32 = oracle.load_reference(out_dir, "float32")
-        m64 = oracle.load_reference(out_dir, "float64")
-        for k, n in enumerate(INPUT_LENGTHS):
-            ids = rng.integers(0, config.vocab_size, size=n)
-            ref[f"ids_{k}"] = ids
-            ref[f"logits32_{k}"] = oracle.reference_logits(m32, ids.tolist()).astype(np.float32)
-            ref[f"logits64_{k}"] = oracle.reference_logits(m64, ids.tolist())
-        prompt = rng.integers(3, config.vocab_size, size=PROMPT_LENGTH)
-        ref["prompt"] = prompt
-        ref["greedy"] = np.array(oracle.reference_greedy(m32, prompt.tolist(), GREEDY_TOKENS))
-        np.savez_compressed(os.path.join(OUT, f"{name}.reference.npz"), **ref)
-        size = sum(os.path.getsize(os.path.join(out_dir, f)) for f in os.listdir(out_dir))
-        print(f"{name}: {size / 1024:.0f} KiB, greedy {ref['greedy'].tolist()}")
+        oracle.write_reference_fixture(os.path.join(OUT, name), config, 100 + seed, tokenizer,
+                                       dtype, shard, rng, INPUT_LENGTHS, PROMPT_LENGTH,
+                                       GREEDY_TOKENS)
 
 
 if __name__ == "__main__":

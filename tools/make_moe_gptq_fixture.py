@@ -13,7 +13,7 @@ as the dense fixtures with the model's own top-2 routing (every expert gets cali
 tokens: GPTQModel's quant_log lists each); it writes each expert's gate/up/down as its own
 GPTQ module (qweight/qzeros/scales/g_idx) and the router mlp.gate as bfloat16.
 The reference (<name>.reference.npz) holds `ids`, `logits` (GPTQModel's float32 forward
-pass, loaded as tools/make_quant_fixtures.gptqmodel_reference loads the dense ones) and
+pass, loaded by tools/make_quant_fixtures.gptqmodel_reference as the dense ones are) and
 `dequant.<module>` (float32 [out, in]) for layer 0's attention and every expert of layer 0,
 and one expert of layer 1.
 """
@@ -86,25 +86,6 @@ def float32_twin_logits(qdir: str, weights: dict) -> np.ndarray:
     return logits
 
 
-def gptqmodel_reference(qdir: str) -> dict:
-    from gptqmodel import BACKEND, GPTQModel
-    from gptqmodel.nn_modules.qlinear import BaseQuantLinear
-    g = GPTQModel.load(qdir, device="cpu", backend=BACKEND.GPTQ_TORCH, dtype=torch.float16)
-    hf = g.model
-    hf.to(torch.float32)
-    weights = {}
-    for name, m in hf.named_modules():
-        if isinstance(m, BaseQuantLinear):
-            m.clear_weight_cache()
-            with torch.no_grad():
-                weights[name] = m.dequantize_weight().T.contiguous().float()   # [out, in]
-    with torch.no_grad():
-        logits = hf(input_ids=torch.tensor([IDS])).logits[0].float().numpy()
-    print(f"  {len(weights)} quantized modules; GPTQModel forward vs float32 twin of its "
-          f"dequantized weights: {np.abs(logits - float32_twin_logits(qdir, weights)).max():.2e}")
-    return {"logits": logits, **{f"dequant.{n}": weights[n].numpy() for n in REFERENCE_MODULES}}
-
-
 def main():
     os.chdir(tempfile.mkdtemp(prefix="qwen-np-quant-logs-"))   # GPTQModel writes logs/ into the cwd
     d = os.path.join(OUT, NAME)
@@ -112,7 +93,7 @@ def main():
     src = tempfile.mkdtemp(prefix="qwen-np-src-")
     make_source(src)
     dense.gptqmodel_quantize(src, d, bits=4, group=32, desc_act=False, sym=True)
-    ref = gptqmodel_reference(d)
+    ref = dense.gptqmodel_reference(d, REFERENCE_MODULES, float32_twin_logits)
     dense.keep_only_needed(d, src)
     np.savez_compressed(os.path.join(OUT, f"{NAME}.reference.npz"), ids=np.array(IDS), **ref)
     size = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))

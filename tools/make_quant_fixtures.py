@@ -92,10 +92,13 @@ def float32_twin_logits(qdir: str, weights: dict[str, torch.Tensor]) -> np.ndarr
         return model(input_ids=torch.tensor([IDS])).logits[0].numpy()
 
 
-def gptqmodel_reference(qdir: str) -> dict:
+def gptqmodel_reference(qdir: str, modules=None, twin=None) -> dict:
     """GPTQModel's own view: load with the pure-torch kernel (float16; it refuses float32),
     cast the model to float32 and drop its weight cache so that dequantize_weight() and the
-    forward pass run in float32 (float16 -> float32 is exact)."""
+    forward pass run in float32 (float16 -> float32 is exact). `modules`: whose dequantized
+    weights to keep (REFERENCE_MODULES); `twin`: the float32 twin's logits function
+    (float32_twin_logits), a sanity check printed beside."""
+    modules, twin = modules or REFERENCE_MODULES, twin or float32_twin_logits
     from gptqmodel import BACKEND, GPTQModel
     from gptqmodel.nn_modules.qlinear import BaseQuantLinear
     g = GPTQModel.load(qdir, device="cpu", backend=BACKEND.GPTQ_TORCH, dtype=torch.float16)
@@ -109,10 +112,9 @@ def gptqmodel_reference(qdir: str) -> dict:
                 weights[name] = m.dequantize_weight().T.contiguous().float()   # [out, in]
     with torch.no_grad():
         logits = hf(input_ids=torch.tensor([IDS])).logits[0].float().numpy()
-    twin = float32_twin_logits(qdir, weights)
-    print(f"    GPTQModel forward vs float32 twin of its dequantized weights: "
-          f"{np.abs(logits - twin).max():.2e}")
-    return {"logits": logits, **{f"dequant.{n}": weights[n].numpy() for n in REFERENCE_MODULES}}
+    print(f"    {len(weights)} quantized modules; GPTQModel forward vs float32 twin of its "
+          f"dequantized weights: {np.abs(logits - twin(qdir, weights)).max():.2e}")
+    return {"logits": logits, **{f"dequant.{n}": weights[n].numpy() for n in modules}}
 
 
 def gptqmodel_quantize(src: str, dst: str, bits: int, group: int, desc_act: bool, sym: bool):

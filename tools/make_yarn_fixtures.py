@@ -18,7 +18,6 @@ rope_theta at the top level), which transformers reads to the same parameters.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 
 import numpy as np
@@ -50,25 +49,11 @@ def main():
     tokenizer = oracle.train_tiny_tokenizer()
     rng = np.random.default_rng(2468)
     for seed, (name, (model_type, kw, yarn, moe)) in enumerate(MODELS.items()):
-        out_dir = os.path.join(OUT, name)
-        shutil.rmtree(out_dir, ignore_errors=True)
         config = oracle.make_config(model_type, eos=[], moe=moe, max_positions=128,
                                     rope_parameters={"rope_type": "yarn", **yarn}, **kw)
-        model = oracle.random_model(config, seed=200 + seed)
-        oracle.save_model(model, tokenizer, out_dir, "float32", False)
-
-        ref = {}
-        m32 = oracle.load_reference(out_dir, "float32")
-        for k, n in enumerate(INPUT_LENGTHS):
-            ids = rng.integers(0, config.vocab_size, size=n)
-            ref[f"ids_{k}"] = ids
-            ref[f"logits32_{k}"] = oracle.reference_logits(m32, ids.tolist()).astype(np.float32)
-        prompt = rng.integers(3, config.vocab_size, size=PROMPT_LENGTH)
-        ref["prompt"] = prompt
-        ref["greedy"] = np.array(oracle.reference_greedy(m32, prompt.tolist(), GREEDY_TOKENS))
-        np.savez_compressed(os.path.join(OUT, f"{name}.reference.npz"), **ref)
-        size = sum(os.path.getsize(os.path.join(out_dir, f)) for f in os.listdir(out_dir))
-        print(f"{name}: {size / 1024:.0f} KiB, greedy {ref['greedy'].tolist()}")
+        oracle.write_reference_fixture(os.path.join(OUT, name), config, 200 + seed, tokenizer,
+                                       "float32", False, rng, INPUT_LENGTHS, PROMPT_LENGTH,
+                                       GREEDY_TOKENS, float64=False)
 
 
 if __name__ == "__main__":
