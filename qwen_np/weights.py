@@ -117,14 +117,21 @@ TENSORS_PER_LAYER = 9   # two norms and seven matrices, before any bias or q/k n
 
 
 def check_layer_count(cfg: QwenConfig, n_tensors: int, source: str,
-                      per_layer: int | None = None) -> None:
+                      per_layer: int | None = None, experts_one_by_one: bool = True) -> None:
     """A layer count the files cannot hold (`per_layer` tensors a layer, TENSORS_PER_LAYER
-    unless given) is refused before any per-layer list is built (a corrupted
-    num_hidden_layers of 10^9 would otherwise build names until memory ran out)."""
+    unless given; and, with experts_one_by_one, three more for each expert of each sparse
+    layer) is refused before any per-layer list is built (a corrupted num_hidden_layers or
+    num_experts of 10^9 would otherwise build names until memory ran out). GGUF files hold
+    a sparse layer's experts in three stacked tensors, checked against expert_count there."""
     need = cfg.num_hidden_layers * (per_layer or TENSORS_PER_LAYER)
+    if experts_one_by_one:
+        need += len(cfg.sparse_layers) * 3 * cfg.num_experts
     if need > n_tensors:
-        raise FormatError(f"{source}: {cfg.num_hidden_layers} layers need at least "
-                          f"{need} tensors; the files hold {n_tensors}")
+        what = f"{cfg.num_hidden_layers} layers" + (
+            f" with {cfg.num_experts} experts in each of {len(cfg.sparse_layers)}"
+            if cfg.num_experts and experts_one_by_one else "")
+        raise FormatError(f"{source}: {what} need at least {need} tensors; the files hold "
+                          f"{n_tensors}")
 
 
 def check_tensors(cfg: QwenConfig, tensors: dict, source: str, shapes: dict | None = None) -> None:

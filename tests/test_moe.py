@@ -179,9 +179,12 @@ def edited_copy(name, tmp_path, edit):
     (lambda c: c.update(num_experts=7), "holds 8 experts .* num_experts 7"),
     (lambda c: c.update(num_experts=9), "holds 8 experts .* num_experts 9"),
     (lambda c: c.update(num_experts_per_tok=9), "num_experts_per_tok 9 is larger than num_experts 8"),
-    (lambda c: c.update(decoder_sparse_step=1), "missing tensor model.layers.0.mlp.gate.weight"),
+    (lambda c: c.update(decoder_sparse_step=1),
+     r"4 layers with 8 experts in each of 4 need at least 132 tensors; the files hold \d+"),
     (lambda c: c.update(mlp_only_layers=[3]), "layer 3 holds experts but the config makes it a dense"),
     (lambda c: c.update(mlp_only_layers="3"), "mlp_only_layers is '3'"),
+    (lambda c: c.update(num_experts=2**31 - 1, num_experts_per_tok=2),
+     r"4 layers with 2147483647 experts in each of 2 need at least 12884901918 tensors"),
 ])
 def test_moe_config_disagreeing_with_the_tensors_is_one_line(tmp_path, edit, message):
     path = edited_copy(MOE[0], tmp_path, edit)

@@ -241,7 +241,7 @@ def read_gguf_model(path: str):
     """(config, tensors under HF names, GGUF metadata) of a Qwen GGUF file."""
     meta, tensors = read_gguf(path)
     config = config_from_gguf(meta, tensors, path)
-    check_layer_count(config, len(tensors), path)
+    check_layer_count(config, len(tensors), path, experts_one_by_one=False)
     out = {}
     for name, t in tensors.items():
         m = LAYER.match(name)
