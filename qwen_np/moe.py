@@ -60,6 +60,8 @@ def moe_block(cfg: QwenConfig, moe, be, x, note, p: str, linear, mlp_block):
     if moe.shared is not None:                                       # Qwen2-MoE
         shared = mlp_block(moe.shared, be, x, linear=linear)         # [T, D]
         g = be.to_numpy(linear(x, moe.shared_gate))                  # [T, 1]
-        out = out + be.asarray(1.0 / (1.0 + np.exp(-g))) * shared
+        with np.errstate(over="ignore"):                             # exp(-g) = inf: gate 0
+            gate = 1.0 / (1.0 + np.exp(-g))
+        out = out + be.asarray(gate) * shared
         note(p + "mlp.shared_expert", shared)
     return out

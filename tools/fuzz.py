@@ -94,6 +94,9 @@ HF_SEEDS = {
     "awq-4bit-g32-gemm": "quant/autoawq-4bit-g32-gemm",
     "qwen1-f32-ntk-logn": "qwen1/qwen1-f32-ntk-logn",
     "qwen1-gptq-int4": "qwen1/qwen1-gptq-int4",
+    "qwen2moe-step2-f32": "moe/qwen2moe-step2-f32",
+    "gptq-qwen3moe": "moe/gptqmodel-qwen3moe-4bit-g32-sym",
+    "qwen3-yarn": "yarn/qwen3-yarn2-betas",
 }
 # the original Qwen's fixtures hold no tokenizer: they get qwen2-tied-f32's (300 ids < 320 rows)
 TOKENIZER_FROM = "qwen2-tied-f32"
@@ -141,6 +144,11 @@ write_gguf_from_hf(os.path.join(fixtures, "qwen2-tied-f32"), os.path.join(out, "
 write_gguf_from_hf(os.path.join(fixtures, "qwen3-headdim12-f32"), os.path.join(out, "qwen3-f32.gguf"), T.F32)
 for name, qtype in (("f16", T.F16), ("q8_0", T.Q8_0), ("q4_0", T.Q4_0)):
     write_gguf_from_hf(h64, os.path.join(out, f"qwen2-{name}.gguf"), qtype)
+# stacked experts (and a shared expert); stacked experts with YaRN metadata
+write_gguf_from_hf(os.path.join(fixtures, "moe/qwen2moe-allsparse-bf16"),
+                   os.path.join(out, "qwen2moe-q8_0.gguf"), T.Q8_0)
+write_gguf_from_hf(os.path.join(fixtures, "yarn/qwen3moe-yarn4"),
+                   os.path.join(out, "qwen3moe-yarn-f32.gguf"), T.F32)
 shutil.rmtree(h64)
 """
 
