@@ -21,6 +21,22 @@ CASES = {
                        "float32", False),
     "qwen3-bias-3layers-bf16": ("qwen3", dict(hidden=32, heads=2, kv_heads=1, head_dim=18, layers=3,
                                               tied=False, attention_bias=True), "bfloat16", True),
+    # mixture of experts: top-1 of 5 with a shared expert, every third layer sparse; top-4 of
+    # 7 renormalized, one layer kept dense
+    "qwen2moe-top1-step3-f32": ("qwen2_moe", dict(hidden=24, heads=4, kv_heads=2, layers=3,
+                                                  tied=True, moe=dict(
+                                                      num_experts=5, num_experts_per_tok=1,
+                                                      moe_intermediate_size=12,
+                                                      shared_expert_intermediate_size=20,
+                                                      decoder_sparse_step=3, qkv_bias=False)),
+                                "float32", False),
+    "qwen3moe-top4-bf16-sharded": ("qwen3_moe", dict(hidden=32, heads=2, kv_heads=1, head_dim=12,
+                                                     layers=2, tied=False, moe=dict(
+                                                         num_experts=7, num_experts_per_tok=4,
+                                                         moe_intermediate_size=8,
+                                                         mlp_only_layers=[0],
+                                                         norm_topk_prob=True)),
+                                   "bfloat16", True),
 }
 
 
