@@ -262,3 +262,37 @@ def test_quantize_writes_each_expert_as_a_module_and_keeps_the_router_float(tmp_
     step = np.repeat(qt.scale.astype(np.float32), qt.group_size, axis=1)    # [32, 16]
     assert np.all(np.abs(dequantize(qt) - w) <= 0.5 * step * (1 + 1e-3) + 1e-6)
 
+
+
+def test_weights_read_per_decoded_token_count_k_of_e_experts():
+    """Hand count for qwen2moe-step2-f32 (float32, D 32, 4 heads / 2 KV heads of 8, dense
+    MLP 48, 8 experts of 16, top-2, shared expert 24, untied vocabulary 384): every matrix of
+    the dense layers 0 and 2, the router, shared expert and gate and 2 of 8 experts of layers
+    1 and 3, the LM head, and one row of the embedding."""
+    from qwen_np.memory import decode_bytes_per_token
+    m = load(MOE[0])
+    attention = 32 * 32 + 16 * 32 + 16 * 32 + 32 * 32
+    dense = attention + 3 * 48 * 32
+    sparse = attention + 8 * 32 + 3 * 24 * 32 + 32 + 2 * 3 * 16 * 32
+    want = 4 * (2 * dense + 2 * sparse + 384 * 32 + 32)
+    assert decode_bytes_per_token(m.config, m.weights) == want
+
+
+def test_memory_lists_the_routed_experts_of_a_loaded_model():
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "qwen_np", "memory", fixture_path(MOE[0]),
+                        "--context", "64"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    line = next(l for l in r.stdout.splitlines() if "routed experts (2 of 8 read)" in l)
+    assert f"{2 * 8 * 3 * 16 * 32 * 4:,} B" in line     # 2 sparse layers x 8 experts, float32
+
+
+def test_a_trace_names_the_sparse_layers_parts():
+    from qwen_np.trace import trace
+    tensors = trace(load(MOE[0]), [5, 9, 33])
+    names = set(tensors)
+    assert tensors["model.layers.1.mlp.gate"].shape == (3, 8)
+    assert {"model.layers.1.mlp.gate", "model.layers.1.mlp.experts",
+            "model.layers.1.mlp.shared_expert", "model.layers.0.mlp.down_proj"} <= names
+    assert "model.layers.1.mlp.down_proj" not in names
