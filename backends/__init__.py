@@ -37,7 +37,7 @@ Optional members (generate.py uses them where present):
     prepared_layout, prepared_types
                                    a version string of the form `prepare` returns, and the
                                    dataclasses it makes besides the loader's: with them the
-                                   prepared-model cache (qwen_np/prepared_cache.py) may store
+                                   prepared-model cache (qwen_np/runtime/prepared_cache.py) may store
                                    its weights on disk (see prepared_form)
 
 Weights are passed as the loader produced them (memory-mapped, in their file dtype), or as
@@ -73,17 +73,17 @@ def get_backend(name: str = "numpy", dtype: str = "float32", threads: int | None
     if threads is not None:
         set_blas_threads(threads)
     if name == "numpy":
-        from .numpy_backend import NumpyBackend
+        from qwen_np.backends.numpy.backend import NumpyBackend
         return NumpyBackend(dtype)
     if name == "numba":
         try:
-            from .numba_backend import NumbaBackend
+            from qwen_np.backends.numba.backend import NumbaBackend
         except ImportError as e:
             raise BackendUnavailable(f"backend 'numba' cannot load ({e}); "
                                      f"pip install numba") from None
         return NumbaBackend(dtype, threads)
     if name == "cupy":
-        from .cupy_backend import CupyBackend
+        from qwen_np.backends.cuda.backend import CupyBackend
         return CupyBackend(dtype)
     raise BackendUnavailable(f"backend {name!r} is not available "
                              f"(available: auto, {', '.join(BACKENDS)})")

@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from qwen_np.apps.cli import main
 
 sys.exit(main())

@@ -41,3 +41,9 @@ class InputError(QwenNpError):
 
 class CacheFull(QwenNpError):
     """The KV cache has no room for the positions asked for (its size is fixed at creation)."""
+
+
+def short_repr(value) -> str:
+    """A value read from a file, for an error message: one line, at most 60 characters."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

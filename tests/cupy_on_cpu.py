@@ -1,4 +1,4 @@
-"""The part of CuPy that backends/cupy_backend.py uses, on the CPU, so that the GPU backend runs
+"""The part of CuPy that backends/cuda/backend.py uses, on the CPU, so that the GPU backend runs
 here end to end: arrays are NumPy arrays, and RawModule compiles the code it is given (the
 backend's kernels.cu) with g++ and the project's emulation header (backends/cuda/emulate_cpu.h),
 so its kernels run on CPU threads with the grids and blocks the backend chooses.
@@ -25,7 +25,7 @@ import tempfile
 
 import numpy as np
 
-from qwen_np.backends import cuda_kernels as ck
+from qwen_np.backends.cuda import launch as ck
 
 SANITIZE = os.environ.get("QWEN_NP_CUDA_CPU_SANITIZE")
 MUTATION = os.environ.get("QWEN_NP_CUDA_CPU_MUTATION")
@@ -180,7 +180,7 @@ class Kernel:
 
 
 def emulated_cupy_backend():
-    """backends/cupy_backend.py's CupyBackend over this module (its kernels built once)."""
+    """backends/cuda/backend.py's CupyBackend over this module (its kernels built once)."""
     import sys
-    from qwen_np.backends.cupy_backend import CupyBackend
+    from qwen_np.backends.cuda.backend import CupyBackend
     return CupyBackend(xp=sys.modules[__name__])

@@ -15,14 +15,14 @@ import pytest
 from conftest import FIXTURE_MODELS, fixture_path, rel_err
 from qwen_np.backends import get_backend
 from qwen_np.errors import BackendUnavailable
-from qwen_np.dense import BFloat16Array
-from qwen_np.rope import rope_inv_freq
-from qwen_np.quant import QuantizedTensor
-from qwen_np.quant.gguf import BLOCK_TYPES, block_rows_to_canonical
-from qwen_np.quant.gptq import gptq_to_canonical
-from qwen_np.quant.packing import pack_codes, pack_high_bits, pack_int32_words
-from qwen_np.quant.rtn import quantize_rtn, rtn_to_canonical
-from qwen_np.quant.tensor import smallest_exact_float
+from qwen_np.tensors.dense import BFloat16Array
+from qwen_np.model.rope import rope_inv_freq
+from qwen_np.tensors.quantized import QuantizedTensor
+from qwen_np.formats.gguf_blocks import BLOCK_TYPES, block_rows_to_canonical
+from qwen_np.formats.gptq import gptq_to_canonical
+from qwen_np.tensors.packing import pack_codes, pack_high_bits, pack_int32_words
+from qwen_np.tensors.rtn import quantize_rtn, rtn_to_canonical
+from qwen_np.tensors.quantized import smallest_exact_float
 
 # "cupy-on-cpu": the GPU backend's own code and kernels.cu, run on the CPU (tests/cupy_on_cpu.py);
 # "cupy": the same on a GPU, where there is one (else skipped, saying why).

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURE_MODELS, fixture_path
-from qwen_np.batch import Batcher, QueueFull
-from qwen_np.cache import new_kv_slots
+from qwen_np.runtime.batch import Batcher, QueueFull
+from qwen_np.model.kv_cache import new_kv_slots
 from qwen_np.errors import CacheFull, InputError
-from qwen_np.fetch import default_model_path, is_fetched
-from qwen_np.model import decode_step, forward
-from qwen_np.sampling import Sampling
+from qwen_np.apps.fetch import default_model_path, is_fetched
+from qwen_np.model.forward import decode_step, forward
+from qwen_np.model.sampling import Sampling
 
 BACKENDS = ["numpy"] + (["numba"] if importlib.util.find_spec("numba") else [])
 QWEN1 = ["qwen1/qwen1-f32-ntk-logn", "qwen1/qwen1-f32-cache-int8", "qwen1/qwen1-gptq-int4"]

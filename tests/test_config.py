@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from conftest import HAVE_TRANSFORMERS
-from qwen_np.config import config_from_hf_dict, read_hf_config
+from qwen_np.model.config import config_from_hf_dict
+from qwen_np.formats.hf_dir import read_hf_config
 from qwen_np.errors import FormatError, UnsupportedModel
 
 # Qwen2.5-0.5B's config.json, as published (older transformers spelling: top-level rope_theta)
@@ -131,7 +132,7 @@ def test_yarn_frequencies_and_factor_equal_transformers(params):
     """Our float64 inv_freq against transformers' _compute_yarn_parameters (float32)."""
     import transformers
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-    from qwen_np.rope import config_inv_freq, cos_sin_factor
+    from qwen_np.model.rope import config_inv_freq, cos_sin_factor
     rope = {"rope_type": "yarn", "rope_theta": 1e6, **params}
     hf = transformers.Qwen3Config(**{k: v for k, v in QWEN3_06B.items()
                                      if k not in ("architectures", "model_type", "rope_parameters")},

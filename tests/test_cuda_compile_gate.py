@@ -7,7 +7,7 @@ import re
 import pytest
 
 from nvrtc import compile_cuda, load_nvrtc, nvrtc_library_dir
-from qwen_np.backends import cuda_kernels as ck
+from qwen_np.backends.cuda import launch as ck
 
 LIB = nvrtc_library_dir()
 if LIB is None:

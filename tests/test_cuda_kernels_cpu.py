@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from conftest import rel_err
-from qwen_np.backends import cuda_kernels as ck
+from qwen_np.backends.cuda import launch as ck
 from qwen_np.backends import get_backend
-from qwen_np.dense import BFloat16Array
-from qwen_np.quant.packing import pack_codes, pack_high_bits
-from qwen_np.quant.tensor import QuantizedTensor
+from qwen_np.tensors.dense import BFloat16Array
+from qwen_np.tensors.packing import pack_codes, pack_high_bits
+from qwen_np.tensors.quantized import QuantizedTensor
 
 if shutil.which("g++") is None:
     pytest.skip("no g++ to build the CPU emulation", allow_module_level=True)
@@ -152,7 +152,7 @@ def test_silu_mul(be, ref, count):
 @pytest.mark.parametrize("T,heads,d,n", [(1, 3, 16, 8), (5, 2, 12, 3), (7, 4, 10, 1)])
 def test_rope_rows(be, ref, T, heads, d, n):
     """Full rotary (n = d/2) and partial (the original Qwen's rotary_pct < 1)."""
-    from qwen_np.rope import rope_inv_freq
+    from qwen_np.model.rope import rope_inv_freq
     rng = np.random.default_rng(T * d)
     x = rng.standard_normal((T, heads, d)).astype(np.float32)
     positions = np.arange(40, 40 + T)

@@ -13,12 +13,12 @@ import pytest
 import qwen_np
 from conftest import FIXTURE_MODELS, fixture_path
 from qwen_np.backends import get_backend
-from qwen_np.backends.cupy_backend import host_layout
-from qwen_np.dense import BFloat16Array
+from qwen_np.backends.cuda.backend import host_layout
+from qwen_np.tensors.dense import BFloat16Array
 from qwen_np.errors import BackendUnavailable, InputError
-from qwen_np.quant import dequantize
-from qwen_np.quant.packing import pack_codes, pack_high_bits
-from qwen_np.quant.tensor import QuantizedTensor, unpack_all_codes
+from qwen_np.tensors.quantized import dequantize
+from qwen_np.tensors.packing import pack_codes, pack_high_bits
+from qwen_np.tensors.quantized import QuantizedTensor, unpack_all_codes
 
 HAVE_CUPY = subprocess.run([sys.executable, "-c", "import cupy"], capture_output=True).returncode == 0
 MODEL = fixture_path(FIXTURE_MODELS[0])
@@ -73,7 +73,7 @@ def emulated():
 
 
 def test_float64_and_an_int8_cache_are_refused(emulated):
-    from qwen_np.backends.cupy_backend import CupyBackend
+    from qwen_np.backends.cuda.backend import CupyBackend
     with pytest.raises(BackendUnavailable, match="float32"):
         CupyBackend("float64", xp=emulated.xp)
     model = qwen_np.load(MODEL, backend=emulated, kv_cache="int8")

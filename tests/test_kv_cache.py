@@ -8,9 +8,9 @@ import pytest
 import qwen_np
 from conftest import fixture_path, rel_err
 from qwen_np.backends import get_backend
-from qwen_np.cache import kv_cache_bytes, new_kv_cache, quantize_per_position, read_kv, write_kv
+from qwen_np.model.kv_cache import kv_cache_bytes, new_kv_cache, quantize_per_position, read_kv, write_kv
 from qwen_np.errors import InputError
-from qwen_np.memory import preset_config
+from qwen_np.apps.memory import preset_config
 
 QWEN2 = fixture_path("qwen2-untied-f16")
 
@@ -48,7 +48,8 @@ def test_numba_attention_reads_the_cache_as_stored(kind, H, Hkv, T, start):
     """The Numba kernels that read a float16 or int8 cache in place agree with the reference,
     which converts it first."""
     pytest.importorskip("numba")
-    from qwen_np.cache import Int8Rows, quantize_qwen_v1_chunk
+    from qwen_np.model.kv_cache import quantize_qwen_v1_chunk
+    from qwen_np.tensors.int8_rows import Int8Rows
     rng = np.random.default_rng(3)
     S, Dh = start + T, 12
     q = rng.standard_normal((T, H, Dh)).astype(np.float32)

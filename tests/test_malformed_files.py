@@ -315,7 +315,7 @@ def test_gguf_merge_naming_a_token_outside_the_vocabulary(tiny_gguf, tmp_path):
 
 def test_a_full_kv_cache_is_a_named_error():
     m = qwen_np.load(F32_DIR)
-    cache = qwen_np.cache.new_kv_cache(m.config, 4, m.backend)
+    cache = qwen_np.model.kv_cache.new_kv_cache(m.config, 4, m.backend)
     with pytest.raises(CacheFull, match="KV cache holds 4 positions"):
         m.generate([1, 2, 3], max_new_tokens=8, cache=cache)
 
@@ -330,7 +330,7 @@ def test_bad_arguments_are_input_errors():
 
 def test_cli_keeps_the_traceback_of_a_bug(monkeypatch, capsys):
     """Only QwenNpError is a user error: an internal ValueError is not caught by main."""
-    from qwen_np import cli
+    from qwen_np.apps import cli
 
     def broken(args):
         raise ValueError("an internal bug")
@@ -345,8 +345,8 @@ def test_gptq_bfloat16_scales_load_as_their_float16_twin(tmp_path):
     """Scales that bfloat16 and float16 both hold exactly (rounded to 7 mantissa bits) give
     the same weights whether the file stores them as F16 or as BF16; the F16 path is checked
     against GPTQModel's own dequantization (tests/test_quantized_models.py)."""
-    from qwen_np.io.safetensors import open_safetensors, write_safetensors
-    from qwen_np.dense import BFloat16Array
+    from qwen_np.formats.safetensors import open_safetensors, write_safetensors
+    from qwen_np.tensors.dense import BFloat16Array
     f16_dir, bf16_dir = copy_of(GPTQ_DIR, tmp_path, "f16"), copy_of(GPTQ_DIR, tmp_path, "bf16")
     tensors = open_safetensors(os.path.join(GPTQ_DIR, "model.safetensors"))
     f16, bf16 = dict(tensors), dict(tensors)
@@ -405,7 +405,7 @@ def test_gguf_tokenizer_model_of_the_wrong_type(tiny_gguf, tmp_path):
 def test_non_finite_scales_convert_without_warnings(tiny_gguf, tmp_path):
     """A file's inf/NaN scale gives non-finite weights (not silently finite ones), and
     converting it prints no NumPy warning (the CLI's one-line error contract)."""
-    from qwen_np.quant.gguf import block_rows_to_canonical
+    from qwen_np.formats.gguf_blocks import block_rows_to_canonical
     blocks = np.zeros((2, 34), np.uint8)                      # two Q8_0 blocks
     blocks[0, :2] = np.array([np.inf], np.float16).view(np.uint8)
     blocks[1, :2] = np.array([np.nan], np.float16).view(np.uint8)

@@ -2,7 +2,7 @@ import subprocess
 import sys
 
 from conftest import fixture_path
-from qwen_np.memory import GiB, preset_components, preset_config, total
+from qwen_np.apps.memory import GiB, preset_components, preset_config, total
 
 
 def test_qwen_7b_float32_is_28_8_gib_of_weights():

@@ -6,8 +6,8 @@ import pytest
 
 import qwen_np
 from conftest import FIXTURE_MODELS, fixture_path, rel_err
-from qwen_np.cache import new_kv_cache
-from qwen_np.model import forward
+from qwen_np.model.kv_cache import new_kv_cache
+from qwen_np.model.forward import forward
 
 
 def reference(name):

@@ -12,11 +12,11 @@ import pytest
 
 import qwen_np
 from conftest import fixture_path, rel_err
-from qwen_np.cache import new_kv_cache
+from qwen_np.model.kv_cache import new_kv_cache
 from qwen_np.errors import FormatError
-from qwen_np.io.safetensors import open_safetensors
-from qwen_np.model import forward
-from qwen_np.moe import route
+from qwen_np.formats.safetensors import open_safetensors
+from qwen_np.model.forward import forward
+from qwen_np.model.mlp import route
 
 BACKENDS = ["numpy"] + (["numba"] if importlib.util.find_spec("numba") else [])
 MOE = ["moe/qwen2moe-step2-f32", "moe/qwen3moe-headdim24-bf16-sharded"]
@@ -210,7 +210,7 @@ GPTQ = "moe/gptqmodel-qwen3moe-4bit-g32-sym"
 def test_gptqmodel_moe_dequantizes_each_expert_like_gptqmodel_bit_for_bit():
     """GPTQModel 7.7.0 quantized each expert as its own module (tools/make_moe_gptq_fixture.py);
     the router stays in float. Every reference module's dequantized weight is GPTQModel's."""
-    from qwen_np.quant import QuantizedTensor, dequantize
+    from qwen_np.tensors.quantized import QuantizedTensor, dequantize
     ref = reference(GPTQ)
     model = load(GPTQ)
     assert model.config.model_type == "qwen3_moe" and model.config.num_experts == 4
@@ -244,8 +244,8 @@ def test_quantize_writes_each_expert_as_a_module_and_keeps_the_router_float(tmp_
     each expert and the shared expert become 4-bit GPTQ modules, the router and the shared
     expert's gate stay float, and each expert's weights are rounded to the nearest of their
     group's 16 levels (within half a step of the float weights)."""
-    from qwen_np.quant import QuantizedTensor, dequantize
-    from qwen_np.quantize import quantize_folder
+    from qwen_np.tensors.quantized import QuantizedTensor, dequantize
+    from qwen_np.apps.quantize import quantize_folder
     write_stacked(fixture_path(MOE[0]), tmp_path / "stacked")
     quantize_folder(str(tmp_path / "stacked"), str(tmp_path / "q"), bits=4, group_size=16)
     names = set(open_safetensors(str(tmp_path / "q" / "model.safetensors")))
@@ -269,7 +269,7 @@ def test_weights_read_per_decoded_token_count_k_of_e_experts():
     MLP 48, 8 experts of 16, top-2, shared expert 24, untied vocabulary 384): every matrix of
     the dense layers 0 and 2, the router, shared expert and gate and 2 of 8 experts of layers
     1 and 3, the LM head, and one row of the embedding."""
-    from qwen_np.memory import decode_bytes_per_token
+    from qwen_np.apps.memory import decode_bytes_per_token
     m = load(MOE[0])
     attention = 32 * 32 + 16 * 32 + 16 * 32 + 32 * 32
     dense = attention + 3 * 48 * 32
@@ -289,7 +289,7 @@ def test_memory_lists_the_routed_experts_of_a_loaded_model():
 
 
 def test_a_trace_names_the_sparse_layers_parts():
-    from qwen_np.trace import trace
+    from qwen_np.oracle.trace import trace
     tensors = trace(load(MOE[0]), [5, 9, 33])
     names = set(tensors)
     assert tensors["model.layers.1.mlp.gate"].shape == (3, 8)

@@ -16,9 +16,9 @@ import qwen_np  # noqa: E402
 from conftest import fixture_path, rel_err  # noqa: E402
 from gguf_writer import write_gguf_from_hf  # noqa: E402
 from qwen_np.errors import FormatError  # noqa: E402
-from qwen_np.io.gguf_qwen import hf_name  # noqa: E402
-from qwen_np.model import forward  # noqa: E402
-from qwen_np.weights import build_weights  # noqa: E402
+from qwen_np.formats.gguf_qwen import hf_name  # noqa: E402
+from qwen_np.model.forward import forward  # noqa: E402
+from qwen_np.model.weights import build_weights  # noqa: E402
 
 BACKENDS = ["numpy"] + (["numba"] if importlib.util.find_spec("numba") else [])
 MOE = ["moe/qwen2moe-step2-f32", "moe/qwen3moe-headdim24-bf16-sharded"]

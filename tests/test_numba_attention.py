@@ -1,4 +1,4 @@
-"""The Numba backend's attention (backends/numba_attention.py) against the NumPy reference
+"""The Numba backend's attention (backends/numba/attention.py) against the NumPy reference
 where its own choices are hardest: keys split into parts (some of them empty), tokens in
 pieces, long caches, float16 caches, and its exp against float64's."""
 
@@ -8,8 +8,8 @@ import pytest
 pytest.importorskip("numba")
 
 from qwen_np.backends import get_backend                       # noqa: E402
-from qwen_np.backends import numba_attention as na             # noqa: E402
-from qwen_np.backends.numba_floats import exp_of_nonpositive   # noqa: E402
+from qwen_np.backends.numba import attention as na             # noqa: E402
+from qwen_np.backends.numba.floats import exp_of_nonpositive   # noqa: E402
 
 rng = np.random.default_rng(11)
 

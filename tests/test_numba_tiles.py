@@ -1,4 +1,4 @@
-"""The Numba backend's row-tile layout (backends/numba_tiles.py): the re-laying itself
+"""The Numba backend's row-tile layout (backends/numba/tiles.py): the re-laying itself
 against NumPy's transpose, the float16 decoding against NumPy's, and `prepare`d matrices
 (re-laid in place or copied, padded or not) against the NumPy reference ops."""
 
@@ -10,12 +10,12 @@ import pytest
 
 from conftest import rel_err
 from qwen_np.backends import get_backend
-from qwen_np.quant import QuantizedTensor
-from qwen_np.quant.gguf import BLOCK_TYPES, block_rows_to_canonical
-from qwen_np.quant.gptq import gptq_to_canonical
-from qwen_np.quant.packing import pack_codes, pack_high_bits, pack_int32_words
-from qwen_np.quant.rtn import quantize_rtn, rtn_to_canonical
-from qwen_np.quant.tensor import smallest_exact_float
+from qwen_np.tensors.quantized import QuantizedTensor
+from qwen_np.formats.gguf_blocks import BLOCK_TYPES, block_rows_to_canonical
+from qwen_np.formats.gptq import gptq_to_canonical
+from qwen_np.tensors.packing import pack_codes, pack_high_bits, pack_int32_words
+from qwen_np.tensors.rtn import quantize_rtn, rtn_to_canonical
+from qwen_np.tensors.quantized import smallest_exact_float
 
 if importlib.util.find_spec("numba") is None:
     pytest.skip("numba is not installed", allow_module_level=True)
@@ -169,7 +169,7 @@ def test_other_shapes_stay_canonical(nb):
 
 
 def test_a_tensor_under_two_names_is_prepared_once():
-    from qwen_np.weights import prepare_tensors
+    from qwen_np.model.weights import prepare_tensors
     shared, other = MATS["Q8_0-32"], MATS["Q5_0-32"]
     tensors = {"model.embed_tokens.weight": shared, "lm_head.weight": shared, "x": other}
     calls = []

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from qwen_np.backends import get_backend
-from qwen_np.dense import BFloat16Array
-from qwen_np.rope import rope_inv_freq
+from qwen_np.tensors.dense import BFloat16Array
+from qwen_np.model.rope import rope_inv_freq
 
 rng = np.random.default_rng(0)
 

@@ -8,9 +8,9 @@ import pytest
 
 import qwen_np
 from conftest import HAVE_TRANSFORMERS, fixture_path
-from qwen_np.cli import main
+from qwen_np.apps.cli import main
 from qwen_np.errors import InputError
-from qwen_np.perplexity import perplexity, windows
+from qwen_np.oracle.perplexity import perplexity, windows
 
 TEXT = ("def fibonacci(n):\n    if n <= 1:\n        return n\n    return fibonacci(n - 1) + "
         "fibonacci(n - 2)\nThe capital of France is Paris. Hello, world! 0123456789 ") * 2

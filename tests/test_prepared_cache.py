@@ -1,4 +1,4 @@
-"""qwen_np/prepared_cache.py: a warm load equals a cold one bit for bit, and a cache file is
+"""qwen_np/runtime/prepared_cache.py: a warm load equals a cold one bit for bit, and a cache file is
 never used without its checks passing."""
 
 import ast
@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 import qwen_np
-from qwen_np import api, fetch, prepared_cache as pc
+from qwen_np.runtime import load as api, prepared_cache as pc
+from qwen_np.apps import fetch
+from qwen_np.runtime import cache_folder
 from qwen_np.backends import get_backend
 from qwen_np.errors import FormatError
 
@@ -145,10 +147,10 @@ def test_warm_weights_have_the_cold_types_dtypes_shapes_and_flags(gguf_model, ba
     writable, contiguous and aligned as a cold load's; and they lie where a cold load's do:
     in the process's own memory (the kernels stream through it faster than through a file's
     mapped pages), or mapped from a file where the cold load maps them from the model's."""
-    from qwen_np.io.mapped import mapping_of
+    from qwen_np.tensors.mapped import mapping_of
     be = get_backend(backend)
     _, cold, _ = api.read_model(gguf_model)
-    from qwen_np.weights import prepare_tensors
+    from qwen_np.model.weights import prepare_tensors
     prepare_tensors(cold, be.prepare)
     qwen_np.load(gguf_model, backend=backend)
     _, warm, _ = pc.cache_entry(gguf_model, be, None).read()
@@ -244,8 +246,8 @@ def test_a_touched_file_is_hashed_again_and_still_a_hit(gguf_model, tmp_path, ca
     monkeypatch.setattr(pc, "RACY_NS", 0)     # a new file's stamp is recorded at once
     qwen_np.load(path)
     hashed = []
-    real_sha = fetch.sha256_of
-    monkeypatch.setattr(fetch, "sha256_of", lambda p: hashed.append(p) or real_sha(p))
+    real_sha = cache_folder.sha256_of
+    monkeypatch.setattr(cache_folder, "sha256_of", lambda p: hashed.append(p) or real_sha(p))
     reloads(path, capsys, monkeypatch)
     assert hashed == []                # the stat shortcut: not read at all
     os.utime(path, ns=(10**18, 10**18))
@@ -268,7 +270,7 @@ def test_version_format_code_or_layout_change_invalidates(gguf_model, change, ne
 
 
 def test_numba_layout_version_invalidates(gguf_model, capsys, monkeypatch):
-    from qwen_np.backends.numba_backend import NumbaBackend
+    from qwen_np.backends.numba.backend import NumbaBackend
     qwen_np.load(gguf_model, backend="numba")
     monkeypatch.setattr(NumbaBackend, "prepared_layout", NumbaBackend.prepared_layout + " (next)")
     reloads(gguf_model, capsys, monkeypatch, backend="numba", needle="prepared layout")
@@ -413,7 +415,7 @@ def test_turned_off_by_argument_or_environment_writes_nothing(gguf_model, monkey
 
 
 def test_cli_flag_turns_it_off(gguf_model, capsys, cache_dir):
-    from qwen_np.cli import main
+    from qwen_np.apps.cli import main
     assert main(["run", "-m", gguf_model, "-p", "ab", "-n", "2", "--no-prepared-cache"]) == 0
     assert not os.path.exists(cache_dir)
     assert main(["run", "-m", gguf_model, "-p", "ab", "-n", "2"]) == 0

@@ -12,9 +12,9 @@ import pytest
 import qwen_np
 from conftest import fixture_path, rel_err
 from qwen_np.errors import FormatError, UnsupportedModel
-from qwen_np.io.safetensors import open_safetensors, write_safetensors
-from qwen_np.quant import QuantizedTensor, dequantize
-from qwen_np.quantize import quantize_folder
+from qwen_np.formats.safetensors import open_safetensors, write_safetensors
+from qwen_np.tensors.quantized import QuantizedTensor, dequantize
+from qwen_np.apps.quantize import quantize_folder
 
 SRC = fixture_path("qwen2-tied-f32")        # in_features 48 and 80: multiples of 8 and 16
 
@@ -38,7 +38,7 @@ def test_quantized_model_holds_only_codes_scales_offsets(q4):
 def test_quantized_model_equals_its_dequantized_float_twin(q4):
     """The packed model computes what the float model with dequantized weights computes."""
     import copy
-    from qwen_np.model import forward
+    from qwen_np.model.forward import forward
     ids = np.load(fixture_path("qwen2-tied-f32") + ".reference.npz")["ids_1"]
     m = qwen_np.load(q4)
     twin = copy.deepcopy(m.weights)
@@ -179,7 +179,7 @@ def test_older_autogptq_layout_with_quantize_config_json_only(q4, tmp_path):
 
 def test_quantized_embedding_rows_are_dequantized_on_lookup():
     from qwen_np.backends import get_backend
-    from qwen_np.quant.rtn import quantize_rtn, rtn_to_canonical
+    from qwen_np.tensors.rtn import quantize_rtn, rtn_to_canonical
     table = np.random.default_rng(4).standard_normal((50, 24)).astype(np.float32)
     qt = rtn_to_canonical(*quantize_rtn(table, 4, 8, True), 4, 8)
     rows = get_backend("numpy").embed(qt, [7, 7, 49, 0])

@@ -12,9 +12,9 @@ import pytest
 
 import qwen_np
 from conftest import FIXTURES, rel_err
-from qwen_np.cache import quantize_qwen_v1_chunk
-from qwen_np.model import forward
-from qwen_np.quant import QuantizedTensor, dequantize
+from qwen_np.model.kv_cache import quantize_qwen_v1_chunk
+from qwen_np.model.forward import forward
+from qwen_np.tensors.quantized import QuantizedTensor, dequantize
 
 QWEN1 = os.path.join(FIXTURES, "qwen1")
 EXACT = ["qwen1-f32-ntk-logn", "qwen1-bf16-rotary-half", "qwen1-f16-early-keys",
@@ -155,7 +155,7 @@ def test_use_cache_quantization_in_float64_matches_qwens_float64_run():
 
 @pytest.fixture(scope="module")
 def v1_tokenizer():
-    from qwen_np.fetch import QWEN_TIKTOKEN, fetch_file
+    from qwen_np.apps.fetch import QWEN_TIKTOKEN, fetch_file
     return qwen_np.load_tokenizer(fetch_file(QWEN_TIKTOKEN))
 
 
@@ -165,7 +165,7 @@ def make_context_cases():
 
 
 def test_chat_prompt_ids_are_make_contexts(v1_tokenizer):
-    from qwen_np.chat import chat_prompt_ids
+    from qwen_np.runtime.chat import chat_prompt_ids
     fixture = make_context_cases()
     assert len(fixture["cases"]) >= 5
     for case in fixture["cases"]:
@@ -184,7 +184,7 @@ def test_encode_and_decode_are_qwens_tokenizers(v1_tokenizer):
 def test_chat_stops_at_qwens_stop_words(tmp_path, v1_tokenizer):
     """make_context's stop words (<|im_end|>, <|im_start|>) and <|endoftext|>."""
     import shutil
-    from qwen_np.fetch import QWEN_TIKTOKEN, fetch_file
+    from qwen_np.apps.fetch import QWEN_TIKTOKEN, fetch_file
     d = tmp_path / "m"
     shutil.copytree(path("qwen1-f32-ntk-logn"), d)
     shutil.copy(fetch_file(QWEN_TIKTOKEN), d / "qwen.tiktoken")
@@ -294,7 +294,7 @@ def random_v1_folder(d, tiktoken_path):
 
 
 def test_the_cli_runs_and_chats_with_a_v1_model(tmp_path):
-    from qwen_np.fetch import QWEN_TIKTOKEN, fetch_file
+    from qwen_np.apps.fetch import QWEN_TIKTOKEN, fetch_file
     d = tmp_path / "v1"
     random_v1_folder(d, fetch_file(QWEN_TIKTOKEN))
     for kv in ("float32", "int8"):
@@ -314,7 +314,7 @@ def test_quantize_writes_the_qwen_7b_chat_int4_layout(tmp_path):
     g_idx for c_attn, c_proj, w1, w2 and mlp.c_proj, c_attn's bias kept; it loads packed, and
     each quantized matrix dequantizes to within half a step of the float one."""
     from safetensors.numpy import load_file
-    from qwen_np.quantize import quantize_folder
+    from qwen_np.apps.quantize import quantize_folder
     src, dst = path("qwen1-f32-ntk-logn"), str(tmp_path / "int4")
     stats = quantize_folder(src, dst, 4, 16, True)
     assert stats["quantized"] == 10
@@ -335,7 +335,7 @@ def test_quantize_writes_the_qwen_7b_chat_int4_layout(tmp_path):
 def test_a_prompt_prefilled_in_chunks_keeps_the_whole_prompts_alpha(name):
     """generate feeds a prompt a chunk at a time; the 12-token prompt (alpha 3 from its whole
     length, though each 5-token chunk alone would give 1) still continues as Qwen's code does."""
-    from qwen_np.generate import generate
+    from qwen_np.runtime.generate import generate
     ref = reference(name)
     model = qwen_np.load(path(name))
     new = generate(model.config, model.weights, model.backend, ref["prompt_long"].tolist(),

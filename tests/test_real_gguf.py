@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES
-from qwen_np.fetch import default_model_path, is_fetched
+from qwen_np.apps.fetch import default_model_path, is_fetched
 
 pytestmark = [pytest.mark.real_model,
               pytest.mark.skipif(not is_fetched(), reason="run `qwen-np fetch` first")]
@@ -36,9 +36,10 @@ def model():
 
 def test_every_tensor_dequantizes_like_gguf_py(model):
     gguf = pytest.importorskip("gguf")
-    from qwen_np.dense import as_compute
-    from qwen_np.io.gguf_qwen import hf_name
-    from qwen_np.quant import MappedQuantizedRows, QuantizedTensor, dequantize
+    from qwen_np.tensors.dense import as_compute
+    from qwen_np.formats.gguf_qwen import hf_name
+    from qwen_np.tensors.quantized import QuantizedTensor, dequantize
+    from qwen_np.tensors.mapped import MappedQuantizedRows
     reader = gguf.GGUFReader(default_model_path())
     w = model.weights
     by_name = {"model.embed_tokens.weight": w.embed, "model.norm.weight": w.norm,
@@ -67,7 +68,7 @@ def test_every_tensor_dequantizes_like_gguf_py(model):
 
 
 def test_model_in_memory_within_15_percent_of_the_file(model):
-    from qwen_np.io.gguf import read_gguf
+    from qwen_np.formats.gguf import read_gguf
     _, tensors = read_gguf(default_model_path())
     file_bytes = sum(t.data.nbytes for t in tensors.values())
     w = model.weights

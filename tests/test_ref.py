@@ -1,4 +1,4 @@
-"""qwen_np.ref, the stable single-op API, against the formats' own libraries and hand-worked
+"""qwen_np.oracle.ref, the stable single-op API, against the formats' own libraries and hand-worked
 examples: GPTQ and AWQ tensors as stored in checkpoints written by GPTQModel and AutoAWQ
 (their dequantized weights, tests/fixtures/quant), every GGUF block type against gguf-py, and
 each op on a case small enough to work out by hand."""
@@ -12,7 +12,7 @@ import pytest
 from conftest import FIXTURES
 from qwen_np import ref
 from qwen_np.errors import FormatError
-from qwen_np.io.safetensors import open_safetensors
+from qwen_np.formats.safetensors import open_safetensors
 
 QUANT = os.path.join(FIXTURES, "quant")
 

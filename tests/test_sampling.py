@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from qwen_np.errors import InputError
-from qwen_np.sampling import (Sampling, apply_repetition_penalty, keep_top_k, keep_top_p,
+from qwen_np.model.sampling import (Sampling, apply_repetition_penalty, keep_top_k, keep_top_p,
                               sample_next, softmax)
 
 NEG = -np.inf

@@ -1,4 +1,4 @@
-"""qwen-np serve (qwen_np/serve.py): a real server process, through the official openai client.
+"""qwen-np serve (qwen_np/apps/serve.py): a real server process, through the official openai client.
 
 Every answer is checked against an independent single-stream run of the same model
 (`Model.generate`, greedy), so that batching, streaming, stop strings and the chat prompt are
@@ -126,8 +126,8 @@ def single_stream(model, ids, max_tokens):
 
 
 def chat_ids(model, query):
-    from qwen_np.chat import chat_prompt_ids
-    from qwen_np.tokenizer import DEFAULT_SYSTEM_BY_MODEL_TYPE
+    from qwen_np.runtime.chat import chat_prompt_ids
+    from qwen_np.runtime.tokenizer import DEFAULT_SYSTEM_BY_MODEL_TYPE
     return chat_prompt_ids(model.tokenizer, model.config.model_type, query,
                            DEFAULT_SYSTEM_BY_MODEL_TYPE[model.config.model_type])
 
@@ -196,7 +196,7 @@ def test_chat_is_the_single_stream_text_of_the_chat_prompt(client, model):
 
 
 def test_chat_with_a_system_prompt_and_earlier_turns(client, model):
-    from qwen_np.chat import chat_prompt_ids
+    from qwen_np.runtime.chat import chat_prompt_ids
     ids = chat_prompt_ids(model.tokenizer, "qwen2", "and now?", "be brief",
                           history=[("hello", "hi there")])
     text, reason, _ = single_stream(model, ids, 12)
@@ -210,8 +210,8 @@ def test_chat_with_a_system_prompt_and_earlier_turns(client, model):
 def test_messages_prompt_ids_are_chat_prompt_ids():
     """chat.messages_prompt_ids (the server's chat prompt) writes the turns as chat_prompt_ids
     does, for Qwen2/3 and for the original Qwen (the tiktoken file, if it is fetched)."""
-    from qwen_np.chat import chat_prompt_ids, messages_prompt_ids
-    from qwen_np.fetch import QWEN_TIKTOKEN, cached_path
+    from qwen_np.runtime.chat import chat_prompt_ids, messages_prompt_ids
+    from qwen_np.apps.fetch import QWEN_TIKTOKEN, cached_path
     toks = [("qwen2", qwen_np.load_tokenizer(FIX))]
     if os.path.exists(cached_path(QWEN_TIKTOKEN)):
         toks.append(("qwen", qwen_np.load_tokenizer(cached_path(QWEN_TIKTOKEN))))
@@ -450,7 +450,7 @@ def test_serve_help():
 
 
 def test_serve_without_its_extra_says_what_to_install():
-    hide = ("import sys; sys.modules['uvicorn'] = None; from qwen_np.cli import main; "
+    hide = ("import sys; sys.modules['uvicorn'] = None; from qwen_np.apps.cli import main; "
             f"sys.exit(main(['serve', '-m', {FIX!r}]))")
     r = subprocess.run([sys.executable, "-c", hide], capture_output=True, text=True, timeout=120)
     assert "uvicorn not installed): pip install 'qwen-np[serve]'" in one_line_error(r)
@@ -468,7 +468,7 @@ class StandInBatcher:
         self.full, self.cancelled = full, []
 
     def submit(self, ids, max_new_tokens, sampling, stop_ids=None, emit=None):
-        from qwen_np.batch import QueueFull
+        from qwen_np.runtime.batch import QueueFull
         if self.full:
             raise QueueFull("1 sequences are running and 0 waiting; try again later")
         request = SimpleNamespace(finish=None, generated=[], error=None, emit=emit)
@@ -531,7 +531,7 @@ def call_app(app, body_chunks, leaves_after_events=0, path="/v1/completions"):
 
 
 def test_a_full_waiting_line_is_503_with_retry_after(model):
-    from qwen_np.serve import make_app
+    from qwen_np.apps.serve import make_app
     app = make_app(model, StandInBatcher(full=True), "m")
     status, headers, body, _ = call_app(app, [b'{"prompt": "hi"}'])
     assert status == 503 and int(headers["retry-after"]) >= 1
@@ -540,7 +540,7 @@ def test_a_full_waiting_line_is_503_with_retry_after(model):
 
 def test_a_chunked_body_is_refused_as_soon_as_it_passes_the_limit(model):
     from itertools import repeat
-    from qwen_np.serve import make_app
+    from qwen_np.apps.serve import make_app
     app = make_app(model, StandInBatcher(), "m", max_body_bytes=1000)
     status, _, body, read = call_app(app, repeat(b" " * 600))     # endless, no Content-Length
     assert status == 413 and read == 2
@@ -548,7 +548,7 @@ def test_a_chunked_body_is_refused_as_soon_as_it_passes_the_limit(model):
 
 
 def test_a_stream_whose_client_goes_away_is_cancelled(model):
-    from qwen_np.serve import make_app
+    from qwen_np.apps.serve import make_app
     batcher = StandInBatcher()
     app = make_app(model, batcher, "m")
     request = json.dumps({"prompt": "hi", "max_tokens": 2000, "stream": True}).encode()
@@ -558,7 +558,7 @@ def test_a_stream_whose_client_goes_away_is_cancelled(model):
 
 
 def test_a_plain_request_whose_client_goes_away_is_cancelled(model):
-    from qwen_np.serve import make_app
+    from qwen_np.apps.serve import make_app
     batcher = StandInBatcher()
     app = make_app(model, batcher, "m")
     t = time.monotonic()
@@ -567,7 +567,7 @@ def test_a_plain_request_whose_client_goes_away_is_cancelled(model):
 
 
 def test_a_stop_string_cancels_the_rest_of_the_generation(model):
-    from qwen_np.serve import make_app
+    from qwen_np.apps.serve import make_app
     batcher = StandInBatcher()
     app = make_app(model, batcher, "m")
     stop = model.tokenizer.decode([65]) * 3

@@ -1,7 +1,7 @@
 """The original Qwen's tokenizer from `qwen.tiktoken`, against tiktoken itself with the same
 ranks (the oracle, as tokenization_qwen.py uses it): the same ids on a fixed list of strings,
 the special tokens at their fixed ids, decoding back to the (NFC) text. The real ranks file
-comes from the `dashscope` wheel on PyPI, cached and checked by sha256 (qwen_np.fetch)."""
+comes from the `dashscope` wheel on PyPI, cached and checked by sha256 (qwen_np.apps.fetch)."""
 
 import base64
 import os
@@ -12,8 +12,8 @@ import pytest
 
 import qwen_np
 from qwen_np.errors import FormatError
-from qwen_np.fetch import QWEN_TIKTOKEN, fetch_file
-from qwen_np.tokenizer import QWEN2_SPLIT_REGEX, QWEN_V1_SPECIAL_TOKENS, Tokenizer
+from qwen_np.apps.fetch import QWEN_TIKTOKEN, fetch_file
+from qwen_np.runtime.tokenizer import QWEN2_SPLIT_REGEX, QWEN_V1_SPECIAL_TOKENS, Tokenizer
 
 tiktoken = pytest.importorskip("tiktoken")
 
@@ -105,6 +105,6 @@ def test_malformed_ranks_files(tmp_path, content, message):
 
 
 def test_fetched_file_is_the_checked_one(ranks_path):
-    from qwen_np.fetch import is_fetched, sha256_of
+    from qwen_np.apps.fetch import is_fetched, sha256_of
     assert is_fetched(QWEN_TIKTOKEN) and os.path.getsize(ranks_path) == QWEN_TIKTOKEN.size
     assert sha256_of(ranks_path) == QWEN_TIKTOKEN.sha256

@@ -1,7 +1,7 @@
 import pytest
 
 from conftest import fixture_path
-from qwen_np.tokenizer import QWEN2_DEFAULT_SYSTEM, Tokenizer, format_chatml
+from qwen_np.runtime.tokenizer import QWEN2_DEFAULT_SYSTEM, Tokenizer, format_chatml
 
 TOK = fixture_path("qwen2-tied-f32") + "/tokenizer.json"
 TEXTS = ["def fibonacci(n):\n\treturn n", "Hello,   world!  ", "你好，世界 🙂 12345",

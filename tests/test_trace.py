@@ -11,8 +11,8 @@ import pytest
 
 import qwen_np
 from conftest import FIXTURE_MODELS, FIXTURES, HAVE_TRANSFORMERS, fixture_path
-from qwen_np.cli import main
-from qwen_np.trace import compare_traces, load_trace, save_trace, trace
+from qwen_np.apps.cli import main
+from qwen_np.oracle.trace import compare_traces, load_trace, save_trace, trace
 
 TOOLS = os.path.join(os.path.dirname(FIXTURES), "..", "tools")
 IDS = [1, 17, 42, 99, 5, 64, 7, 11, 200]
@@ -113,7 +113,7 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
 def test_the_real_gguf_float32_and_float64_traces():
     """rtol 1e-3 holds between the float32 and float64 traces of the real model, every
     tensor of every layer; at 1e-12 they are reported as diverging."""
-    from qwen_np.fetch import default_model_path, is_fetched
+    from qwen_np.apps.fetch import default_model_path, is_fetched
     if not is_fetched():
         pytest.skip("run `qwen-np fetch` first")
     ids = qwen_np.load_tokenizer(default_model_path()).encode("def fibonacci(n):")
@@ -144,7 +144,7 @@ def test_files_with_odd_contents_compare_without_a_traceback(tmp_path, capsys):
     """Another tool's trace may hold scalars, strings or empty arrays under a name."""
     a, b = str(tmp_path / "a.npz"), str(tmp_path / "b.npz")
     np.savez(a, s=np.float32(1.0), t=np.array(["x"]), e=np.zeros((0, 3)), v=np.ones((2, 3)),
-             **{"qwen_np.trace": np.array("{not json")})
+             **{"qwen_np.oracle.trace": np.array("{not json")})
     np.savez(b, s=np.float32(1.5), t=np.array(["x"]), e=np.zeros((0, 3)), v=np.ones((2, 3)))
     assert main(["compare", a, b]) == 1
     out = capsys.readouterr().out

@@ -6,10 +6,10 @@ import pytest
 
 import qwen_np
 from conftest import fixture_path
-from qwen_np.config import read_hf_config
+from qwen_np.formats.hf_dir import read_hf_config
 from qwen_np.errors import FormatError
-from qwen_np.io.hf_dir import read_hf_tensors
-from qwen_np.weights import build_weights, expected_shapes
+from qwen_np.formats.hf_dir import read_hf_tensors
+from qwen_np.model.weights import build_weights, expected_shapes
 
 NAME = "qwen2-tied-f32"
 
@@ -75,15 +75,15 @@ def test_an_untied_embedding_is_read_from_the_file_by_row():
     lookup returns exactly the table's rows, for float16 and bfloat16 tables alike."""
     import numpy as np
     import qwen_np
-    from qwen_np.dense import as_compute
-    from qwen_np.io.hf_dir import read_hf_tensors
-    from qwen_np.io.mapped import MappedRows
+    from qwen_np.tensors.dense import as_compute
+    from qwen_np.formats.hf_dir import read_hf_tensors
+    from qwen_np.tensors.mapped import MappedRows, lookup_rows
     for name in ("qwen2-untied-f16", "qwen2-untied-bf16-sharded"):
         model = qwen_np.load(fixture_path(name))
         assert isinstance(model.weights.embed, MappedRows)
         table = read_hf_tensors(fixture_path(name))["model.embed_tokens.weight"]
         ids = [5, 0, 5, table.shape[0] - 1]
-        got = model.backend.embed(model.weights.embed, ids)
+        got = model.backend.embed(*lookup_rows(model.weights.embed, ids))
         assert np.array_equal(got, as_compute(table, np.float32)[ids])
     tied = qwen_np.load(fixture_path("qwen2-tied-f32"))
     assert tied.weights.embed is tied.weights.lm_head       # read whole every token: kept
@@ -106,7 +106,7 @@ def test_a_row_lookup_gives_the_tables_pages_back(tmp_path):
     """MappedRows copies the rows and releases the mapping's pages, so lookups spread over a
     table leave (almost) none of it resident; reading the same rows from the plain mapping
     keeps pages (read-ahead) resident."""
-    from qwen_np.io.mapped import MappedRows, map_file
+    from qwen_np.tensors.mapped import MappedRows, map_file
     rows, width = 8192, 1024                                   # 16 MiB of float16
     path = str(tmp_path / "table.bin")
     table = np.random.default_rng(0).standard_normal((rows, width)).astype(np.float16)

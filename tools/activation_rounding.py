@@ -19,9 +19,9 @@ import os
 import numpy as np
 
 import qwen_np
-from qwen_np.backends.numpy_backend import NumpyBackend
-from qwen_np.fetch import default_model_path
-from qwen_np.quant import QuantizedTensor
+from qwen_np.backends.numpy.backend import NumpyBackend
+from qwen_np.apps.fetch import default_model_path
+from qwen_np.tensors.quantized import QuantizedTensor
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "gguf",
                        "real_model_logits.npz")

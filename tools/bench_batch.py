@@ -17,9 +17,9 @@ import collections
 import time
 
 import qwen_np
-from qwen_np.cache import new_kv_slots
-from qwen_np.fetch import default_model_path
-from qwen_np.model import decode_step, forward
+from qwen_np.model.kv_cache import new_kv_slots
+from qwen_np.apps.fetch import default_model_path
+from qwen_np.model.forward import decode_step, forward
 
 SIZES = (1, 2, 3, 4, 5, 6, 8)
 

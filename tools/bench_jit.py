@@ -32,8 +32,8 @@ print(f"import {t1 - t0:.2f} s, load {t2 - t1:.2f} s, first 2 tokens (JIT or cac
 
 def main():
     sys.path.insert(0, os.path.join(HERE, ".."))
-    import qwen_np.backends.numba_backend as nb
-    from qwen_np.fetch import default_model_path
+    import qwen_np.backends.numba.backend as nb
+    from qwen_np.apps.fetch import default_model_path
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=default_model_path())
     a = ap.parse_args()

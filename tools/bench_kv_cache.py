@@ -28,8 +28,8 @@ CHILD = r"""
 import json, sys
 import numpy as np
 import qwen_np
-from qwen_np.cache import kv_cache_bytes
-from qwen_np.memory import rss_bytes
+from qwen_np.model.kv_cache import kv_cache_bytes
+from qwen_np.runtime.process_memory import rss_bytes
 path, backend, kind, n, context, prompt, forced = sys.argv[1:8]
 model = qwen_np.load(path, backend=backend, kv_cache=kind)
 ids = model.tokenizer.encode(prompt)
@@ -62,7 +62,7 @@ def main():
     p.add_argument("--workdir", default="/tmp/qwen-np-bench-kv")
     args = p.parse_args()
     if args.model is None:
-        from qwen_np.fetch import fetch_default_model
+        from qwen_np.apps.fetch import fetch_default_model
         args.model = fetch_default_model()
     os.makedirs(args.workdir, exist_ok=True)
     import qwen_np

@@ -27,9 +27,9 @@ CONFIG = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_
 
 
 def make_float_model(path: str, seed: int = 0):
-    from qwen_np.io.safetensors import write_safetensors
-    from qwen_np.config import config_from_hf_dict
-    from qwen_np.weights import expected_shapes
+    from qwen_np.formats.safetensors import write_safetensors
+    from qwen_np.model.config import config_from_hf_dict
+    from qwen_np.model.weights import expected_shapes
     rng = np.random.default_rng(seed)
     cfg = config_from_hf_dict(CONFIG)
     tensors = {}

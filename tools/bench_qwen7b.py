@@ -88,9 +88,9 @@ def trim_heap() -> None:
 
 def child(args) -> None:
     import qwen_np
-    from qwen_np.cache import kv_cache_bytes
-    from qwen_np.memory import rss_bytes
-    from qwen_np.model import forward
+    from qwen_np.model.kv_cache import kv_cache_bytes
+    from qwen_np.runtime.process_memory import rss_bytes
+    from qwen_np.model.forward import forward
 
     stages, detail = {}, {}
 

@@ -230,7 +230,7 @@ def gpt2_byte_to_unicode() -> dict[int, str]:
     """GPT-2's printable stand-in for each byte (its encoder.py bytes_to_unicode): printable
     Latin-1 bytes stand for themselves, the other 68 become U+0100, U+0101, ... in order.
     Written out here rather than imported: the parent must not import NumPy (which
-    qwen_np.tokenizer does) before import_libraries sets the thread counts."""
+    qwen_np.runtime.tokenizer does) before import_libraries sets the thread counts."""
     keep = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
             *range(ord("\u00ae"), ord("\u00ff") + 1)]
     moved = [b for b in range(256) if b not in keep]
@@ -654,7 +654,7 @@ class GGUFLayout:
 
 
 def walk_gguf(data: bytes) -> GGUFLayout:
-    """The layout in qwen_np/io/gguf.py's docstring, walked on a file this script wrote."""
+    """The layout in qwen_np/formats/gguf.py's docstring, walked on a file this script wrote."""
     out = GGUFLayout()
     pos = 0
 
@@ -1134,7 +1134,7 @@ def load_and_generate(path: str) -> dict:
 
 def run_cli(path: str) -> dict:
     """`qwen-np run -m PATH -p hi -n 2`, its exit status (stderr is the child's stderr file)."""
-    from qwen_np.cli import main
+    from qwen_np.apps.cli import main
     try:
         rc = main(["run", "-m", path, *CLI_ARGS])
     except SystemExit as e:    # argparse exits; the status is what a shell would see
@@ -1520,7 +1520,7 @@ def import_libraries() -> None:
     sys.path.insert(0, REPO)
     import numpy  # noqa: F401
     import tokenizers  # noqa: F401
-    import qwen_np.cli  # noqa: F401
+    import qwen_np.apps.cli  # noqa: F401
     from qwen_np.backends import get_backend
     get_backend("numpy")
 

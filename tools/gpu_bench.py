@@ -41,8 +41,8 @@ SHAPES_05B = {"q_proj": (896, 896), "k/v_proj": (128, 896), "o_proj": (896, 896)
 
 
 def random_q4(rows: int, n: int, group: int, rng, bits: int = 4):
-    from qwen_np.quant.packing import pack_codes
-    from qwen_np.quant.tensor import QuantizedTensor
+    from qwen_np.tensors.packing import pack_codes
+    from qwen_np.tensors.quantized import QuantizedTensor
     q = rng.integers(0, 1 << bits, (rows, n), dtype=np.uint8)
     G = -(-n // group)
     scale = rng.uniform(0.003, 0.005, (rows, G)).astype(np.float16)
@@ -96,7 +96,7 @@ def gemv_rows(cp, be, ceiling: float, shapes: dict, group: int, extra: dict, rng
     rows_out = []
     mats = {name: be.prepare(random_q4(r, n, group, rng)) for name, (r, n) in shapes.items()}
     mats.update({name: be.prepare(w) for name, w in extra.items()})
-    from qwen_np.backends import cuda_kernels as ck
+    from qwen_np.backends.cuda import launch as ck
     for name, m in mats.items():
         x = be.asarray(rng.standard_normal((1, m.shape[1])).astype(np.float32))
         y = cp.empty((1, m.shape[0]), dtype=np.float32)
@@ -114,7 +114,7 @@ def gemv_rows(cp, be, ceiling: float, shapes: dict, group: int, extra: dict, rng
 
 def model_figures(cp, model_dir: str) -> dict:
     import qwen_np
-    from qwen_np.generate import generate
+    from qwen_np.runtime.generate import generate
     pool = cp.get_default_memory_pool()
     free0, total = cp.cuda.runtime.memGetInfo()
     t0 = time.perf_counter()
@@ -125,7 +125,7 @@ def model_figures(cp, model_dir: str) -> dict:
     V = m.config.vocab_size
     prompt = rng.integers(0, 151643, 128).tolist() if V > 151643 else rng.integers(0, V, 128).tolist()
     cache = m.new_cache(128 + 64)
-    from qwen_np.model import forward
+    from qwen_np.model.forward import forward
     cp.cuda.Device().synchronize()
     t = time.perf_counter()
     logits = forward(m.config, m.weights, m.backend, prompt, cache, last_only=True)

@@ -43,7 +43,7 @@ PROMPTS = ["def fibonacci(n):", "The capital of France is",
 
 def main():
     sys.path.insert(0, os.path.join(HERE, ".."))
-    from qwen_np.fetch import default_model_path
+    from qwen_np.apps.fetch import default_model_path
     path = sys.argv[1] if len(sys.argv) > 1 else default_model_path()
     folder, name = os.path.split(os.path.abspath(path))
     os.makedirs(OUT, exist_ok=True)

@@ -169,7 +169,7 @@ def save(name: str, d: str, ref: dict, src: str):
 
 
 def main():
-    from qwen_np.quantize import quantize_folder
+    from qwen_np.apps.quantize import quantize_folder
     os.chdir(tempfile.mkdtemp(prefix="qwen-np-quant-logs-"))   # GPTQModel writes logs/ into the cwd
     shutil.rmtree(OUT, ignore_errors=True)
     os.makedirs(OUT)

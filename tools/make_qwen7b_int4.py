@@ -11,7 +11,7 @@ Written into --out:
     generation_config.json           eos_token_id 151643 (<|endoftext|>)
     model-0000k-of-0000n.safetensors shards of about --shard-gb GB (10^9 bytes)
     model.safetensors.index.json     {"metadata": {"total_size": N}, "weight_map": {...}}
-    qwen.tiktoken                    the real tokenizer ranks (qwen_np.fetch's cached copy)
+    qwen.tiktoken                    the real tokenizer ranks (qwen_np.apps.fetch's cached copy)
 
 Tensors (float16 unless said otherwise):
     transformer.wte.weight, lm_head.weight  [151936, 4096]  N(0, 0.02)
@@ -35,7 +35,7 @@ in header order. The writer's peak RSS (VmHWM) is printed at the end, with the b
 and the time taken. Every tensor is drawn from its own generator (seed, tensor number), so the
 bytes do not depend on the chunk size.
 
-Checks after writing: every shard opens with qwen_np.io.safetensors.open_safetensors and holds
+Checks after writing: every shard opens with qwen_np.formats.safetensors.open_safetensors and holds
 the tensors the index lists, with the planned dtypes and shapes, and a few tensors are read back
 (qzeros, g_idx, the first and last rows of lm_head against a regeneration). --check-load also
 runs `qwen_np.load(out, backend="numpy")` in a child process and prints its RSS.
@@ -235,7 +235,7 @@ def peak_rss() -> int:
 
 
 def copy_tokenizer(out: str) -> str:
-    from qwen_np.fetch import QWEN_TIKTOKEN, fetch_file
+    from qwen_np.apps.fetch import QWEN_TIKTOKEN, fetch_file
     src = fetch_file(QWEN_TIKTOKEN)
     dst = os.path.join(out, "qwen.tiktoken")
     shutil.copyfile(src, dst)
@@ -244,7 +244,7 @@ def copy_tokenizer(out: str) -> str:
 
 def check_written(out: str, shards: list[list[Spec]], names: list[str], seed: int) -> None:
     """Every shard opens with qwen_np's reader and holds what the plan says; a few values."""
-    from qwen_np.io.safetensors import open_safetensors
+    from qwen_np.formats.safetensors import open_safetensors
     with open(os.path.join(out, "model.safetensors.index.json")) as f:
         weight_map = json.load(f)["weight_map"]
     by_name = {}
@@ -271,7 +271,7 @@ def check_written(out: str, shards: list[list[Spec]], names: list[str], seed: in
     if not np.array_equal(t.reshape(-1)[:first.size], first):
         raise AssertionError("lm_head's first rows differ from their regeneration")
     sc = by_name[p + "attn.c_attn.scales"][0]
-    print(f"checked: {len(names)} shards open with qwen_np.io.safetensors.open_safetensors, "
+    print(f"checked: {len(names)} shards open with qwen_np.formats.safetensors.open_safetensors, "
           f"{len(by_name)} tensors as planned; scales of layer {LAYERS - 1} c_attn in "
           f"[{float(sc.min()):.5f}, {float(sc.max()):.5f}], qzeros 0x77777777, g_idx i // 128")
 
@@ -279,7 +279,7 @@ def check_written(out: str, shards: list[list[Spec]], names: list[str], seed: in
 CHECK_LOAD = r"""
 import sys, time
 import qwen_np
-from qwen_np.memory import rss_bytes
+from qwen_np.runtime.process_memory import rss_bytes
 t = time.perf_counter()
 m = qwen_np.load(sys.argv[1], backend="numpy")
 print(f"qwen_np.load (numpy backend): {time.perf_counter() - t:.1f} s, RSS "
@@ -298,7 +298,7 @@ def main():
                     help="bytes generated and written at a time, MB (default 32)")
     ap.add_argument("--no-tokenizer", action="store_true",
                     help="write no qwen.tiktoken (a machine without network and without "
-                         "qwen_np.fetch's cached copy: the GPU check)")
+                         "qwen_np.apps.fetch's cached copy: the GPU check)")
     ap.add_argument("--zero-biases", action="store_true",
                     help="also write all-zero .bias tensors on the quantized modules without a "
                          "bias (old AutoGPTQ checkpoints have them)")

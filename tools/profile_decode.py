@@ -48,9 +48,9 @@ def read_bandwidth(threads: int) -> float:
 
 def main():
     import qwen_np
-    from qwen_np.cache import new_kv_cache
-    from qwen_np.fetch import default_model_path
-    from qwen_np.model import forward
+    from qwen_np.model.kv_cache import new_kv_cache
+    from qwen_np.apps.fetch import default_model_path
+    from qwen_np.model.forward import forward
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=default_model_path())

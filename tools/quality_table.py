@@ -9,7 +9,7 @@ The text: Python standard-library modules (PSF license) of the running interpret
 STDLIB_FILES and concatenated in that order; its sha256 and the Python version are printed, as
 the files differ between versions. It is tokenized with the GGUF's tokenizer and cut to
 --tokens tokens; every model is scored on those same ids (`qwen-np ppl`'s sliding window,
-qwen_np/perplexity.py).
+qwen_np/oracle/perplexity.py).
 
 Models, each scored in a fresh process (peak RSS = its VmHWM):
     the GGUF as shipped; the same with a float16 and an int8 KV cache
@@ -45,7 +45,7 @@ STDLIB_FILES = ["textwrap.py", "heapq.py", "bisect.py", "fnmatch.py", "colorsys.
 CHILD = r"""
 import json, sys, time
 import qwen_np
-from qwen_np.perplexity import perplexity
+from qwen_np.oracle.perplexity import perplexity
 path, ids_file, backend, threads, kv, ctx, stride = sys.argv[1:8]
 ids = json.load(open(ids_file))
 t = time.perf_counter()
@@ -83,10 +83,11 @@ def hf_config(cfg) -> dict:
 
 def export_float32(gguf_path: str, out: str) -> None:
     """The GGUF's tensors dequantized to float32 under Hugging Face names, as a folder."""
-    from qwen_np.api import read_model
-    from qwen_np.dense import as_compute
-    from qwen_np.io.safetensors import write_safetensors
-    from qwen_np.quant import MappedQuantizedRows, QuantizedTensor, dequantize
+    from qwen_np.runtime.load import read_model
+    from qwen_np.tensors.dense import as_compute
+    from qwen_np.formats.safetensors import write_safetensors
+    from qwen_np.tensors.quantized import QuantizedTensor, dequantize
+    from qwen_np.tensors.mapped import MappedQuantizedRows
     config, tensors, _ = read_model(gguf_path)
     if config.model_type != "qwen2":
         raise SystemExit(f"{gguf_path}: a qwen2 GGUF is expected")
@@ -128,9 +129,9 @@ def main(argv=None) -> int:
     ap.add_argument("--backend", default="numba")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
-    from qwen_np.api import load_tokenizer
-    from qwen_np.fetch import fetch_default_model
-    from qwen_np.quantize import quantize_folder
+    from qwen_np.runtime.load import load_tokenizer
+    from qwen_np.apps.fetch import fetch_default_model
+    from qwen_np.apps.quantize import quantize_folder
     gguf = fetch_default_model()
     out = args.out or tempfile.mkdtemp(prefix="qwen-np-quality-")
     os.makedirs(out, exist_ok=True)

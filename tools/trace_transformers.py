@@ -1,4 +1,4 @@
-"""Record a trace with transformers under qwen-np's names (qwen_np/trace.py lists them), so that
+"""Record a trace with transformers under qwen-np's names (qwen_np/oracle/trace.py lists them), so that
 transformers and qwen-np are diffed in two commands:
 
     python tools/trace_transformers.py -m MODEL_DIR -p "some text" -o hf.npz [--dtype float64]
@@ -117,8 +117,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     args = ap.parse_args(argv)
     import transformers_oracle as oracle
-    from qwen_np.api import load_tokenizer
-    from qwen_np.trace import save_trace
+    from qwen_np.runtime.load import load_tokenizer
+    from qwen_np.oracle.trace import save_trace
     ids = load_tokenizer(args.model).encode(args.prompt)
     model = oracle.load_reference(args.model, args.dtype)
     ctx = oracle.exact_float64() if args.dtype == "float64" else contextlib.nullcontext()

@@ -11,7 +11,7 @@
 namespace {
 
 struct Entry {
-    const char* name;            // as in backends/cuda_kernels.py KERNELS
+    const char* name;            // as in backends/cuda/launch.py KERNELS
     std::string signature;       // emu::type_code of each parameter, comma-separated
     int arity;
     void (*launch)(dim3, dim3, void**);

@@ -1,7 +1,7 @@
-// qwen-np's CUDA kernels: compiled by NVRTC for the GPU (backends/cupy_backend.py), and by g++
+// qwen-np's CUDA kernels: compiled by NVRTC for the GPU (backends/cuda/backend.py), and by g++
 // with emulate_cpu.h to test their logic on the CPU. Shapes as in backends/__init__.py: T tokens,
 // n input features, `rows` output features. Every kernel is listed, with the template
-// arguments the backend instantiates, in backends/cuda_kernels.py.
+// arguments the backend instantiates, in backends/cuda/launch.py.
 //
 // Weights as the GPU backend lays them out at load (cupy_backend.py `prepare`). Every row is
 // padded to a whole number of 32-column chunks (n_pad = 32 * ceil(n / 32), padding zero), so a
@@ -9,7 +9,7 @@
 //
 //   FMT 4, 5, 6  nibble plane, row_bytes = n_pad / 2: chunk j = one 16-byte word, columns
 //                32j .. 32j+31; byte b holds column 2b in bits 3..0 and 2b+1 in bits 7..4
-//                (the canonical order of qwen_np/quant/packing.py, unchanged)
+//                (the canonical order of qwen_np/tensors/packing.py, unchanged)
 //                5 bits: + a high plane of n_pad / 8 bytes a row: chunk j = one 4-byte word,
 //                          bit k = bit 4 of column 32j + k
 //                6 bits: + a high plane of n_pad / 4 bytes a row: chunk j = one 8-byte word,

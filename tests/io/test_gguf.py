@@ -18,9 +18,9 @@ import qwen_np  # noqa: E402
 from conftest import fixture_path, rel_err  # noqa: E402
 from gguf_writer import write_gguf_from_hf  # noqa: E402
 from qwen_np.errors import FormatError, UnsupportedModel  # noqa: E402
-from qwen_np.io.gguf_qwen import hf_name  # noqa: E402
-from qwen_np.model import forward  # noqa: E402
-from qwen_np.weights import build_weights  # noqa: E402
+from qwen_np.formats.gguf_qwen import hf_name  # noqa: E402
+from qwen_np.model.forward import forward  # noqa: E402
+from qwen_np.model.weights import build_weights  # noqa: E402
 
 SRC = fixture_path("qwen2-untied-bf16-sharded")     # in 32: every matrix quantizes to blocks
 SRC3 = fixture_path("qwen3-headdim12-f32")
@@ -60,7 +60,7 @@ def test_qwen3_head_dim_from_key_length(tmp_path):
 
 
 def test_tokenizer_from_metadata_encodes_like_tokenizer_json(tiny_gguf):
-    from qwen_np.tokenizer import Tokenizer
+    from qwen_np.runtime.tokenizer import Tokenizer
     ours = qwen_np.load(tiny_gguf[0]).tokenizer
     ref = Tokenizer.from_file(os.path.join(SRC, "tokenizer.json"))
     for text in ["def fibonacci(n):\n\treturn n", "Hello,  world! 你好 🙂 123",
@@ -143,8 +143,8 @@ def test_unexpected_tensor_is_named(tmp_path):
 
 
 def test_quantize_reads_a_float_gguf_and_refuses_a_quantized_one(tiny_gguf, tmp_path):
-    from qwen_np.quant import QuantizedTensor, dequantize
-    from qwen_np.quantize import quantize_folder
+    from qwen_np.tensors.quantized import QuantizedTensor, dequantize
+    from qwen_np.apps.quantize import quantize_folder
     f16 = str(tmp_path / "f16.gguf")
     expected = write_gguf_from_hf(SRC, f16, T.F16)
     out = str(tmp_path / "q")

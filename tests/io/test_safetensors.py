@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from conftest import fixture_path
-from qwen_np.dense import BFloat16Array, as_compute, bfloat16_to_float32
+from qwen_np.tensors.dense import BFloat16Array, as_compute, bfloat16_to_float32
 from qwen_np.errors import FormatError
-from qwen_np.io.hf_dir import read_hf_dir
-from qwen_np.io.mapped import mapping_of
-from qwen_np.io.safetensors import open_safetensors
+from qwen_np.formats.hf_dir import read_hf_dir
+from qwen_np.tensors.mapped import mapping_of
+from qwen_np.formats.safetensors import open_safetensors
 
 
 def write_safetensors(path, tensors: dict[str, tuple[str, tuple, bytes]]):

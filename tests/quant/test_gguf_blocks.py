@@ -7,8 +7,8 @@ import pytest
 gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as T  # noqa: E402
 
-from qwen_np.quant.gguf import BLOCK_TYPES, block_rows_to_canonical  # noqa: E402
-from qwen_np.quant.tensor import dequantize, dequantize_rows  # noqa: E402
+from qwen_np.formats.gguf_blocks import BLOCK_TYPES, block_rows_to_canonical  # noqa: E402
+from qwen_np.tensors.quantized import dequantize, dequantize_rows  # noqa: E402
 
 rng = np.random.default_rng(0)
 LEGACY = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]          # gguf-py can quantize these

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from qwen_np.errors import FormatError
-from qwen_np.quant.awq import awq_to_canonical
-from qwen_np.quant.gptq import gptq_to_canonical
-from qwen_np.quant.tensor import dequantize
+from qwen_np.formats.awq import awq_to_canonical
+from qwen_np.formats.gptq import gptq_to_canonical
+from qwen_np.tensors.quantized import dequantize
 
 rng = np.random.default_rng(2)
 
@@ -105,5 +105,5 @@ def test_awq_interleaved_order(group):
 
 def test_awq_nibble_zero_is_column_0_and_nibble_1_is_column_2():
     word = np.array([[0x00000021]], np.int32)       # nibble 0 = 1, nibble 1 = 2
-    from qwen_np.quant.awq import unpack_awq
+    from qwen_np.formats.awq import unpack_awq
     assert unpack_awq(word).tolist() == [[1, 0, 2, 0, 0, 0, 0, 0]]

@@ -9,7 +9,7 @@ import pytest
 
 import qwen_np
 from conftest import FIXTURES, rel_err
-from qwen_np.quant import QuantizedTensor, dequantize
+from qwen_np.tensors.quantized import QuantizedTensor, dequantize
 
 QUANT = os.path.join(FIXTURES, "quant")
 NAMES = sorted(n for n in os.listdir(QUANT) if os.path.isdir(os.path.join(QUANT, n)))

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from qwen_np.quant.packing import (pack_codes, pack_int32_words, packed_length, unpack_codes,
+from qwen_np.tensors.packing import (pack_codes, pack_int32_words, packed_length, unpack_codes,
                                    unpack_int32_words)
 
 rng = np.random.default_rng(0)

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from qwen_np.quant.rtn import quantize_rtn, round_up_float16, rtn_to_canonical
-from qwen_np.quant.tensor import dequantize, dequantize_rows
+from qwen_np.tensors.rtn import quantize_rtn, round_up_float16, rtn_to_canonical
+from qwen_np.tensors.quantized import dequantize, dequantize_rows
 
 rng = np.random.default_rng(1)
 

@@ -1,0 +1,2 @@
+"""The CuPy backend: CUDA RawKernels (kernels.cu), their launch table, and the header that runs
+them on the CPU for tests."""

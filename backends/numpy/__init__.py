@@ -1,0 +1,1 @@
+"""The NumPy backend: the reference ops every other backend is checked against."""

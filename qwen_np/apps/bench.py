@@ -1,0 +1,150 @@
+"""`qwen-np bench`: prefill and decode speed, time to first token and peak RSS of qwen-np on a
+model, and (with --vs llama.cpp) of llama.cpp through llama-cpp-python on the same file, each
+in a fresh process, in the same run, with the ratios.
+
+Both sides get the same prompt token ids (a code snippet repeated to --prompt-tokens) and
+decode greedily one token at a time; the peak RSS is the process's VmHWM, which counts the
+mapped weight pages it touched. "first token (s)" is the prefill alone; "start to first
+token (s)" is the wall time from just before the parent spawns the child (its time.time())
+to the moment the child knows the first token (the child's time.time() then), so that the
+interpreter's start, the imports and the load count for both sides. qwen-np's includes its
+two-token warm-up pass (which loads the JIT-compiled kernels before the prefill is timed).
+"weights read / token (MiB)" is what one decoded token reads of qwen-np's weights
+(memory.decode_bytes_per_token: an MoE model's token reads k of each sparse layer's E experts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+TEXT = ("def quicksort(arr):\n    if len(arr) <= 1:\n        return arr\n"
+        "    pivot = arr[len(arr) // 2]\n    left = [x for x in arr if x < pivot]\n"
+        "    middle = [x for x in arr if x == pivot]\n    right = [x for x in arr if x > pivot]\n"
+        "    return quicksort(left) + middle + quicksort(right)\n\n")
+
+LLAMA_CPP = r"""
+import json, sys, time
+import numpy as np
+import llama_cpp
+path, P, G, threads, text = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+t0 = time.perf_counter()
+llm = llama_cpp.Llama(model_path=path, n_ctx=max(512, P + G + 1), n_batch=max(512, P),
+                      n_ubatch=max(512, P), n_threads=threads, n_threads_batch=threads,
+                      verbose=False, logits_all=False)
+load_s = time.perf_counter() - t0
+nv = llm.n_vocab()
+def argmax_last():  # with logits_all=False llm.scores stays empty: read the C logits row
+    return int(np.argmax(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(nv,))))
+base = llm.tokenize(text.encode(), add_bos=False)
+prompt = (base * (P // len(base) + 1))[:P]
+t = time.perf_counter()
+llm.eval(prompt)
+tok = argmax_last()
+prefill_s = time.perf_counter() - t
+first_token_at = time.time()
+gen = [tok]
+t = time.perf_counter()
+for _ in range(G):
+    llm.eval([tok])
+    tok = argmax_last()
+    gen.append(tok)
+decode_s = time.perf_counter() - t
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
+print(json.dumps({"system": "llama.cpp (llama-cpp-python " + llama_cpp.__version__ + ")",
+                  "load_s": load_s, "prefill_tok_s": P / prefill_s, "ttft_s": prefill_s,
+                  "decode_tok_s": G / decode_s, "peak_rss_mib": int(hwm) / 1024,
+                  "first_token_at": first_token_at, "ids": gen[:16]}))
+"""
+
+
+def measure_here(path: str, backend: str, threads: int | None, P: int, G: int,
+                 kv_cache: str | None = None, prepared_cache: bool | None = None) -> dict:
+    """Run in this (fresh) process: load, prefill P tokens, decode G tokens."""
+    import time
+
+    import numpy as np
+
+    from qwen_np.runtime.load import load
+    from qwen_np.apps.memory import decode_bytes_per_token
+    from qwen_np.runtime.process_memory import rss_bytes
+    from qwen_np.model.forward import forward
+    t0 = time.perf_counter()
+    model = load(path, backend=backend, threads=threads, kv_cache=kv_cache,
+                 prepared_cache=prepared_cache)
+    cfg, w, be = model.config, model.weights, model.backend
+    base = model.tokenizer.encode(TEXT)
+    prompt = (base * (P // len(base) + 1))[:P]
+    # one short warm-up pass so that JIT compilation (numba) is counted in load, not prefill
+    forward(cfg, w, be, prompt[:2], model.new_cache(4), last_only=True)
+    load_s = time.perf_counter() - t0
+    cache = model.new_cache(P + G + 1)
+    t = time.perf_counter()
+    tok = int(np.argmax(be.to_numpy(forward(cfg, w, be, prompt, cache, last_only=True))[-1]))
+    prefill_s = time.perf_counter() - t
+    first_token_at = time.time()
+    gen = [tok]
+    t = time.perf_counter()
+    for _ in range(G):
+        tok = int(np.argmax(be.to_numpy(forward(cfg, w, be, [tok], cache, last_only=True))[-1]))
+        gen.append(tok)
+    decode_s = time.perf_counter() - t
+    label = be.name if kv_cache is None else f"{be.name}, KV cache {kv_cache}"
+    return {"system": f"qwen-np ({label})", "load_s": load_s, "prefill_tok_s": P / prefill_s,
+            "ttft_s": prefill_s, "decode_tok_s": G / decode_s,
+            "peak_rss_mib": (rss_bytes("VmHWM") or 0) / 2**20, "first_token_at": first_token_at,
+            "read_mib": decode_bytes_per_token(cfg, w) / 2**20, "ids": gen[:16]}
+
+
+def run_json(cmd: list[str]) -> dict:
+    """The child's JSON result, with its start to first token: from just before it is
+    spawned to the time.time() it reports as `first_token_at`."""
+    started = time.time()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"{os.path.basename(cmd[0])} failed: {last}")
+    row = json.loads(r.stdout.strip().splitlines()[-1])
+    row["start_to_first_s"] = row.pop("first_token_at") - started
+    return row
+
+
+def bench(path: str, backend: str, threads: int | None, P: int, G: int, vs: str | None,
+          llama_python: str, kv_cache: str | None = None,
+          prepared_cache: bool | None = None) -> list[dict]:
+    ours = run_json([sys.executable, "-m", "qwen_np.apps.bench", path, backend, str(threads or 0),
+                     str(P), str(G), kv_cache or "", "0" if prepared_cache is False else ""])
+    rows = [ours]
+    if vs == "llama.cpp":
+        rows.append(run_json([llama_python, "-c", LLAMA_CPP, path, str(P), str(G),
+                              str(threads or os.cpu_count()), TEXT]))
+    return rows
+
+
+def format_table(rows: list[dict], P: int) -> str:
+    cols = [("load_s", "load (s)", ".2f"), ("prefill_tok_s", f"prefill {P} tok (tok/s)", ".1f"),
+            ("ttft_s", "first token (s)", ".2f"),
+            ("start_to_first_s", "start to first token (s)", ".2f"),
+            ("decode_tok_s", "decode (tok/s)", ".2f"),
+            ("peak_rss_mib", "peak RSS (MiB)", ".0f"),
+            ("read_mib", "weights read / token (MiB)", ".1f")]
+    lines = ["| system | " + " | ".join(c[1] for c in cols) + " |",
+             "| --- |" + " --- |" * len(cols)]
+    for r in rows:
+        lines.append(f"| {r['system']} | " + " | ".join(
+            format(r[k], f) if k in r else "-" for k, _, f in cols) + " |")
+    if len(rows) == 2:
+        a, b = rows
+        lines.append("| ratio qwen-np / llama.cpp | " + " | ".join(
+            f"{a[k] / b[k]:.3f}" if k in a and k in b else "-" for k, _, _ in cols) + " |")
+        lines.append(f"\nsame greedy ids (first 16): {a['ids'] == b['ids']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":   # the measuring child process
+    path, backend, threads, P, G, kv, no_cache = sys.argv[1:8]
+    print(json.dumps(measure_here(path, backend, int(threads) or None, int(P), int(G), kv or None,
+                                  False if no_cache == "0" else None)))

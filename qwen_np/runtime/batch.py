@@ -1,0 +1,280 @@
+"""Continuous batching: sequences join and leave one running batch of decode steps.
+
+The server (serve.py) hands requests to a Batcher, whose loop runs in a thread of its own.
+Each turn of the loop:
+
+    1. waiting requests take free slots of the KV cache (one slot per sequence, at most
+       max_batch of them; cache.py's KVSlots)
+    2. one chunk of one new sequence's prompt (prefill_chunk tokens) goes through the model,
+       through its slot's cache; after its last chunk its first token is chosen
+    3. every sequence past its prompt decodes one token, all in one pass (model.decode_step:
+       each weight is read once for the whole batch)
+
+so a request that arrives while others decode joins at the next turn, and a long prompt holds
+the running streams up for one chunk at a time, not for the whole prompt. A sequence's tokens
+are those it gets decoded alone (model.decode_step): its own slot, positions and sampler.
+
+Tokens reach each request through its `emit(token, finish)` callback, called from the loop's
+thread (or, for a request cancelled while it waits, from cancel's caller), which must be quick
+(it holds up the whole batch); if it raises, its request is cancelled. emit(token, None) for
+each new token, then emit(None, reason) once, with reason
+"stop" (a stop id was generated; it is not emitted), "length" (max_new_tokens, or the slot is
+full), "cancelled" (cancel() was called) or "error" (the step failed; the message is in
+request.error). A finished or cancelled request's slot is free for the next one.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from qwen_np.model.kv_cache import new_kv_slots
+from qwen_np.errors import InputError, QwenNpError
+from qwen_np.runtime.process_memory import release_free_heap
+from qwen_np.model.forward import decode_step, forward
+from qwen_np.model.sampling import GREEDY, Sampling, sample_next
+
+
+class QueueFull(QwenNpError):
+    """Every slot is taken and the waiting line is full: try again later."""
+
+
+@dataclass(eq=False)
+class Request:
+    """One sequence: its prompt, how to choose and when to stop, and where it stands."""
+    ids: list[int]
+    max_new_tokens: int
+    sampling: Sampling
+    stop_ids: frozenset
+    emit: Callable[[int | None, str | None], None]
+    generated: list[int] = field(default_factory=list)   # every new token, a stop id included
+    slot: int = -1                 # its KV cache slot while it holds one
+    prefilled: int = 0             # prompt tokens already in the cache
+    finish: str | None = None      # why it ended, once it has
+    error: str | None = None
+    cancelled: bool = False
+    rng: np.random.Generator | None = None
+
+    @property
+    def decoding(self) -> bool:
+        return self.prefilled == len(self.ids) and self.finish is None
+
+
+class Batcher:
+    """The loop of continuous batching over one model (see the module docstring)."""
+
+    def __init__(self, model, max_batch: int = 8, context: int = 2048,
+                 prefill_chunk: int = 128, max_waiting: int = 64):
+        if max_batch < 1 or context < 2 or prefill_chunk < 1 or max_waiting < 0:
+            raise InputError(f"max_batch {max_batch}, context {context}, prefill_chunk "
+                             f"{prefill_chunk}, max_waiting {max_waiting}: out of range")
+        self.model = model
+        self.context = context
+        self.prefill_chunk = prefill_chunk
+        self.max_waiting = max_waiting
+        self.slots = new_kv_slots(model.config, max_batch, context, model.backend,
+                                  model.kv_cache)
+        self.free = list(range(max_batch))
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []          # the sequences holding slots
+        self.lock = threading.Condition()
+        self.thread: threading.Thread | None = None
+        self.closing = False
+
+    # -- from any thread -----------------------------------------------------------------------
+    def submit(self, ids, max_new_tokens: int, sampling: Sampling = GREEDY, stop_ids=None,
+               emit: Callable[[int | None, str | None], None] = lambda t, f: None) -> Request:
+        """Queue a sequence. A prompt that leaves no room in a slot for one new token is an
+        InputError; a full waiting line is QueueFull."""
+        if self.closing:
+            raise InputError("the batcher is closed")
+        ids = self.model._check_ids(ids)
+        if len(ids) >= self.context:
+            raise InputError(f"the prompt is {len(ids)} tokens; the context holds "
+                             f"{self.context}, and one more is needed for the answer")
+        if max_new_tokens < 1:
+            raise InputError(f"max_tokens is {max_new_tokens}; it must be at least 1")
+        stop = self.model.stop_ids() if stop_ids is None else stop_ids
+        request = Request(ids, min(max_new_tokens, self.context - len(ids)), sampling,
+                          frozenset(int(i) for i in stop), emit, rng=sampling.generator())
+        with self.lock:
+            if len(self.waiting) - len(self.free) >= self.max_waiting:   # no slot, no room
+                raise QueueFull(f"{len(self.running)} sequences are running and "
+                                f"{len(self.waiting)} waiting; try again later")
+            self.waiting.append(request)
+            self.lock.notify()
+        return request
+
+    def cancel(self, request: Request) -> None:
+        """End a request: now if it is still waiting, else at the next turn (its slot is
+        freed); emit(None, "cancelled")."""
+        request.cancelled = True
+        with self.lock:
+            if request in self.waiting:
+                self.end(request, "cancelled")
+            self.lock.notify()
+
+    def start(self) -> "Batcher":
+        """Run the loop in a thread of its own, returning once it has warmed up there.
+
+        Kernels run fastest when one thread runs them all: each thread that runs an OpenMP
+        kernel (Numba's threading layer here) keeps a team of worker threads, and once there
+        are more workers than cores libgomp cuts their spinning short, so that every kernel
+        waits for its workers to wake (measured: one stream decoded at 32 tokens/s instead of
+        55 after the calling thread had run a kernel). A program that loads the model and
+        then calls start() does best to run the loop itself instead (run(), after warm_up()),
+        as `qwen-np serve` does."""
+        ready = threading.Event()
+        failed = []
+
+        def warm_up_then_run():
+            try:
+                self.warm_up()
+            except BaseException as e:      # start() raises it in the caller's thread
+                failed.append(e)
+                return
+            finally:
+                ready.set()
+            self.run()
+        self.thread = threading.Thread(target=warm_up_then_run, name="qwen-np batcher",
+                                       daemon=True)
+        self.thread.start()
+        ready.wait()
+        if failed:
+            raise failed[0]
+        return self
+
+    def warm_up(self) -> None:
+        """Run each kind of pass once, on scratch tokens in two free slots: a prompt of two
+        tokens, one of one, and a decode step of both. The backend's kernels are compiled
+        (or loaded from their cache) here, not at the first request that needs them (the
+        Numba backend's first batched step compiled for about 9 s mid-stream)."""
+        if len(self.free) < 2:
+            return
+        m, (a, b) = self.model, self.free[:2]
+        scratch = [self.slots.caches[a], self.slots.caches[b]]
+        forward(m.config, m.weights, m.backend, [0, 0], scratch[0], last_only=True)
+        forward(m.config, m.weights, m.backend, [0], scratch[1], last_only=True)
+        decode_step(m.config, m.weights, m.backend, [0, 0], self.slots, [a, b])
+        for cache in scratch:
+            cache.length, cache.ntk_alpha = 0, 1.0
+
+    def close(self) -> None:
+        with self.lock:
+            self.closing = True
+            self.lock.notify()
+        if self.thread is not None:
+            self.thread.join()
+
+    @property
+    def load(self) -> tuple[int, int]:
+        """(sequences holding slots, requests waiting for one)."""
+        return len(self.running), len(self.waiting)
+
+    # -- the loop's thread ---------------------------------------------------------------------
+    def run(self) -> None:
+        """The loop (module docstring), until close()."""
+        while True:
+            with self.lock:
+                while not (self.closing or self.waiting or self.running):
+                    self.lock.wait()
+                if self.closing:
+                    break
+            self.turn()
+        for request in list(self.running) + list(self.waiting):
+            self.end(request, "cancelled")
+
+    def turn(self) -> None:
+        """One turn: admit, one prefill chunk, one decode step for all (module docstring)."""
+        self.admit()
+        for request in [r for r in self.running if r.cancelled]:
+            self.end(request, "cancelled")
+        new = next((r for r in self.running if r.prefilled < len(r.ids)), None)
+        if new is not None:
+            self.guarded([new], lambda: self.prefill_chunk_of(new))
+        batch = [r for r in self.running if r.decoding and r is not new]
+        if batch:
+            self.guarded(batch, lambda: self.decode(batch))
+
+    def admit(self) -> None:
+        with self.lock:
+            while self.free and self.waiting:
+                request = self.waiting.popleft()
+                if request.cancelled:
+                    self.end(request, "cancelled")
+                    continue
+                request.slot = self.free.pop(0)
+                cache = self.slots.caches[request.slot]
+                cache.length, cache.ntk_alpha = 0, 1.0
+                self.running.append(request)
+
+    def prefill_chunk_of(self, request: Request) -> None:
+        """The next chunk of the prompt into the request's slot; after the last, its first
+        token. (The original Qwen's int8 cache quantizer scales a pass's chunk as one block:
+        its prompt goes in one pass, as in its own code and in generate.py.)"""
+        m = self.model
+        cache = self.slots.caches[request.slot]
+        chunk = len(request.ids) if cache.qwen_v1_quantizer else self.prefill_chunk
+        at = request.prefilled
+        ids = request.ids[at:at + chunk]
+        logits = forward(m.config, m.weights, m.backend, ids, cache, last_only=True,
+                         prompt_length=len(request.ids))
+        request.prefilled += len(ids)
+        if request.prefilled == len(request.ids):
+            self.take(request, m.backend.to_numpy(logits)[-1])
+
+    def decode(self, batch: list[Request]) -> None:
+        m = self.model
+        tokens = [r.generated[-1] for r in batch]
+        logits = m.backend.to_numpy(decode_step(m.config, m.weights, m.backend, tokens,
+                                                self.slots, [r.slot for r in batch]))
+        for request, row in zip(batch, logits):
+            self.take(request, row)
+
+    def take(self, request: Request, logits) -> None:
+        """Choose the request's next token from its logits [V], emit it or end the request."""
+        token = sample_next(logits, request.rng, request.sampling, request.ids + request.generated)
+        request.generated.append(token)
+        if token in request.stop_ids:
+            self.end(request, "stop")
+            return
+        deliver(request, token, None)
+        cache_full = self.slots.caches[request.slot].length + 1 > self.context
+        if len(request.generated) >= request.max_new_tokens or cache_full:
+            self.end(request, "length")
+
+    def guarded(self, requests: list[Request], step: Callable[[], None]) -> None:
+        """Run a step; if it fails, its requests end with "error" and the loop goes on."""
+        try:
+            step()
+        except Exception as e:     # noqa: BLE001 (one bad request must not stop the others)
+            for request in requests:
+                request.error = f"{type(e).__name__}: {e}"
+                self.end(request, "error")
+
+    def end(self, request: Request, reason: str) -> None:
+        with self.lock:
+            if request.finish is not None:
+                return
+            request.finish = reason
+            if request in self.running:
+                self.running.remove(request)
+                self.free.append(request.slot)
+                self.free.sort()
+            elif request in self.waiting:
+                self.waiting.remove(request)
+            if not self.running and not self.waiting:
+                release_free_heap()     # the last step's temporaries go back to the system
+        deliver(request, None, reason)
+
+
+def deliver(request: Request, token: int | None, finish: str | None) -> None:
+    """request.emit(token, finish); an emit that raises cancels its request (and only it)."""
+    try:
+        request.emit(token, finish)
+    except Exception:       # noqa: BLE001 (the caller's callback: its failure is its own)
+        request.cancelled = True
