@@ -49,6 +49,27 @@ def ref():
     return get_backend("numpy")
 
 
+def test_every_backend_has_the_protocols_ops_with_its_parameters(be, ref):
+    """backends/protocol.py's Backend names every op; each backend (the reference too) has
+    each of them, with the Protocol's parameters in the Protocol's order."""
+    import inspect
+    from qwen_np.backends.protocol import OPS, Backend
+    protocol_members = {n for n in dir(Backend) if not n.startswith("_")}
+    assert set(OPS) == protocol_members | {"name", "dtype"}
+    for backend in (ref, be):
+        assert isinstance(backend, Backend), type(backend).__name__
+        for op in OPS:
+            assert hasattr(backend, op), (type(backend).__name__, op)
+            if op in ("name", "dtype"):
+                continue
+            want = list(inspect.signature(getattr(Backend, op)).parameters)[1:]
+            got = list(inspect.signature(getattr(backend, op)).parameters)
+            assert got[:len(want)] == want, (type(backend).__name__, op, got, want)
+            extra = list(inspect.signature(getattr(backend, op)).parameters.values())[len(want):]
+            assert all(p.default is not inspect.Parameter.empty for p in extra), \
+                (type(backend).__name__, op, "an extra parameter without a default")
+
+
 def rtn(w: np.ndarray, bits: int, group_size: int, sym: bool = True) -> QuantizedTensor:
     """Our RTN quantizer's codes as a canonical tensor, of any width: 4 and 8 bits as
     rtn_to_canonical packs them, 5 and 6 bits split into a nibble plane and a high plane as the

@@ -97,3 +97,19 @@ def test_bench_prints_the_table_and_refuses_a_missing_llama_cpp():
     assert "| qwen-np (numba) |" in r.stdout and "decode (tok/s)" in r.stdout   # auto: numba
     assert_one_line_error(qwen_np("bench", "-m", FIX, "--vs", "llama.cpp", "--llama-python",
                                   sys.executable + "-missing"), "cannot import llama_cpp")
+
+
+def test_the_cli_module_runs_as_a_script_with_every_command_defined():
+    """`python -m qwen_np.apps.cli` (the module itself, not the package's __main__) defines
+    every command before it dispatches: each command's help prints."""
+    commands = ["run", "chat", "serve", "quantize", "memory", "bench", "fetch", "inspect",
+                "trace", "compare", "ppl"]
+    r = subprocess.run([sys.executable, "-m", "qwen_np.apps.cli", "--help"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    for c in commands:
+        assert c in r.stdout
+    for c in commands:
+        r = subprocess.run([sys.executable, "-m", "qwen_np.apps.cli", c, "--help"],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and f"usage: qwen-np {c}" in r.stdout, (c, r.stderr[-500:])

@@ -21,6 +21,9 @@ import subprocess
 import sys
 import time
 
+from qwen_np.apps.loading import fetch_with_progress
+from qwen_np.errors import FormatError, QwenNpError
+
 TEXT = ("def quicksort(arr):\n    if len(arr) <= 1:\n        return arr\n"
         "    pivot = arr[len(arr) // 2]\n    left = [x for x in arr if x < pivot]\n"
         "    middle = [x for x in arr if x == pivot]\n    right = [x for x in arr if x > pivot]\n"
@@ -142,6 +145,31 @@ def format_table(rows: list[dict], P: int) -> str:
             f"{a[k] / b[k]:.3f}" if k in a and k in b else "-" for k, _, _ in cols) + " |")
         lines.append(f"\nsame greedy ids (first 16): {a['ids'] == b['ids']}")
     return "\n".join(lines)
+
+
+def cmd_bench(args) -> int:
+    from qwen_np.apps.bench import bench, format_table
+    path = args.model if args.model is not None else fetch_with_progress()
+    if not os.path.exists(path):
+        raise FormatError(f"{path}: no such file or folder")
+    if args.vs == "llama.cpp":
+        try:
+            ok = subprocess.run([args.llama_python, "-c", "import llama_cpp"],
+                                capture_output=True).returncode == 0
+        except OSError:
+            ok = False
+        if not ok:
+            raise QwenNpError(f"{args.llama_python}: cannot import llama_cpp (install "
+                              f"llama-cpp-python as tools/README.md says, or pass --llama-python)")
+    try:
+        rows = bench(path, args.backend, args.threads, args.prompt_tokens, args.gen_tokens,
+                     args.vs, args.llama_python, args.kv_cache, args.prepared_cache)
+    except RuntimeError as e:
+        raise QwenNpError(str(e)) from None
+    print(f"{path}: {args.prompt_tokens}-token prompt, {args.gen_tokens} decoded tokens, "
+          f"threads {args.threads or os.cpu_count()}")
+    print(format_table(rows, args.prompt_tokens))
+    return 0
 
 
 if __name__ == "__main__":   # the measuring child process

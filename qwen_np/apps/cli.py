@@ -1,4 +1,6 @@
-"""The `qwen-np` command: run | chat | serve | inspect ...
+"""The `qwen-np` command: its arguments, and the dispatch to one module per command
+(apps/run.py: run and chat; apps/serve/; apps/quantize.py; apps/memory.py; apps/bench.py;
+apps/fetch.py; apps/inspect.py; apps/oracle_cmds.py: trace, compare and ppl).
 
 Every user error (missing file, unsupported model, truncated tensor ...) is printed as one
 line, `qwen-np: error: <file>: <problem>`, and the command exits with status 1.
@@ -8,13 +10,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-from collections import defaultdict
 
-import numpy as np
-
-from qwen_np.errors import FormatError, InputError, QwenNpError
+from qwen_np.apps.bench import cmd_bench
+from qwen_np.apps.inspect import cmd_inspect
+from qwen_np.apps.loading import fetch_with_progress, load_model, progress_bar
+from qwen_np.apps.memory import cmd_memory
+from qwen_np.apps.oracle_cmds import cmd_compare, cmd_ppl, cmd_trace
+from qwen_np.apps.run import cmd_chat, cmd_run
+from qwen_np.errors import QwenNpError
 
 BACKEND_CHOICES = ("auto", "numpy", "numba", "cupy")
 KV_CACHE_CHOICES = ("float32", "float16", "int8")
@@ -246,7 +250,7 @@ def add_prepared_cache_arg(p):
                    const=False, default=None,
                    help="neither map the model as prepared by an earlier load nor write it "
                         "(default: on for the numpy and numba backends, unless "
-                        "QWEN_NP_PREPARED_CACHE=0; qwen_np/runtime/prepared_cache.py)")
+                        "QWEN_NP_PREPARED_CACHE=0; qwen_np/runtime/prepared/)")
 
 
 def add_sampling_args(p, default_max_new=64):
@@ -259,111 +263,6 @@ def add_sampling_args(p, default_max_new=64):
     p.add_argument("--repetition-penalty", type=float, default=1.0,
                    help="divide logits of tokens already seen (1 = off)")
     p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
-
-
-def sampling_of(args):
-    from qwen_np.model.sampling import Sampling
-    return Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                    repetition_penalty=args.repetition_penalty, seed=args.seed)
-
-
-def load_model(args):
-    from qwen_np.runtime.load import load
-    path = args.model if args.model is not None else fetch_with_progress()
-    return load(path, backend=args.backend, dtype=args.dtype, threads=args.threads,
-                kv_cache=args.kv_cache, prepared_cache=args.prepared_cache)
-
-
-def fetch_with_progress() -> str:
-    from qwen_np.apps.fetch import default_model_path, fetch_default_model, is_fetched
-    if not is_fetched():
-        print(f"fetching the default model into {default_model_path()}", file=sys.stderr)
-    bar = progress_bar("fetch")
-    return fetch_default_model(progress=lambda done, total, what: bar(done, total))
-
-
-class TextStream:
-    """Prints tokens as text as they arrive, holding back bytes of an unfinished UTF-8 char."""
-
-    def __init__(self, tokenizer, hide_ids=(), out=sys.stdout):
-        self.tokenizer, self.hide, self.out = tokenizer, set(hide_ids), out
-        self.pending: list[int] = []
-
-    def __call__(self, token: int):
-        if token in self.hide:
-            return
-        self.pending.append(token)
-        # a UTF-8 character can span tokens: wait (up to 4 tokens) until it is complete
-        if not self.tokenizer.decode(self.pending).endswith("\ufffd") or len(self.pending) >= 4:
-            self.flush()
-
-    def flush(self):
-        self.out.write(self.tokenizer.decode(self.pending))
-        self.out.flush()
-        self.pending = []
-
-
-def cmd_run(args) -> int:
-    from qwen_np.runtime.chat import chat_prompt_ids
-    from qwen_np.runtime.tokenizer import DEFAULT_SYSTEM_BY_MODEL_TYPE
-    model = load_model(args)
-    tok = model.tokenizer
-    if args.chat:
-        system = args.system if args.system is not None else \
-            DEFAULT_SYSTEM_BY_MODEL_TYPE.get(model.config.model_type)
-        ids = chat_prompt_ids(tok, model.config.model_type, args.prompt, system)
-    else:
-        ids = tok.encode(args.prompt)
-        sys.stdout.write(args.prompt)
-    stream = TextStream(tok, model.stop_ids())
-    model.generate(ids, max_new_tokens=args.max_new_tokens, sampling=sampling_of(args),
-                   stream=stream)
-    stream.flush()
-    sys.stdout.write("\n")
-    return 0
-
-
-def cmd_chat(args) -> int:
-    from qwen_np.runtime.chat import chat_prompt_ids, chat_token_ids, next_turn_ids
-    from qwen_np.runtime.tokenizer import DEFAULT_SYSTEM_BY_MODEL_TYPE
-    model = load_model(args)
-    tok, cfg = model.tokenizer, model.config
-    system = args.system if args.system is not None else \
-        DEFAULT_SYSTEM_BY_MODEL_TYPE.get(cfg.model_type)
-    _, im_end = chat_token_ids(tok)
-    stop = model.stop_ids()
-    cache, last = None, None
-    interactive = sys.stdin.isatty()
-    while True:
-        try:
-            line = input("> " if interactive else "")
-        except EOFError:
-            break
-        msg = line.strip()
-        if msg in ("/exit", "/quit"):
-            break
-        if msg == "/reset":
-            cache, last = None, None
-            continue
-        if not msg:
-            continue
-        if cache is None:  # first turn: the whole ChatML prefix
-            cache = model.new_cache(args.context)
-            ids = chat_prompt_ids(tok, cfg.model_type, msg, system)
-        else:  # later turns: close the last answer, then only the new user turn
-            ids = [last] if last == im_end else [last, im_end]
-            ids += next_turn_ids(tok, cfg.model_type, msg)
-        room = cache.max_tokens - cache.length - len(ids)
-        if room < 1:
-            print("(the conversation fills the context; /reset to start over)", file=sys.stderr)
-            continue
-        stream = TextStream(tok, stop)
-        new = model.generate(ids, max_new_tokens=min(args.max_new_tokens, room), cache=cache,
-                             stream=stream, sampling=sampling_of(args))
-        stream.flush()
-        last = new[-1]
-        print()
-    return 0
 
 
 def cmd_serve(args) -> int:
@@ -380,17 +279,6 @@ def cmd_serve(args) -> int:
     return 0
 
 
-def progress_bar(label: str):
-    """A one-line text progress bar on stderr: `label [#####.....] 12/28`."""
-    def show(done: int, total: int):
-        filled = 30 * done // max(total, 1)
-        sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}")
-        if done == total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-    return show
-
-
 def cmd_quantize(args) -> int:
     from qwen_np.apps.quantize import quantize_folder
     stats = quantize_folder(args.src, args.dst, args.bits, args.group_size, args.sym,
@@ -402,206 +290,10 @@ def cmd_quantize(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
-    from qwen_np.apps.bench import bench, format_table
-    path = args.model if args.model is not None else fetch_with_progress()
-    if not os.path.exists(path):
-        raise FormatError(f"{path}: no such file or folder")
-    if args.vs == "llama.cpp":
-        try:
-            ok = subprocess.run([args.llama_python, "-c", "import llama_cpp"],
-                                capture_output=True).returncode == 0
-        except OSError:
-            ok = False
-        if not ok:
-            raise QwenNpError(f"{args.llama_python}: cannot import llama_cpp (install "
-                              f"llama-cpp-python as tools/README.md says, or pass --llama-python)")
-    try:
-        rows = bench(path, args.backend, args.threads, args.prompt_tokens, args.gen_tokens,
-                     args.vs, args.llama_python, args.kv_cache, args.prepared_cache)
-    except RuntimeError as e:
-        raise QwenNpError(str(e)) from None
-    print(f"{path}: {args.prompt_tokens}-token prompt, {args.gen_tokens} decoded tokens, "
-          f"threads {args.threads or os.cpu_count()}")
-    print(format_table(rows, args.prompt_tokens))
-    return 0
-
-
 def cmd_fetch(args) -> int:
     print(fetch_with_progress())
     return 0
 
 
-def cmd_memory(args) -> int:
-    from qwen_np.apps import memory as mm
-    baseline = mm.rss_bytes() or 0      # this process now: Python, NumPy, qwen_np imported
-    item = np.dtype(args.dtype).itemsize
-    if args.model in mm.PRESETS:
-        if args.measure:
-            raise FormatError(f"{args.model}: --measure needs a model folder, not a preset")
-        cfg = mm.preset_config(args.model)
-        kv = args.kv_cache or args.dtype
-        cols = {"float32": mm.preset_components(cfg, None, args.group_size, args.context, kv,
-                                                item, prompt_tokens=args.prompt_tokens),
-                f"int{args.bits} g{args.group_size}": mm.preset_components(
-                    cfg, args.bits, args.group_size, args.context, kv, item,
-                    prompt_tokens=args.prompt_tokens)}
-        print(f"{args.model} (preset), context {args.context}, KV cache {kv}; "
-              f"GiB = 2^30 bytes")
-        for c in cols.values():
-            c["runtime (measured now)"] = baseline
-        width = max(24, *(len(k) for k in next(iter(cols.values()))))
-        print(f"  {'component':<{width}}" + "".join(f"{k:>18}" for k in cols))
-        for comp in next(iter(cols.values())):
-            print(f"  {comp:<{width}}" + "".join(f"{c[comp] / mm.GiB:>14.3f} GiB"
-                                                 for c in cols.values()))
-        print(f"  {'predicted peak':<{width}}" + "".join(f"{mm.total(c) / mm.GiB:>14.3f} GiB"
-                                                        for c in cols.values()))
-        return 0
-
-    from qwen_np.runtime.load import load
-    from qwen_np.backends.numpy.backend import TILE_ELEMENTS
-    model = load(args.model, dtype=args.dtype, kv_cache=args.kv_cache,
-                 prepared_cache=args.prepared_cache)
-    cfg = model.config
-    comps = mm.model_components(cfg, model.weights, args.context, model.kv_cache, item,
-                                args.prompt_tokens, TILE_ELEMENTS)
-    comps["runtime (measured now)"] = baseline
-    predicted = mm.total(comps)
-    print(f"{args.model}: context {args.context}, KV cache {model.kv_cache}, "
-          f"compute {args.dtype}")
-    width = max(24, *(len(k) for k in comps))
-    for comp, b in comps.items():
-        print(f"  {comp:<{width}} {b:>15,} B {b / mm.MiB:>10.1f} MiB")
-    print(f"  {'predicted peak':<{width}} {predicted:>15,} B {predicted / mm.MiB:>10.1f} MiB")
-    if args.measure:
-        if args.prompt_tokens + args.gen_tokens > args.context:
-            raise InputError("--prompt-tokens + --gen-tokens exceed --context")
-        mm.reset_peak_rss()
-        ids = np.random.default_rng(0).integers(0, cfg.vocab_size, args.prompt_tokens).tolist()
-        cache = model.new_cache(args.context)
-        model.generate(ids, max_new_tokens=args.gen_tokens, stop_ids=[], cache=cache)
-        peak = mm.rss_bytes("VmHWM")
-        if peak is None:
-            raise QwenNpError("cannot read the peak RSS (/proc/self/status) on this system")
-        print(f"  {'measured peak RSS':<{width}} {peak:>15,} B {peak / mm.MiB:>10.1f} MiB "
-              f"({peak / predicted:.3f} x predicted; {args.prompt_tokens} prompt + "
-              f"{args.gen_tokens} generated tokens)")
-    return 0
-
-
-def cmd_inspect(args) -> int:
-    from qwen_np.formats.open import model_kind
-    from qwen_np.tensors.dense import dtype_name
-    path = args.path
-    kind = model_kind(path)
-    print(path)
-    if kind == "folder":
-        from qwen_np.formats.hf_dir import read_hf_dir
-        config, tensors, tok = read_hf_dir(path)
-        rows = [(name, dtype_name(t), tuple(t.shape), int(t.nbytes)) for name, t in tensors.items()]
-        print(f"tokenizer: {tok or 'none'}")
-    else:
-        from qwen_np.formats.gguf import read_gguf
-        from qwen_np.formats.gguf_qwen import config_from_gguf
-        meta, tensors = read_gguf(path)
-        for key in ("general.name", "general.architecture", "general.file_type",
-                    "general.quantization_version", "tokenizer.ggml.model", "tokenizer.ggml.pre"):
-            if key in meta:
-                print(f"  {key:<30} {meta[key]}")
-        print(f"  {'tokenizer tokens':<30} {len(meta.get('tokenizer.ggml.tokens', []))}")
-        config = config_from_gguf(meta, tensors, path)
-        rows = [(name, t.type_name, t.shape, int(t.data.nbytes)) for name, t in tensors.items()]
-    print("config:")
-    for k, v in config.__dict__.items():
-        print(f"  {k:<26} {v}")
-    by_dtype = defaultdict(lambda: [0, 0, 0])
-    for _, dt, shape, nbytes in rows:
-        d = by_dtype[dt]
-        d[0] += 1
-        d[1] += nbytes
-        d[2] += int(np.prod(shape))
-    print("tensors by dtype (as stored in the file" + (
-        "; the original Qwen's c_attn counted as its q, k and v" if config.model_type == "qwen"
-        and os.path.isdir(path) else "") + "):")
-    print(f"  {'dtype':<10} {'count':>6} {'params':>14} {'bytes':>14}")
-    for dt, (n, b, p) in sorted(by_dtype.items()):
-        print(f"  {dt:<10} {n:>6} {p:>14,} {b:>14,}")
-    print(f"  {'total':<10} {len(rows):>6} {sum(v[2] for v in by_dtype.values()):>14,} "
-          f"{sum(v[1] for v in by_dtype.values()):>14,}")
-    if args.tensors:
-        for name, dt, shape, _ in sorted(rows):
-            print(f"  {name:<60} {dt:<9} {list(shape)}")
-    return 0
-
-
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def cmd_trace(args) -> int:
-    from qwen_np.oracle.trace import model_identity, save_trace, trace
-    layers = None
-    if args.layers is not None:
-        try:
-            layers = [int(v) for v in args.layers.split(",") if v.strip()]
-        except ValueError:
-            raise InputError(f"--layers {args.layers!r}: comma-separated integers") from None
-    model = load_model(args)
-    ids = model.tokenizer.encode(args.prompt)
-    tensors = trace(model, ids, layers=layers, tensors=args.tensors)
-    meta = {"ids": ids, "prompt": args.prompt, "dtype": args.dtype, "backend": args.backend,
-            "kv_cache": model.kv_cache, "model": model_identity(model)}
-    save_trace(args.output, tensors, meta)
-    print(f"{args.output}: {len(tensors)} tensors, {len(ids)} tokens, "
-          f"{sum(t.nbytes for t in tensors.values()):,} bytes")
-    return 0
-
-
-def cmd_compare(args) -> int:
-    from qwen_np.oracle.trace import compare_traces, load_trace
-    a, _ = load_trace(args.a)
-    b, _ = load_trace(args.b)
-    rows = compare_traces(a, b, args.rtol, args.atol)
-    if not rows:
-        raise InputError(f"{args.a} and {args.b} have no tensor name in common")
-    width = max(len(r["name"]) for r in rows)
-    print(f"{'tensor':<{width}}  {'max abs':>10}  {'max rel':>10}  first position past tolerance")
-    for r in rows:
-        where = "" if r["first_position"] is None else str(r["first_position"])
-        print(f"{r['name']:<{width}}  {r['max_abs']:>10.3e}  {r['max_rel']:>10.3e}  "
-              f"{'ok' if r['ok'] else 'PAST ' + where} {r['note']}".rstrip())
-    for side, this, other in (("a", a, b), ("b", b, a)):
-        only = [n for n in this if n not in other]
-        if only:
-            print(f"only in {side}: {', '.join(only[:8])}{' ...' if len(only) > 8 else ''}")
-    bad = [r for r in rows if not r["ok"]]
-    if bad:
-        print(f"diverges at {bad[0]['name']} (position {bad[0]['first_position']}); "
-              f"{len(bad)} of {len(rows)} tensors past rtol {args.rtol}, atol {args.atol}")
-        return 1
-    print(f"all {len(rows)} tensors within rtol {args.rtol}, atol {args.atol}")
-    return 0
-
-
-def cmd_ppl(args) -> int:
-    import json
-    from qwen_np.oracle.perplexity import perplexity
-    try:
-        with open(args.text, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise InputError(f"{args.text}: cannot read ({e.strerror})") from None
-    except UnicodeDecodeError as e:
-        raise InputError(f"{args.text}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    model = load_model(args)
-    ids = model.tokenizer.encode(text)
-    result = perplexity(model.logits, ids, args.ctx, args.stride, progress_bar("ppl"))
-    result.update(text=args.text, model=model.source, backend=args.backend, dtype=args.dtype)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"perplexity {result['perplexity']:.4f} (mean NLL {result['nll']:.5f} nats over "
-              f"{result['tokens']} tokens, {result['windows']} windows of {args.ctx}, "
-              f"stride {args.stride})")
-    return 0

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from qwen_np.model.kv_cache import kv_cache_bytes
+from qwen_np.errors import FormatError, InputError, QwenNpError
 from qwen_np.model.config import QwenConfig
-from qwen_np.runtime.process_memory import reset_peak_rss, rss_bytes  # noqa: F401 (the report's readings)
-from qwen_np.tensors.mapped import MappedRows
+from qwen_np.model.kv_cache import kv_cache_bytes
+from qwen_np.runtime.process_memory import reset_peak_rss, rss_bytes
+from qwen_np.tensors.mapped import MappedQuantizedRows, MappedRows
 from qwen_np.tensors.quantized import QuantizedTensor
-from qwen_np.tensors.mapped import MappedQuantizedRows
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -239,3 +239,60 @@ def decode_bytes_per_token(cfg: QwenConfig, weights) -> int:
 
 def total(components: dict[str, int]) -> int:
     return sum(components.values())
+
+
+def cmd_memory(args) -> int:
+    baseline = rss_bytes() or 0      # this process now: Python, NumPy, qwen_np imported
+    item = np.dtype(args.dtype).itemsize
+    if args.model in PRESETS:
+        if args.measure:
+            raise FormatError(f"{args.model}: --measure needs a model folder, not a preset")
+        cfg = preset_config(args.model)
+        kv = args.kv_cache or args.dtype
+        cols = {"float32": preset_components(cfg, None, args.group_size, args.context, kv,
+                                                item, prompt_tokens=args.prompt_tokens),
+                f"int{args.bits} g{args.group_size}": preset_components(
+                    cfg, args.bits, args.group_size, args.context, kv, item,
+                    prompt_tokens=args.prompt_tokens)}
+        print(f"{args.model} (preset), context {args.context}, KV cache {kv}; "
+              f"GiB = 2^30 bytes")
+        for c in cols.values():
+            c["runtime (measured now)"] = baseline
+        width = max(24, *(len(k) for k in next(iter(cols.values()))))
+        print(f"  {'component':<{width}}" + "".join(f"{k:>18}" for k in cols))
+        for comp in next(iter(cols.values())):
+            print(f"  {comp:<{width}}" + "".join(f"{c[comp] / GiB:>14.3f} GiB"
+                                                 for c in cols.values()))
+        print(f"  {'predicted peak':<{width}}" + "".join(f"{total(c) / GiB:>14.3f} GiB"
+                                                        for c in cols.values()))
+        return 0
+
+    from qwen_np.runtime.load import load
+    from qwen_np.backends.numpy.backend import TILE_ELEMENTS
+    model = load(args.model, dtype=args.dtype, kv_cache=args.kv_cache,
+                 prepared_cache=args.prepared_cache)
+    cfg = model.config
+    comps = model_components(cfg, model.weights, args.context, model.kv_cache, item,
+                                args.prompt_tokens, TILE_ELEMENTS)
+    comps["runtime (measured now)"] = baseline
+    predicted = total(comps)
+    print(f"{args.model}: context {args.context}, KV cache {model.kv_cache}, "
+          f"compute {args.dtype}")
+    width = max(24, *(len(k) for k in comps))
+    for comp, b in comps.items():
+        print(f"  {comp:<{width}} {b:>15,} B {b / MiB:>10.1f} MiB")
+    print(f"  {'predicted peak':<{width}} {predicted:>15,} B {predicted / MiB:>10.1f} MiB")
+    if args.measure:
+        if args.prompt_tokens + args.gen_tokens > args.context:
+            raise InputError("--prompt-tokens + --gen-tokens exceed --context")
+        reset_peak_rss()
+        ids = np.random.default_rng(0).integers(0, cfg.vocab_size, args.prompt_tokens).tolist()
+        cache = model.new_cache(args.context)
+        model.generate(ids, max_new_tokens=args.gen_tokens, stop_ids=[], cache=cache)
+        peak = rss_bytes("VmHWM")
+        if peak is None:
+            raise QwenNpError("cannot read the peak RSS (/proc/self/status) on this system")
+        print(f"  {'measured peak RSS':<{width}} {peak:>15,} B {peak / MiB:>10.1f} MiB "
+              f"({peak / predicted:.3f} x predicted; {args.prompt_tokens} prompt + "
+              f"{args.gen_tokens} generated tokens)")
+    return 0

@@ -19,7 +19,7 @@ import json
 import os
 import stat
 
-from qwen_np.errors import FormatError, short_repr  # noqa: F401 (short_repr: for the format modules)
+from qwen_np.errors import FormatError
 
 MAX_JSON_BYTES = 64 << 20        # config and index files are kilobytes; tokenizer.json a few MB
 

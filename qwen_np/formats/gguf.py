@@ -25,7 +25,8 @@ import numpy as np
 from qwen_np.errors import FormatError, UnsupportedModel
 from qwen_np.formats.gguf_blocks import BLOCK_TYPES
 from qwen_np.tensors.mapped import map_file
-from qwen_np.formats.files import regular_file, short_repr
+from qwen_np.formats.files import regular_file
+from qwen_np.errors import short_repr
 
 GGUF_MAGIC = 0x46554747
 SUPPORTED_VERSIONS = (2, 3)

@@ -32,7 +32,7 @@ from qwen_np.formats.gguf_blocks import BLOCK_TYPES, block_rows_to_canonical
 from qwen_np.formats.gguf import GGUFTensor, read_gguf
 from qwen_np.model.weights import check_layer_count
 from qwen_np.tensors.mapped import drop_pages
-from qwen_np.formats.files import short_repr
+from qwen_np.errors import short_repr
 
 MODEL_TYPES = {"qwen2": "qwen2", "qwen3": "qwen3", "qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe"}
 SUPPORTED_ARCHS = tuple(MODEL_TYPES)

@@ -12,7 +12,8 @@ from qwen_np.tensors.dense import BFloat16Array
 from qwen_np.errors import FormatError
 from qwen_np.model.weights import check_layer_count, expected_shapes
 from qwen_np.formats.hf_quantized import convert_quantized_tensors, read_quantization_config
-from qwen_np.formats.files import file_in_folder, read_json, short_repr
+from qwen_np.formats.files import file_in_folder, read_json
+from qwen_np.errors import short_repr
 from qwen_np.formats.qwen_v1 import TENSORS_PER_LAYER as V1_TENSORS_PER_LAYER
 from qwen_np.formats.qwen_v1 import v1_expected_shapes, v1_to_model_names
 from qwen_np.formats.safetensors import open_safetensors

@@ -14,7 +14,8 @@ from qwen_np.errors import FormatError, UnsupportedModel
 from qwen_np.formats.awq import awq_to_canonical
 from qwen_np.formats.gptq import gptq_to_canonical
 from qwen_np.tensors.mapped import drop_pages
-from qwen_np.formats.files import read_json, short_repr
+from qwen_np.formats.files import read_json
+from qwen_np.errors import short_repr
 
 SUPPORTED_METHODS = ("gptq", "awq")
 

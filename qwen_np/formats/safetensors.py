@@ -24,7 +24,8 @@ import numpy as np
 from qwen_np.tensors.dense import BFloat16Array
 from qwen_np.errors import FormatError
 from qwen_np.tensors.mapped import map_file
-from qwen_np.formats.files import parse_json, regular_file, short_repr
+from qwen_np.formats.files import parse_json, regular_file
+from qwen_np.errors import short_repr
 
 NUMPY_DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16,

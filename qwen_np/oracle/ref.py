@@ -101,7 +101,7 @@ def dequantize_gguf(raw, ggml_type, shape, dtype="float32") -> np.ndarray:
                    tensor whose header says [cols, rows] is (rows, cols) here
 
     Every block type is drawn, bit by bit, in qwen_np/formats/gguf_blocks.py; the values equal
-    gguf-py's gguf.quants.dequantize (tests/quant/test_gguf_blocks.py, tests/test_ref.py).
+    gguf-py's gguf.quants.dequantize (tests/formats/test_gguf_blocks.py, tests/test_ref.py).
     """
     names = {v[0]: k for k, v in BLOCK_TYPES.items()}
     names.update({v: k for k, v in GGUF_FLOAT_TYPES.items()})

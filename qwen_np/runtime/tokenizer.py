@@ -23,7 +23,8 @@ from contextlib import contextmanager
 import numpy as np
 
 from qwen_np.errors import FormatError
-from qwen_np.formats.files import first_line_of, regular_file, short_repr
+from qwen_np.formats.files import first_line_of, regular_file
+from qwen_np.errors import short_repr
 
 # Qwen2's pre-tokenizer split (transformers' tokenization_qwen2.PRETOKENIZE_REGEX; Qwen v1's
 # tokenization_qwen.PAT_STR is the same). GGUF files only name it ("pre = qwen2").

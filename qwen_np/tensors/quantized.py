@@ -23,7 +23,6 @@ float32, so that the form costs little more than the file.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

@@ -1,0 +1,75 @@
+"""The oracle's commands: `qwen-np trace` (every intermediate of one forward pass, saved),
+`qwen-np compare` (two traces, tensor by tensor) and `qwen-np ppl` (perplexity of a text)."""
+
+from __future__ import annotations
+
+from qwen_np.apps.loading import load_model, progress_bar
+from qwen_np.errors import InputError
+
+
+def cmd_trace(args) -> int:
+    from qwen_np.oracle.trace import model_identity, save_trace, trace
+    layers = None
+    if args.layers is not None:
+        try:
+            layers = [int(v) for v in args.layers.split(",") if v.strip()]
+        except ValueError:
+            raise InputError(f"--layers {args.layers!r}: comma-separated integers") from None
+    model = load_model(args)
+    ids = model.tokenizer.encode(args.prompt)
+    tensors = trace(model, ids, layers=layers, tensors=args.tensors)
+    meta = {"ids": ids, "prompt": args.prompt, "dtype": args.dtype, "backend": args.backend,
+            "kv_cache": model.kv_cache, "model": model_identity(model)}
+    save_trace(args.output, tensors, meta)
+    print(f"{args.output}: {len(tensors)} tensors, {len(ids)} tokens, "
+          f"{sum(t.nbytes for t in tensors.values()):,} bytes")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from qwen_np.oracle.trace import compare_traces, load_trace
+    a, _ = load_trace(args.a)
+    b, _ = load_trace(args.b)
+    rows = compare_traces(a, b, args.rtol, args.atol)
+    if not rows:
+        raise InputError(f"{args.a} and {args.b} have no tensor name in common")
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'tensor':<{width}}  {'max abs':>10}  {'max rel':>10}  first position past tolerance")
+    for r in rows:
+        where = "" if r["first_position"] is None else str(r["first_position"])
+        print(f"{r['name']:<{width}}  {r['max_abs']:>10.3e}  {r['max_rel']:>10.3e}  "
+              f"{'ok' if r['ok'] else 'PAST ' + where} {r['note']}".rstrip())
+    for side, this, other in (("a", a, b), ("b", b, a)):
+        only = [n for n in this if n not in other]
+        if only:
+            print(f"only in {side}: {', '.join(only[:8])}{' ...' if len(only) > 8 else ''}")
+    bad = [r for r in rows if not r["ok"]]
+    if bad:
+        print(f"diverges at {bad[0]['name']} (position {bad[0]['first_position']}); "
+              f"{len(bad)} of {len(rows)} tensors past rtol {args.rtol}, atol {args.atol}")
+        return 1
+    print(f"all {len(rows)} tensors within rtol {args.rtol}, atol {args.atol}")
+    return 0
+
+
+def cmd_ppl(args) -> int:
+    import json
+    from qwen_np.oracle.perplexity import perplexity
+    try:
+        with open(args.text, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise InputError(f"{args.text}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{args.text}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    model = load_model(args)
+    ids = model.tokenizer.encode(text)
+    result = perplexity(model.logits, ids, args.ctx, args.stride, progress_bar("ppl"))
+    result.update(text=args.text, model=model.source, backend=args.backend, dtype=args.dtype)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"perplexity {result['perplexity']:.4f} (mean NLL {result['nll']:.5f} nats over "
+              f"{result['tokens']} tokens, {result['windows']} windows of {args.ctx}, "
+              f"stride {args.stride})")
+    return 0
