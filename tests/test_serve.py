@@ -1,4 +1,4 @@
-"""qwen-np serve (qwen_np/apps/serve.py): a real server process, through the official openai client.
+"""qwen-np serve (qwen_np/apps/serve/): a real server process, through the official openai client.
 
 Every answer is checked against an independent single-stream run of the same model
 (`Model.generate`, greedy), so that batching, streaming, stop strings and the chat prompt are
@@ -531,7 +531,7 @@ def call_app(app, body_chunks, leaves_after_events=0, path="/v1/completions"):
 
 
 def test_a_full_waiting_line_is_503_with_retry_after(model):
-    from qwen_np.apps.serve import make_app
+    from qwen_np.apps.serve.app import make_app
     app = make_app(model, StandInBatcher(full=True), "m")
     status, headers, body, _ = call_app(app, [b'{"prompt": "hi"}'])
     assert status == 503 and int(headers["retry-after"]) >= 1
@@ -540,7 +540,7 @@ def test_a_full_waiting_line_is_503_with_retry_after(model):
 
 def test_a_chunked_body_is_refused_as_soon_as_it_passes_the_limit(model):
     from itertools import repeat
-    from qwen_np.apps.serve import make_app
+    from qwen_np.apps.serve.app import make_app
     app = make_app(model, StandInBatcher(), "m", max_body_bytes=1000)
     status, _, body, read = call_app(app, repeat(b" " * 600))     # endless, no Content-Length
     assert status == 413 and read == 2
@@ -548,7 +548,7 @@ def test_a_chunked_body_is_refused_as_soon_as_it_passes_the_limit(model):
 
 
 def test_a_stream_whose_client_goes_away_is_cancelled(model):
-    from qwen_np.apps.serve import make_app
+    from qwen_np.apps.serve.app import make_app
     batcher = StandInBatcher()
     app = make_app(model, batcher, "m")
     request = json.dumps({"prompt": "hi", "max_tokens": 2000, "stream": True}).encode()
@@ -558,7 +558,7 @@ def test_a_stream_whose_client_goes_away_is_cancelled(model):
 
 
 def test_a_plain_request_whose_client_goes_away_is_cancelled(model):
-    from qwen_np.apps.serve import make_app
+    from qwen_np.apps.serve.app import make_app
     batcher = StandInBatcher()
     app = make_app(model, batcher, "m")
     t = time.monotonic()
@@ -567,7 +567,7 @@ def test_a_plain_request_whose_client_goes_away_is_cancelled(model):
 
 
 def test_a_stop_string_cancels_the_rest_of_the_generation(model):
-    from qwen_np.apps.serve import make_app
+    from qwen_np.apps.serve.app import make_app
     batcher = StandInBatcher()
     app = make_app(model, batcher, "m")
     stop = model.tokenizer.decode([65]) * 3

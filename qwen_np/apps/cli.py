@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Serve the model over HTTP with OpenAI's API: "
                                     "/v1/completions, /v1/chat/completions (streamed or not), "
                                     "/v1/models and /health. Requests share one running batch "
-                                    "(qwen_np/runtime/batch.py; qwen_np/apps/serve.py). Needs "
+                                    "(qwen_np/runtime/batch.py; qwen_np/apps/serve/). Needs "
                                     "pip install 'qwen-np[serve]'.")
     add_model_args(sv)
     sv.add_argument("--host", default="127.0.0.1",

@@ -1,0 +1,167 @@
+"""Reading a request's parameters: the body's fields -> a Job (what it asks of the batcher).
+
+Defaults are OpenAI's (temperature 1, top_p 1; max_tokens 16 for completions); for chat,
+max_tokens defaults to what the context leaves. Beyond OpenAI's fields the server reads
+`top_k`, `repetition_penalty` and `ignore_eos` (vLLM's names). Unknown fields are ignored;
+fields asking for what the server does not do (n > 1, logprobs, penalties, tools) are a 400.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from qwen_np.apps.serve.openai_errors import ApiError
+from qwen_np.errors import InputError
+from qwen_np.model.sampling import Sampling
+
+MAX_STOP_STRINGS = 4               # OpenAI's limit
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Job:
+    """What one request asks of the batcher, read from its body."""
+    ids: list[int]                   # the prompt's token ids
+    max_tokens: int
+    sampling: Sampling
+    stop: tuple[str, ...]            # stop strings
+    stop_ids: list[int] | None       # None: the model's own (EOS, <|im_end|>); []: ignore_eos
+    stream: bool
+    include_usage: bool              # stream_options.include_usage: a last chunk with usage
+
+
+# fields whose only accepted values ask for nothing the server does not do
+PLAIN_VALUES = {"n": (None, 1), "best_of": (None, 1), "echo": (None, False),
+                "suffix": (None, ""), "logprobs": (None, False), "top_logprobs": (None, 0),
+                "logit_bias": (None, {}), "frequency_penalty": (None, 0),
+                "presence_penalty": (None, 0), "tools": (None, []), "functions": (None, []),
+                "tool_choice": (None, "none"), "response_format": (None, {"type": "text"})}
+
+
+def read_job(body: dict, ids: list[int], default_max_tokens: int, chat: bool = False) -> Job:
+    """The body's settings for a prompt already turned into ids; 400 for any out of range."""
+    for name, plain in PLAIN_VALUES.items():
+        value = body.get(name)
+        # (True == 1 and False == 0 in Python: a boolean matches only a boolean)
+        if not any(value == p and isinstance(value, bool) == isinstance(p, bool) for p in plain):
+            raise ApiError(400, f"{name} = {shown(value)} is not supported by this "
+                                f"server (only {' or '.join(json.dumps(p) for p in plain)})",
+                           param=name, code="unsupported_parameter")
+    max_tokens = body.get("max_completion_tokens") if chat else None
+    if max_tokens is None:
+        max_tokens = body.get("max_tokens")
+    if max_tokens is None:
+        max_tokens = default_max_tokens
+    if not is_int(max_tokens) or max_tokens < 1:
+        raise ApiError(400, f"max_tokens is {shown(max_tokens)}; it must be an integer "
+                            f">= 1", param="max_tokens")
+    stream = flag(body, "stream")
+    options = body.get("stream_options")
+    if options is not None and not (isinstance(options, dict) and stream):
+        raise ApiError(400, "stream_options must be an object, and only with stream: true",
+                       param="stream_options")
+    include_usage = bool(options) and flag(options, "include_usage", "stream_options.")
+    return Job(ids, max_tokens, sampling_of(body), stop_strings(body),
+               [] if flag(body, "ignore_eos") else None, stream, include_usage)
+
+
+def sampling_of(body: dict) -> Sampling:
+    """The body's sampling settings as one Sampling value (OpenAI's defaults: temperature 1,
+    top_p 1; top_k 0 or -1 keeps all tokens)."""
+    values = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0,
+              "seed": None}
+    for name in values:
+        if body.get(name) is not None:
+            values[name] = body[name]
+    if values["top_k"] == -1 and is_int(values["top_k"]):
+        values["top_k"] = 0                                  # vLLM's "all tokens"
+    # whole numbers only (keep_top_k cannot take 2.0; numpy's generator, a seed below 0)
+    for name in ("top_k", "seed"):
+        value = values[name]
+        if value is not None and not (is_int(value) and value >= 0):
+            raise ApiError(400, f"{name} is {shown(value)}; it must be an integer >= 0",
+                           param=name)
+    try:
+        return Sampling(**values)
+    except InputError as e:                                  # "<name> is <value>; allowed ..."
+        raise ApiError(400, str(e), param=next(
+            (n for n in values if str(e).startswith(n + " ")), None)) from None
+
+
+def stop_strings(body: dict) -> tuple[str, ...]:
+    """`stop`: a string, or a list of up to 4 non-empty strings."""
+    stop = body.get("stop")
+    if stop is None:
+        return ()
+    stops = [stop] if isinstance(stop, str) else stop
+    if not (isinstance(stops, list) and len(stops) <= MAX_STOP_STRINGS
+            and all(isinstance(s, str) and s for s in stops)):
+        raise ApiError(400, f"stop must be a non-empty string or a list of up to "
+                            f"{MAX_STOP_STRINGS} of them", param="stop")
+    return tuple(stops)
+
+
+def flag(body: dict, name: str, inside: str = "") -> bool:
+    value = body.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise ApiError(400, f"{inside}{name} must be true or false", param=inside + name)
+    return bool(value)
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def shown(value) -> str:
+    """A value from the body as JSON, cut short for an error message."""
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def completion_prompt_ids(body: dict, tokenizer, vocab_size: int) -> list[int]:
+    """`prompt`: a string or a list of token ids (or a list holding one of those)."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        ids = tokenizer.encode(prompt)
+    elif isinstance(prompt, list) and all(is_int(i) for i in prompt):
+        ids = prompt
+        bad = [i for i in ids if not 0 <= i < vocab_size]
+        if bad:
+            raise ApiError(400, f"token id {bad[0]} is outside the vocabulary "
+                                f"(0..{vocab_size - 1})", param="prompt")
+    elif isinstance(prompt, list) and all(isinstance(p, (str, list)) for p in prompt):
+        raise ApiError(400, f"{len(prompt)} prompts in one request; this server takes one",
+                       param="prompt")
+    else:
+        raise ApiError(400, "prompt must be a string or a list of token ids", param="prompt")
+    if not ids:
+        raise ApiError(400, "the prompt is empty", param="prompt")
+    return ids
+
+
+def chat_messages(body: dict) -> list[dict]:
+    """`messages` as [{"role", "content": str}]: roles system (or developer), user and
+    assistant; content a string or a list of text parts (joined by newlines)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "messages must be a non-empty list", param="messages")
+    plain = []
+    for i, m in enumerate(messages):
+        role = m.get("role") if isinstance(m, dict) else None
+        role = "system" if role == "developer" else role
+        if role not in CHAT_ROLES:
+            raise ApiError(400, f"messages[{i}]: role {shown(role)} is not one of "
+                                f"{', '.join(CHAT_ROLES)}", param=f"messages[{i}].role")
+        content = m.get("content")
+        if isinstance(content, list) and all(
+                isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                for p in content):
+            content = "\n".join(p["text"] for p in content)
+        if not isinstance(content, str):
+            raise ApiError(400, f"messages[{i}]: content must be a string or a list of "
+                                f"{{\"type\": \"text\"}} parts", param=f"messages[{i}].content")
+        plain.append({"role": role, "content": content})
+    return plain
