@@ -21,9 +21,11 @@ FUZZ_COUNT = 6000
 
 
 def load_fuzz():
+    """tools/fuzz.py, by its path; it puts tools/ on sys.path itself, so that its modules
+    (tools/fuzzing/, where the dataclasses are) are imported by name as usual."""
     spec = importlib.util.spec_from_file_location("fuzz", FUZZ)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["fuzz"] = module     # dataclasses look their module up by name
+    sys.modules["fuzz"] = module     # the one module whoever imports "fuzz" by name gets
     spec.loader.exec_module(module)
     return module
 
