@@ -15,7 +15,7 @@ FIXTURE_MODELS = sorted(
     d for d in os.listdir(FIXTURES)
     if os.path.isfile(os.path.join(FIXTURES, d, "config.json")))
 
-# The prepared-model cache (qwen_np/runtime/prepared_cache.py) stays on, as it is for users, in a
+# The prepared-model cache (qwen_np/runtime/prepared/) stays on, as it is for users, in a
 # folder of this session's own (set before anything loads a model, and inherited by the CLI
 # subprocesses): the suite never writes into the home folder, and a model it loads twice is a
 # cache hit the second time, so every test that loads a model again also checks the cache.

@@ -20,7 +20,10 @@ def test_every_package_is_listed_in_pyproject():
                 found.add(os.path.relpath(folder, ROOT).replace(os.sep, "."))
     for name, folder in dirs.items():
         assert os.path.exists(os.path.join(ROOT, folder, "__init__.py")), name
-        found.add(name)
+        for sub, _, files in os.walk(os.path.join(ROOT, folder)):
+            if "__init__.py" in files and "__pycache__" not in sub:
+                rel = os.path.relpath(sub, os.path.join(ROOT, folder))
+                found.add(name if rel == "." else name + "." + rel.replace(os.sep, "."))
     assert found == listed
 
 

@@ -1,4 +1,4 @@
-"""qwen_np/runtime/prepared_cache.py: a warm load equals a cold one bit for bit, and a cache file is
+"""qwen_np/runtime/prepared/: a warm load equals a cold one bit for bit, and a cache file is
 never used without its checks passing."""
 
 import ast
@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import qwen_np
-from qwen_np.runtime import load as api, prepared_cache as pc
+from qwen_np.runtime import load as api, prepared as pc
+from qwen_np.runtime.prepared import file_format, sources
 from qwen_np.apps import fetch
 from qwen_np.runtime import cache_folder
 from qwen_np.backends import get_backend
@@ -243,7 +244,7 @@ def test_folder_file_changed_added_or_removed(tmp_path, capsys, monkeypatch):
 def test_a_touched_file_is_hashed_again_and_still_a_hit(gguf_model, tmp_path, capsys,
                                                        monkeypatch):
     path = copy_of(gguf_model, tmp_path)
-    monkeypatch.setattr(pc, "RACY_NS", 0)     # a new file's stamp is recorded at once
+    monkeypatch.setattr(sources, "RACY_NS", 0)     # a new file's stamp is recorded at once
     qwen_np.load(path)
     hashed = []
     real_sha = cache_folder.sha256_of
@@ -256,8 +257,9 @@ def test_a_touched_file_is_hashed_again_and_still_a_hit(gguf_model, tmp_path, ca
 
 
 @pytest.mark.parametrize("change, needle", [
-    (lambda m: m.setattr(qwen_np, "__version__", "9.9.9"), "qwen-np version"),
-    (lambda m: m.setattr(pc, "CACHE_FORMAT", pc.CACHE_FORMAT + 1), "cache format 1"),
+    (lambda m: m.setattr(qwen_np.version, "__version__", "9.9.9"), "qwen-np version"),
+    (lambda m: m.setattr(file_format, "CACHE_FORMAT", file_format.CACHE_FORMAT + 1),
+     "cache format 1"),
     (lambda m: m.setattr(pc, "code_stamp", lambda: "0123"), "qwen-np's source files"),
     (lambda m: m.setattr(get_backend("numpy").__class__, "prepared_layout", "v2"),
      "prepared layout"),
@@ -285,7 +287,7 @@ def the_file(cache_dir) -> str:
 
 def index_of(file) -> dict:
     with open(file, "rb") as f:
-        _, _, _, offset, length = pc.HEADER.unpack(f.read(pc.HEADER.size))
+        _, _, _, offset, length = file_format.HEADER.unpack(f.read(file_format.HEADER.size))
         f.seek(offset)
         return json.loads(f.read(length))
 
@@ -294,7 +296,8 @@ def rewrite_index(file, edit):
     """Edit a cache file's index and give it a matching crc32 (a file that passes the
     checksums but says something else)."""
     with open(file, "r+b") as f:
-        magic, fmt, _, offset, length = pc.HEADER.unpack(f.read(pc.HEADER.size))
+        magic, fmt, _, offset, length = file_format.HEADER.unpack(
+            f.read(file_format.HEADER.size))
         f.seek(offset)
         index = json.loads(f.read(length))
         edit(index)
@@ -303,7 +306,7 @@ def rewrite_index(file, edit):
         f.write(raw)
         f.truncate()
         f.seek(0)
-        f.write(pc.HEADER.pack(magic, fmt, zlib.crc32(raw), offset, len(raw)))
+        f.write(file_format.HEADER.pack(magic, fmt, zlib.crc32(raw), offset, len(raw)))
 
 
 def largest_array(file) -> int:
@@ -360,13 +363,15 @@ def test_an_index_that_passes_its_checksum_but_is_malformed_is_refused(gguf_mode
 
 
 def test_the_module_never_unpickles():
-    tree = ast.parse(open(pc.__file__, encoding="utf-8").read())
-    imported = {a.name.split(".")[0] for n in ast.walk(tree)
-                if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
-    imported |= {n.module.split(".")[0] for n in ast.walk(tree)
-                 if isinstance(n, ast.ImportFrom) and n.module}
-    assert not imported & {"pickle", "marshal", "shelve", "dill", "cloudpickle"}
-    assert "allow_pickle" not in open(pc.__file__, encoding="utf-8").read()
+    folder = os.path.dirname(pc.__file__)          # the package: each of its modules
+    for file in sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".py")):
+        tree = ast.parse(open(file, encoding="utf-8").read())
+        imported = {a.name.split(".")[0] for n in ast.walk(tree)
+                    if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+        imported |= {n.module.split(".")[0] for n in ast.walk(tree)
+                     if isinstance(n, ast.ImportFrom) and n.module}
+        assert not imported & {"pickle", "marshal", "shelve", "dill", "cloudpickle"}, file
+        assert "allow_pickle" not in open(file, encoding="utf-8").read(), file
 
 
 # -- when the cache is not used, or cannot be written ----------------------------------------
@@ -385,7 +390,7 @@ def test_an_unwritable_cache_folder_still_loads(gguf_model, tmp_path, capsys, mo
 
 
 def test_a_full_disk_is_checked_before_writing(gguf_model, capsys, monkeypatch, cache_dir):
-    monkeypatch.setattr(pc.shutil, "disk_usage", lambda p: SimpleNamespace(free=1000))
+    monkeypatch.setattr(file_format.shutil, "disk_usage", lambda p: SimpleNamespace(free=1000))
     capsys.readouterr()
     qwen_np.load(gguf_model)
     lines = stderr_lines(capsys)
@@ -397,10 +402,10 @@ def test_a_full_disk_is_checked_before_writing(gguf_model, capsys, monkeypatch, 
 def test_a_failed_write_leaves_no_temporary_file(gguf_model, capsys, monkeypatch, cache_dir):
     def fail(*a):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(pc.os, "replace", fail)
+    monkeypatch.setattr(file_format.os, "replace", fail)
     qwen_np.load(gguf_model)
     assert "No space left on device" in stderr_lines(capsys)[0]
-    assert [f for f in os.listdir(cache_dir) if f != pc.STAT_INDEX] == []
+    assert [f for f in os.listdir(cache_dir) if f != sources.STAT_INDEX] == []
 
 
 def test_turned_off_by_argument_or_environment_writes_nothing(gguf_model, monkeypatch,
@@ -485,9 +490,9 @@ def test_header_layout_is_as_drawn(gguf_model, cache_dir):
     qwen_np.load(gguf_model)
     file = the_file(cache_dir)
     with open(file, "rb") as f:
-        head = f.read(pc.HEADER_BYTES)
+        head = f.read(file_format.HEADER_BYTES)
     magic, fmt, index_crc, offset, length = struct.unpack_from("<8sIIQQ", head)
-    assert magic == b"QNPPREP\0" and fmt == pc.CACHE_FORMAT
+    assert magic == b"QNPPREP\0" and fmt == file_format.CACHE_FORMAT
     assert head[32:] == bytes(32) and offset % 64 == 0
     assert offset + length == os.path.getsize(file)
     ix = index_of(file)

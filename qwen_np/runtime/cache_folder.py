@@ -1,7 +1,7 @@
 """Where qwen-np keeps what it downloads and prepares, and the digest that checks a file.
 
     $QWEN_NP_CACHE, else ~/.cache/qwen-np     the default model (apps/fetch.py)
-        prepared/                             prepared models (runtime/prepared_cache.py),
+        prepared/                             prepared models (runtime/prepared/),
                                               unless $QWEN_NP_CACHE_DIR names another folder
 """
 

@@ -16,7 +16,7 @@ from qwen_np.formats.open import open_model
 from qwen_np.tensors.mapped import lookup_only
 from qwen_np.runtime.process_memory import release_free_heap
 from qwen_np.model.forward import forward
-from qwen_np.runtime.prepared_cache import cache_entry
+from qwen_np.runtime.prepared import cache_entry
 from qwen_np.model.sampling import GREEDY, Sampling
 from qwen_np.runtime.tokenizer import Tokenizer, load_tokenizer, tokenizer_from  # noqa: F401 (load_tokenizer: qwen_np's API)
 from qwen_np.model.weights import ModelWeights, build_weights, place_vectors, prepare_tensors
