@@ -24,14 +24,14 @@ Hkv key/value heads, Dh head dim, S cached positions):
     attention(q, k, v, start)      q [T, H, Dh], k/v [S, Hkv, Dh]; query t sits at position
                                    start + t and sees keys 0..start+t (causal, GQA); k/v
                                    are float arrays (any float dtype) or an int8 cache's
-                                   Int8Rows (cache.py), read as stored
+                                   Int8Rows (model/kv_cache.py), read as stored
                                                                     -> [T, H, Dh]
     silu_mul(gate, up)             [T, F], [T, F]                   -> [T, F]  silu(gate) * up
     dequantize_kv(codes, scale, zero)  uint8 [S, Hkv, Dh], [S, Hkv] x2  -> [S, Hkv, Dh]
-                                   scale * (code - zero): an int8 KV cache read (cache.py)
+                                   scale * (code - zero): an int8 KV cache read (model/kv_cache.py)
 
-Optional members (generate.py uses them where present):
-    kv_kinds                       the KV cache kinds it keeps (default: all of cache.py's)
+Optional members (runtime/generate.py uses them where present):
+    kv_kinds                       the KV cache kinds it keeps (default: all of model/kv_cache.py's)
     greedy_token(logits)           the argmax of logits[-1] as an int, chosen where the logits
                                    are (the cupy backend: on the device)
     prepared_layout, prepared_types

@@ -3,7 +3,7 @@
 // n input features, `rows` output features. Every kernel is listed, with the template
 // arguments the backend instantiates, in backends/cuda/launch.py.
 //
-// Weights as the GPU backend lays them out at load (cupy_backend.py `prepare`). Every row is
+// Weights as the GPU backend lays them out at load (cuda/backend.py `prepare`). Every row is
 // padded to a whole number of 32-column chunks (n_pad = 32 * ceil(n / 32), padding zero), so a
 // lane reads one chunk of a row with 16-byte loads:
 //

@@ -148,7 +148,7 @@ class NumpyBackend:
 
     def dequantize_kv(self, codes, scale, zero):
         """An int8 KV cache's codes [S, Hkv, Dh] (uint8) with scale, zero [S, Hkv]:
-        scale * (code - zero), in the compute dtype (cache.py)."""
+        scale * (code - zero), in the compute dtype (model/kv_cache.py)."""
         return scale.astype(self.dtype)[..., None] * (codes.astype(self.dtype)
                                                       - zero.astype(self.dtype)[..., None])
 

@@ -9,7 +9,7 @@ read with every failure turned into a one-line FormatError.
   no name read from a file can point the reader anywhere else.
 - JSON is read with a size limit and parsed with duplicate keys and deep nesting refused (the parser's depth is bounded
   by Python's recursion limit, and running into it is a FormatError)
-  (`read_json`); the values' types are checked where each key is read (config.py,
+  (`read_json`); the values' types are checked where each key is read (model/config.py,
   hf_quantized.py, hf_dir.py).
 """
 

@@ -24,7 +24,7 @@ INDEX_FILE = "model.safetensors.index.json"
 
 def read_hf_tensors(model_dir: str) -> dict:
     """name -> memory-mapped tensor, over a single file or every shard of the index. Shard
-    names are confined to the model folder (io/model_files.py)."""
+    names are confined to the model folder (formats/files.py)."""
     single = os.path.join(model_dir, SINGLE_FILE)
     index = os.path.join(model_dir, INDEX_FILE)
     if os.path.lexists(index):
@@ -69,7 +69,7 @@ def read_hf_dir(model_dir: str) -> tuple[QwenConfig, dict, str | None]:
 
     Quantized modules (GPTQ, AWQ) come back as canonical QuantizedTensors under `.weight`.
     An original Qwen checkpoint's tensors come back under the same names as Qwen2's
-    (io/qwen_v1.py), its fused c_attn split into q, k and v.
+    (formats/qwen_v1.py), its fused c_attn split into q, k and v.
     """
     if not os.path.isdir(model_dir):
         raise FormatError(f"{model_dir}: no such model folder")

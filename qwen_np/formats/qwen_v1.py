@@ -46,7 +46,7 @@ def v1_expected_shapes(cfg: QwenConfig) -> dict[str, tuple[int, ...]]:
 
 
 def v1_to_model_names(cfg: QwenConfig, tensors: dict, source: str) -> dict:
-    """The checkpoint's tensors under the names weights.py reads, c_attn split into q, k, v."""
+    """The checkpoint's tensors under the names model/weights.py reads, c_attn split into q, k, v."""
     check_tensors(cfg, tensors, source, v1_expected_shapes(cfg))   # named as in the file
     D = cfg.hidden_size
     out = {"model.embed_tokens.weight": tensors["transformer.wte.weight"],

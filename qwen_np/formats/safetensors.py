@@ -6,7 +6,7 @@ File layout (little-endian):
                              "__metadata__": {...}}
     bytes 8+N..       the data; tensor `name` is bytes [8+N+b, 8+N+e), row-major
 
-Every tensor comes back as a read-only view into one memory map of the file (io/mapped.py), so loading reads
+Every tensor comes back as a read-only view into one memory map of the file (tensors/mapped.py), so loading reads
 only the header; pages of weights are read when an op touches them. BF16 comes back as a
 `BFloat16Array` of the raw bits (NumPy has no bfloat16; the `safetensors` package cannot give
 one to NumPy either).

@@ -21,9 +21,9 @@ scales cos and sin; rope.py has the math, `YarnScaling` its parameters.
 The original Qwen (`qwen`, QWenLMHeadModel, Qwen's own modeling_qwen.py) is Qwen2 without GQA
 plus four differences, each a field here:
   rotary_dim      only the first int(kv_channels * rotary_pct) dims of a head rotate
-  dynamic_ntk     RoPE's base grows with the prompt length past seq_length (model.py)
+  dynamic_ntk     RoPE's base grows with the prompt length past seq_length (model/forward.py)
   logn_attn       queries past seq_length are scaled by log_{seq_length}(position + 1)
-  kv_cache_quantization   keys and values pass through Qwen's uint8 quantizer (cache.py)
+  kv_cache_quantization   keys and values pass through Qwen's uint8 quantizer (model/kv_cache.py)
 Its config.json comes in two spellings: the current one (hidden_size, num_attention_heads,
 num_hidden_layers, intermediate_size, max_position_embeddings) and the early one of August
 2023 (n_embd, n_head, n_layer, ffn_hidden_size, padded_vocab_size, n_positions). Either way the
@@ -74,9 +74,9 @@ class QwenConfig:
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
     rotary_dim: int | None = None   # dims of a head that rotate (None: all head_dim of them)
     seq_length: int | None = None   # Qwen v1: the training length, where NTK and logn begin
-    dynamic_ntk: bool = False       # Qwen v1: RoPE base from the prompt length (model.py)
+    dynamic_ntk: bool = False       # Qwen v1: RoPE base from the prompt length (model/forward.py)
     logn_attn: bool = False         # Qwen v1: queries past seq_length scaled by log_seq(p+1)
-    kv_cache_quantization: bool = False   # Qwen v1's use_cache_quantization (cache.py)
+    kv_cache_quantization: bool = False   # Qwen v1's use_cache_quantization (model/kv_cache.py)
     yarn: YarnScaling | None = None # YaRN RoPE scaling (rope.py), or None
     # mixture of experts (qwen2_moe, qwen3_moe; zero / empty for dense models)
     num_experts: int = 0            # E: routed experts in a sparse layer

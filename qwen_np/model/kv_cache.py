@@ -20,9 +20,9 @@ Two quantizers fill an int8 cache; which one is fixed when the cache is made:
     Where max == min every value is equal, and Qwen's scale of 0 would give NaN; scale 1 and
     zero -min are used instead, which store the value exactly.
 
-The cache also remembers the dynamic-NTK alpha of the prefill that started it (model.py).
+The cache also remembers the dynamic-NTK alpha of the prefill that started it (model/forward.py).
 
-Sequences decoded together (batch.py, serve.py) share one KVSlots: per layer one array
+Sequences decoded together (runtime/batch.py, apps/serve/) share one KVSlots: per layer one array
 [n_slots, max_tokens, Hkv, Dh], where slot i is sequence i's own KVCache (views into those
 arrays, with its own length). A sequence is prefilled through its slot's KVCache as through
 any other; a decode step writes one position in each of the batch's slots, and attention

@@ -30,7 +30,7 @@ class ExpertWeights:
 
 @dataclass
 class MoEWeights:
-    """A sparse layer's mixture of experts (moe.py)."""
+    """A sparse layer's mixture of experts (model/mlp.py)."""
     router: object                   # [E, D]     mlp.gate: one logit per expert
     experts: list[ExpertWeights]     # E of them, each read only for the tokens routed to it
     shared: ExpertWeights | None     # Qwen2-MoE: the expert every token goes through

@@ -1,10 +1,10 @@
 """Continuous batching: sequences join and leave one running batch of decode steps.
 
-The server (serve.py) hands requests to a Batcher, whose loop runs in a thread of its own.
+The server (apps/serve/) hands requests to a Batcher, whose loop runs in a thread of its own.
 Each turn of the loop:
 
     1. waiting requests take free slots of the KV cache (one slot per sequence, at most
-       max_batch of them; cache.py's KVSlots)
+       max_batch of them; model/kv_cache.py's KVSlots)
     2. one chunk of one new sequence's prompt (prefill_chunk tokens) goes through the model,
        through its slot's cache; after its last chunk its first token is chosen
     3. every sequence past its prompt decodes one token, all in one pass (model.decode_step:
@@ -215,7 +215,7 @@ class Batcher:
     def prefill_chunk_of(self, request: Request) -> None:
         """The next chunk of the prompt into the request's slot; after the last, its first
         token. (The original Qwen's int8 cache quantizer scales a pass's chunk as one block:
-        its prompt goes in one pass, as in its own code and in generate.py.)"""
+        its prompt goes in one pass, as in its own code and in runtime/generate.py.)"""
         m = self.model
         cache = self.slots.caches[request.slot]
         chunk = len(request.ids) if cache.qwen_v1_quantizer else self.prefill_chunk

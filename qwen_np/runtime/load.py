@@ -32,7 +32,7 @@ class Model:
         self.weights = weights
         self.backend = backend
         self.source = source
-        # the KV cache's storage (cache.py): float32, float16 or int8; by default the compute
+        # the KV cache's storage (model/kv_cache.py): float32, float16 or int8; by default the compute
         # dtype, or int8 for a Qwen v1 checkpoint whose config asks for cache quantization
         self.kv_cache = check_kv_kind(kv_cache or default_kv_kind(config, backend))
         self._make_tokenizer = make_tokenizer   # built on first use (it takes a moment)
@@ -72,7 +72,7 @@ class Model:
                  stream: Callable[[int], None] | None = None, stop_ids=None,
                  cache=None) -> list[int]:
         """New ids only; stops on the model's EOS tokens (or `stop_ids`) or max_new_tokens.
-        `sampling` (sampling.py): greedy unless told otherwise."""
+        `sampling` (model/sampling.py): greedy unless told otherwise."""
         ids = self._check_ids(ids)
         if cache is None:
             cache = self.new_cache(len(ids) + max(max_new_tokens, 0))
@@ -109,10 +109,10 @@ def load(path: str, backend="numpy", dtype: str = "float32",
     reference, "numba", "cupy", or "auto": numba where it loads, else numpy with a notice on
     stderr; or a backend object) and dtype; `threads` (default: all
     cores) for the CPU backends' kernels and BLAS;
-    `kv_cache` the KV cache's storage: "float32", "float16" or "int8" (cache.py; default the
+    `kv_cache` the KV cache's storage: "float32", "float16" or "int8" (model/kv_cache.py; default the
     compute dtype, or int8 where a Qwen v1 config sets use_cache_quantization);
     `prepared_cache` whether to map the model as prepared by an earlier load, and write it
-    after this one (prepared_cache.py): default on for the numpy and numba backends unless
+    after this one (runtime/prepared/): default on for the numpy and numba backends unless
     QWEN_NP_PREPARED_CACHE=0; False turns it off."""
     if kv_cache is not None:
         check_kv_kind(kv_cache)

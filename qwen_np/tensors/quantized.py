@@ -6,7 +6,7 @@ A float matrix W [out, in] (an nn.Linear weight, or an embedding table [V, D]) i
                                              (4-bit: two per byte, low nibble first; 8-bit: bytes;
                                              5- and 6-bit: their low 4 bits, as 4-bit codes)
     high    uint8 [out, ...] or None         5- and 6-bit codes: the 1 or 2 high bits of each
-                                             code (quant/packing.py draws both planes)
+                                             code (tensors/packing.py draws both planes)
     scale   [out, G] float16 or float32      one per group of `group_size` consecutive codes
     offset  [out, G] float16 or float32      (the last group may be shorter)
     perm    [in] or None                     code column c holds input column perm[c]

@@ -10,9 +10,9 @@ Endpoints (OpenAI's request and response shapes):
 The flow of one request:
 
     HTTP body (at most max_body_bytes, counted as it is read)
-      -> a Job: prompt ids (the chat prompt built by chat.py), max_tokens, stop strings, and
-         the sampling settings as one Sampling value (sampling.py checks their ranges)
-      -> Batcher.submit (batch.py; its loop runs in a thread of its own and joins the request
+      -> a Job: prompt ids (the chat prompt built by runtime/chat.py), max_tokens, stop strings, and
+         the sampling settings as one Sampling value (model/sampling.py checks their ranges)
+      -> Batcher.submit (runtime/batch.py; its loop runs in a thread of its own and joins the request
          to the running batch at its next turn)
       -> emit(token, finish), called in the batcher's thread, hands each item to the
          request's asyncio.Queue through loop.call_soon_threadsafe

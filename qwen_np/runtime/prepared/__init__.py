@@ -21,7 +21,7 @@ arrays is never read, and not checked).
 Any mismatch, or anything malformed, prints one line on stderr saying why, and the model is
 loaded from its own files and the file written again.
 
-Where and when: in $QWEN_NP_CACHE_DIR, else in prepared/ under the folder fetch.py downloads
+Where and when: in $QWEN_NP_CACHE_DIR, else in prepared/ under the folder apps/fetch.py downloads
 the model into ($QWEN_NP_CACHE, else ~/.cache/qwen-np). `load` uses it by default for the
 backends that declare their prepared form (numpy and numba; backends/__init__.py
 prepared_form), not for cupy (its prepare uploads to the GPU); `prepared_cache=False` or
@@ -60,7 +60,7 @@ SUFFIX = ".qnp"
 
 
 def cache_dir() -> str:
-    """$QWEN_NP_CACHE_DIR, else prepared/ in fetch.py's folder ($QWEN_NP_CACHE, else
+    """$QWEN_NP_CACHE_DIR, else prepared/ in apps/fetch.py's folder ($QWEN_NP_CACHE, else
     ~/.cache/qwen-np)."""
     from qwen_np.runtime.cache_folder import cache_dir as files_dir
     return os.environ.get("QWEN_NP_CACHE_DIR") or os.path.join(files_dir(), "prepared")

@@ -10,7 +10,7 @@ weights/s). Threads (up to 4, as the cores allow) read each array straight into 
 and take its crc32 there. The arrays a cold load leaves mapped from the model's own file
 (read-only there: an untied float embedding or LM head, float vectors of a GGUF) and an
 untied quantized embedding table stay mapped (read-only), as they are in a cold load, so
-that an embedding's pages are given back after each lookup (io/mapped.py) and never count
+that an embedding's pages are given back after each lookup (tensors/mapped.py) and never count
 in the resident set at once. The file itself is never written.
 """
 

@@ -36,7 +36,7 @@ The index comes last because it is written when every array's offset is known:
            | {"kind": "QuantizedTensor" | "BFloat16Array" | a backend's prepared type,
               "fields": {field: ARRAY | null | number | {"tuple": [...]}}}   a dataclass
            | {"kind": "gguf lookup rows", "type": "Q5_0", "n_in": 896, "raw": ARRAY}
-                 an untied GGUF embedding left in its block form (io/gguf_qwen.py)
+                 an untied GGUF embedding left in its block form (formats/gguf_qwen.py)
            | {"kind": "same", "name": other}                         one object, two names
 
 Only these kinds, only the dataclasses named above, and only numeric dtypes are read back:

@@ -38,8 +38,8 @@ from qwen_np.runtime.prepared.file_format import CACHE_FORMAT, MAX_INDEX_BYTES, 
 
 RACY_NS = 2_000_000_000                # a file changed this recently is hashed again next time
 STAT_INDEX = "sources.json"
-# the files of a Hugging Face folder that the loader may read (io/hf_dir.py, config.py,
-# io/hf_quantized.py); the shards an index names are added to these
+# the files of a Hugging Face folder that the loader may read (formats/hf_dir.py, model/config.py,
+# formats/hf_quantized.py); the shards an index names are added to these
 FOLDER_FILES = ("config.json", "generation_config.json", "quantize_config.json",
                 "model.safetensors", "model.safetensors.index.json", "tokenizer.json",
                 "qwen.tiktoken")
