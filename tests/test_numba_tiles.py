@@ -26,8 +26,8 @@ rng = np.random.default_rng(1)
 @pytest.fixture(scope="module")
 def nb():
     get_backend("numba")
-    from qwen_np.backends import numba_floats, numba_tiles
-    return numba_tiles, numba_floats
+    from qwen_np.backends.numba import floats, tiles
+    return tiles, floats
 
 
 def gguf_matrix(name: str, rows: int, blocks: int):

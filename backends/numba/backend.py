@@ -49,12 +49,12 @@ except ImportError as e:  # reported by get_backend as a one-line error
 from qwen_np.backends.numba.attention import (attention_many_tokens, attention_one_token, attention_slots,
                               half_rows_to_float32)
 from qwen_np.backends.numba.floats import LANE_MATH, ROW_SUM_MATH, as_f32, exp_of_nonpositive, kernel_floats
-from qwen_np.backends.numba.tiles import (BLOCK, LANES, ROW_TILES_VERSION, RowTiles, dequantize_byte_tiles,
-                          dequantize_nibble_tiles, dequantize_six_bit_tiles, gemm_byte_tiles,
-                          gemm_five_bit_tiles, gemm_four_bit_tiles, gemm_six_bit_tiles,
-                          gemv_byte_tiles, gemv_five_bit_tiles, gemv_four_bit_tiles,
-                          gemv_six_bit_tiles, rows_byte_tiles, rows_five_bit_tiles,
-                          rows_four_bit_tiles, rows_six_bit_tiles, tiles_take, to_row_tiles)
+from qwen_np.backends.numba.tile_kernels import (
+    BLOCK, dequantize_byte_tiles, dequantize_five_bit_tiles, dequantize_four_bit_tiles,
+    dequantize_six_bit_tiles, gemm_byte_tiles, gemm_five_bit_tiles, gemm_four_bit_tiles,
+    gemm_six_bit_tiles, gemv_byte_tiles, gemv_five_bit_tiles, gemv_four_bit_tiles, gemv_six_bit_tiles,
+    rows_byte_tiles, rows_five_bit_tiles, rows_four_bit_tiles, rows_six_bit_tiles)
+from qwen_np.backends.numba.tiles import LANES, ROW_TILES_VERSION, RowTiles, tiles_take, to_row_tiles
 
 PREFILL_TILE_ELEMENTS = 1 << 20
 
@@ -418,23 +418,23 @@ def _int8_head(rows: Int8Rows):
 _NO_HIGH = np.zeros((1, 1), np.uint8)
 
 
-# The kernels of each code width (numba_tiles.py): one token, the rows of a decode step, a
-# prefill's tokens. Each takes tile_operands(w), then x (and xsum for a prefill), the group
-# parameter, and the output.
-TILE_KERNELS = {8: (gemv_byte_tiles, rows_byte_tiles, gemm_byte_tiles),
-                6: (gemv_six_bit_tiles, rows_six_bit_tiles, gemm_six_bit_tiles),
-                5: (gemv_five_bit_tiles, rows_five_bit_tiles, gemm_five_bit_tiles),
-                4: (gemv_four_bit_tiles, rows_four_bit_tiles, gemm_four_bit_tiles)}
+# The kernels of each code width (tile_kernels.py): one token, the rows of a decode step, a
+# prefill's tokens, tiles as float columns. Each takes tile_operands(w), then x (and xsum for a
+# prefill; t0 for dequantizing), the group parameter, and the output.
+TILE_KERNELS = {8: (gemv_byte_tiles, rows_byte_tiles, gemm_byte_tiles, dequantize_byte_tiles),
+                6: (gemv_six_bit_tiles, rows_six_bit_tiles, gemm_six_bit_tiles,
+                    dequantize_six_bit_tiles),
+                5: (gemv_five_bit_tiles, rows_five_bit_tiles, gemm_five_bit_tiles,
+                    dequantize_five_bit_tiles),
+                4: (gemv_four_bit_tiles, rows_four_bit_tiles, gemm_four_bit_tiles,
+                    dequantize_four_bit_tiles)}
 
 
 def tile_operands(w: RowTiles):
-    """(the tiles' arrays a width's kernels read, its group parameter): 8-bit codes per group
-    for 8 bits, code bytes per group for the others; a high plane for 5 and 6 bits only."""
-    if w.bits == 8:
-        return (w.codes, w.scale, w.offset), w.group_size
-    if w.bits in (5, 6):
-        return (w.codes, w.high, w.scale, w.offset), w.group_size // 2
-    return (w.codes, w.scale, w.offset), w.group_size // 2
+    """(the tiles' arrays the kernels read, a group's code bytes): codes, high plane (a
+    dummy for 4 and 8 bits), scale, offset; a group is group_size bytes of 8-bit codes,
+    group_size / 2 of the others."""
+    return (w.codes, w.high, w.scale, w.offset), (w.group_size if w.bits == 8 else w.group_size // 2)
 
 
 def gemv_tiles(x, w: RowTiles) -> np.ndarray:
@@ -467,14 +467,8 @@ def dequantize_tiles(w: RowTiles, t0: int, out: np.ndarray) -> None:
     """Tiles t0 .. t0 + out.shape[1] / 16 of a row-tiled matrix as float columns, out
     [in, 16 tiles]: code order for 8-bit codes, split order (even columns, then odd ones)
     for the others."""
-    if w.bits == 8:
-        dequantize_byte_tiles(w.codes, w.scale, w.offset, w.group_size, t0, out)
-    elif w.bits == 6:
-        dequantize_six_bit_tiles(w.codes, w.high, w.scale, w.offset, w.group_size // 2, t0,
-                                 out)
-    else:
-        dequantize_nibble_tiles(w.codes, w.high, w.bits == 5, w.scale, w.offset,
-                                w.group_size // 2, t0, out)
+    arrays, group = tile_operands(w)
+    TILE_KERNELS[w.bits][3](*arrays, group, t0, out)
 
 
 def prefill_tiles(x, w: RowTiles) -> np.ndarray:

@@ -11,7 +11,7 @@ Qwen3 differs only inside attention: a per-head RMSNorm on q and k before RoPE, 
 Source: transformers' modeling_qwen2.py and modular_qwen3.py.
 
 Qwen2-MoE and Qwen3-MoE differ only in the MLP of their sparse layers: a router sends each
-token to k of E SwiGLU experts (moe.py). YaRN changes only RoPE's frequencies and multiplies
+token to k of E SwiGLU experts (mlp.py). YaRN changes only RoPE's frequencies and multiplies
 its cos and sin by a factor (rope.py).
 
 The original Qwen (Qwen's own modeling_qwen.py) differs from Qwen2 in four small, named ways,
@@ -24,28 +24,35 @@ all but the last in attention:
   logn attention   when the keys reach past seq_length, the query at position p is multiplied
                    by log(p + 1) / log(seq_length) if p + 1 > seq_length (else by 1)
   int8 KV cache    with use_cache_quantization, keys and values are stored through Qwen's
-                   quantizer (cache.py) and attention reads them back dequantized
-Its MLP is the same SwiGLU (w2 is the gate, w1 the up projection: io/qwen_v1.py).
+                   quantizer (kv_cache.py) and attention reads them back dequantized
+Its MLP is the same SwiGLU (w2 is the gate, w1 the up projection: formats/qwen_v1.py).
 
-Decoding several sequences together (decode_step) is the same pass over one new token of
-each: the B tokens are the rows of every matrix product (be.linear_rows reads each weight
-once for all of them, and computes each row as be.linear would alone), and each token's
-RoPE position, cache slot and attention are its own sequence's. A sequence's tokens are
-therefore those it gets when decoded alone.
+A pass is one of two kinds, through the same layers (`transformer`, `decoder_layer`): `forward`
+runs T tokens of one sequence (a prefill, a chunk of a long prompt, one decoded token) over its
+KVCache; `decode_step` runs one new token of each of B sequences decoded together over KVSlots.
+What the kinds do their own way is the pass's PassOps: the matrix product (for B sequences,
+be.linear_rows reads each weight once for all B rows, and computes each row as be.linear would
+alone), RoPE at the pass's positions, and where keys and values are stored and read (each
+token's own sequence's cache). A sequence's tokens are therefore those it gets when decoded
+alone. A traced pass hands every intermediate to a recorder under transformers' module names
+(tracing.py; the oracle's trace.py lists them).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
-from qwen_np.model.kv_cache import (KVCache, KVSlots, default_kv_kind, new_kv_cache, read_kv, read_kv_slots,
-                    write_kv, write_kv_rows)
-from qwen_np.model.config import QwenConfig
 from qwen_np.errors import CacheFull
-from qwen_np.model.mlp import moe_block
+from qwen_np.model.config import QwenConfig
+from qwen_np.model.kv_cache import (KVCache, KVSlots, default_kv_kind, new_kv_cache, read_kv,
+                                    read_kv_slots, write_kv, write_kv_rows)
+from qwen_np.model.mlp import mlp_or_experts
 from qwen_np.model.rope import config_inv_freq, cos_sin_factor
+from qwen_np.model.tracing import NO_TRACE, Trace
 from qwen_np.model.weights import LayerWeights, ModelWeights
 from qwen_np.tensors.mapped import lookup_rows
 
@@ -63,41 +70,15 @@ def forward(cfg: QwenConfig, w: ModelWeights, be, ids, cache: KVCache | None = N
     `record(name, x)`, when given, is called with every intermediate under its Hugging Face
     module name (trace.py lists them): the oracle's trace.
     """
-    note = record or ignore
     T = len(ids)
     if cache is None:
         cache = new_kv_cache(cfg, T, be, default_kv_kind(cfg, be))
-    start = cache.length
-    positions = np.arange(start, start + T)
-    if start == 0:   # a prefill: dynamic NTK chooses its alpha here, for this pass and later ones
+    if cache.length == 0:   # a prefill: dynamic NTK chooses its alpha here, for later passes too
         cache.ntk_alpha = ntk_alpha(cfg, prompt_length or T)
-    inv_freq = config_inv_freq(cfg, ntk_rope_base(cfg, cache.ntk_alpha))
-
-    h = be.embed(*lookup_rows(w.embed, ids))                         # [T, D]
-    note("model.embed_tokens", h)
-    for i, layer in enumerate(w.layers):
-        p = f"model.layers.{i}."
-        x = be.rms_norm(h, layer.attn_norm, cfg.rms_norm_eps)
-        note(p + "input_layernorm", x)
-        h = h + attention_block(cfg, layer, be, x, positions, inv_freq, cache, i, note, p)
-        note(p + "attn_residual", h)
-        x = be.rms_norm(h, layer.mlp_norm, cfg.rms_norm_eps)
-        note(p + "post_attention_layernorm", x)
-        h = h + mlp_or_experts(cfg, layer, be, x, note, p)
-        note(p.rstrip("."), h)                                       # the layer's output
-    cache.length = start + T
-
-    if last_only:
-        h = h[-1:]
-    h = be.rms_norm(h, w.norm, cfg.rms_norm_eps)
-    note("model.norm", h)
-    logits = be.linear(h, w.lm_head)                                 # [T, V]
-    note("lm_head", logits)
+    ops = chunk_ops(cfg, be, cache, T)
+    logits = transformer(cfg, w, ids, ops, Trace(record) if record else NO_TRACE, last_only)
+    cache.length += T
     return logits
-
-
-def ignore(name, x):
-    """No trace: forward's `record` when none is asked for."""
 
 
 def decode_step(cfg: QwenConfig, w: ModelWeights, be, tokens, slots: KVSlots, slot_ids):
@@ -110,107 +91,134 @@ def decode_step(cfg: QwenConfig, w: ModelWeights, be, tokens, slots: KVSlots, sl
         if c.length >= c.max_tokens:
             raise CacheFull(f"KV cache slot holds {c.max_tokens} positions; "
                             f"{c.length + 1} were asked for")
-    positions = np.array([c.length for c in caches])                 # [B]
-    # RoPE's frequencies: one table, or (the original Qwen's dynamic NTK, prompts of
-    # different lengths) each sequence's own
-    alphas = [c.ntk_alpha for c in caches]
-    if len(set(alphas)) == 1:
-        inv_freq = config_inv_freq(cfg, ntk_rope_base(cfg, alphas[0]))
-    else:
-        inv_freq = [config_inv_freq(cfg, ntk_rope_base(cfg, a)) for a in alphas]
-    h = be.embed(*lookup_rows(w.embed, tokens))                      # [B, D]
-    for i, layer in enumerate(w.layers):
-        x = be.rms_norm(h, layer.attn_norm, cfg.rms_norm_eps)
-        h = h + attention_rows(cfg, layer, be, x, positions, inv_freq, slots, slot_ids, i)
-        x = be.rms_norm(h, layer.mlp_norm, cfg.rms_norm_eps)
-        h = h + mlp_or_experts(cfg, layer, be, x, linear=be.linear_rows)
+    logits = transformer(cfg, w, tokens, rows_ops(cfg, be, slots, slot_ids), NO_TRACE)
     for c in caches:
         c.length += 1
+    return logits
+
+
+def transformer(cfg: QwenConfig, w: ModelWeights, ids, ops: PassOps, trace, last_only=False):
+    """Logits [T, V] of the T tokens `ids`, at the positions and over the cache of `ops`."""
+    be, model = ops.be, trace.scope("model")
+    h = be.embed(*lookup_rows(w.embed, ids))                         # [T, D]
+    model("embed_tokens", h)
+    for i, layer in enumerate(w.layers):
+        name = f"layers.{i}"
+        h = decoder_layer(cfg, i, layer, h, ops, model.scope(name))
+        model(name, h)                                               # the layer's output
+    if last_only:
+        h = h[-1:]
     h = be.rms_norm(h, w.norm, cfg.rms_norm_eps)
-    return be.linear_rows(h, w.lm_head)                              # [B, V]
+    model("norm", h)
+    logits = ops.linear(h, w.lm_head)                                # [T, V]
+    trace("lm_head", logits)
+    return logits
 
 
-def attention_rows(cfg: QwenConfig, layer: LayerWeights, be, x, positions, inv_freq,
-                   slots: KVSlots, slot_ids, layer_index: int):
-    """attention_block for one new token of each of B sequences: x [B, D], positions [B];
-    inv_freq one table for all, or a list of one per sequence."""
-    B = x.shape[0]
-    q, k, v = project_qkv(cfg, layer, be, x, be.linear_rows)       # [B, H or Hkv, Dh]
-    s = cos_sin_factor(cfg)
-    if isinstance(inv_freq, list):
-        for b, f in enumerate(inv_freq):
-            q[b:b + 1] = be.rope(q[b:b + 1], positions[b:b + 1], f, s)
-            k[b:b + 1] = be.rope(k[b:b + 1], positions[b:b + 1], f, s)
-    else:
-        q, k = be.rope(q, positions, inv_freq, s), be.rope(k, positions, inv_freq, s)
-    write_kv_rows(slots, layer_index, slot_ids, positions, k, v)
-    k_all, v_all = read_kv_slots(slots, layer_index)                # [n_slots, S, Hkv, Dh]
-    if cfg.logn_attn and int(positions.max()) + 1 > cfg.seq_length:
-        q = q * be.asarray(logn_scale(positions, cfg.seq_length))[:, None, None]
-    out = be.attention_slots(q, k_all, v_all, slot_ids, positions + 1)   # [B, H, Dh]
-    return be.linear_rows(out.reshape(B, -1), layer.o, layer.o_bias)  # [B, D]
+def decoder_layer(cfg: QwenConfig, i: int, layer: LayerWeights, h, ops: PassOps, trace):
+    """Layer i's residual stream [T, D] after it, from h [T, D] before it."""
+    be = ops.be
+    x = be.rms_norm(h, layer.attn_norm, cfg.rms_norm_eps)
+    trace("input_layernorm", x)
+    h = h + attention(cfg, i, layer, x, ops, trace.scope("self_attn"))
+    trace("attn_residual", h)
+    x = be.rms_norm(h, layer.mlp_norm, cfg.rms_norm_eps)
+    trace("post_attention_layernorm", x)
+    return h + mlp_or_experts(cfg, layer, x, ops, trace.scope("mlp"))
 
 
-def project_qkv(cfg: QwenConfig, layer: LayerWeights, be, x, linear, note=ignore, a: str = ""):
+def attention(cfg: QwenConfig, i: int, layer: LayerWeights, x, ops: PassOps, trace):
+    """Layer i's grouped-query attention [T, D] of x [T, D] over the pass's cache."""
+    T = x.shape[0]
+    q, k, v = project_qkv(cfg, layer, x, ops, trace)                 # [T, H or Hkv, Dh]
+    q, k = ops.rope(q, k)                     # the first cfg.rope_dim dims of each head rotate
+    trace("q_rope", q), trace("k_rope", k)
+    if ops.logn is not None:                  # the original Qwen's logn attention
+        q = q * ops.logn
+    out = ops.attend(i, q, k, v)                                     # [T, H, Dh]
+    out = out.reshape(T, cfg.num_attention_heads * cfg.head_dim)     # [T, H*Dh]
+    trace("o_proj.input", out)
+    out = ops.linear(out, layer.o, layer.o_bias)                     # [T, D]
+    trace("o_proj", out)
+    return out
+
+
+def project_qkv(cfg: QwenConfig, layer: LayerWeights, x, ops: PassOps, trace):
     """q [T, H, Dh], k and v [T, Hkv, Dh] of x [T, D], before RoPE (Qwen3's q/k norms done)."""
     T = x.shape[0]
     H, Hkv, Dh = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    q = linear(x, layer.q, layer.q_bias)                             # [T, H*Dh]
-    k = linear(x, layer.k, layer.k_bias)                             # [T, Hkv*Dh]
-    v = linear(x, layer.v, layer.v_bias)                             # [T, Hkv*Dh]
-    note(a + "q_proj", q), note(a + "k_proj", k), note(a + "v_proj", v)
+    q = ops.linear(x, layer.q, layer.q_bias)                         # [T, H*Dh]
+    k = ops.linear(x, layer.k, layer.k_bias)                         # [T, Hkv*Dh]
+    v = ops.linear(x, layer.v, layer.v_bias)                         # [T, Hkv*Dh]
+    trace("q_proj", q), trace("k_proj", k), trace("v_proj", v)
     q, k, v = q.reshape(T, H, Dh), k.reshape(T, Hkv, Dh), v.reshape(T, Hkv, Dh)
     if cfg.qk_norm:  # Qwen3: RMSNorm over each head's Dh values, before RoPE
-        q = be.rms_norm(q, layer.q_norm, cfg.rms_norm_eps)
-        k = be.rms_norm(k, layer.k_norm, cfg.rms_norm_eps)
-        note(a + "q_norm", q), note(a + "k_norm", k)
+        q = ops.be.rms_norm(q, layer.q_norm, cfg.rms_norm_eps)
+        k = ops.be.rms_norm(k, layer.k_norm, cfg.rms_norm_eps)
+        trace("q_norm", q), trace("k_norm", k)
     return q, k, v
 
 
-def attention_block(cfg: QwenConfig, layer: LayerWeights, be, x, positions, inv_freq,
-                    cache: KVCache, layer_index: int, note=ignore, p: str = ""):
-    T = x.shape[0]
-    H, Dh = cfg.num_attention_heads, cfg.head_dim
-    a = p + "self_attn."
-    q, k, v = project_qkv(cfg, layer, be, x, be.linear, note, a)
-    s = cos_sin_factor(cfg)                   # YaRN's attention factor, else 1
-    q = be.rope(q, positions, inv_freq, s)    # the first 2 * len(inv_freq) dims rotate
-    k = be.rope(k, positions, inv_freq, s)
-    note(a + "q_rope", q), note(a + "k_rope", k)
-
-    start = int(positions[0])
-    write_kv(cache, layer_index, start, k, v)   # append this chunk, then attend over all of it
-    k, v = read_kv(cache, layer_index, start + T)                   # [S, Hkv, Dh]
-    if cfg.logn_attn and start + T > cfg.seq_length:
-        q = q * be.asarray(logn_scale(positions, cfg.seq_length))[:, None, None]
-    out = be.attention(q, k, v, start).reshape(T, H * Dh)           # [T, H*Dh]
-    note(a + "o_proj.input", out)
-    out = be.linear(out, layer.o, layer.o_bias)                      # [T, D]
-    note(a + "o_proj", out)
-    return out
+@dataclass(slots=True)
+class PassOps:
+    """What a pass does its own way: T tokens of one sequence (chunk_ops) or one token of
+    each of B sequences (rows_ops; T = B)."""
+    be: object            # the backend
+    linear: Callable      # (x [T, in], w, bias=None) -> [T, out]: be.linear or be.linear_rows
+    rope: Callable        # (q, k) -> (q, k) turned to the pass's positions
+    attend: Callable      # (layer i, q [T, H, Dh], k, v [T, Hkv, Dh]) -> [T, H, Dh]: k and v
+                          # stored in the pass's cache, then attention over what it holds
+    logn: object          # the original Qwen's logn factor of each query [T, 1, 1], or None
 
 
-def mlp_or_experts(cfg: QwenConfig, layer: LayerWeights, be, x, note=ignore, p: str = "",
-                   linear=None):
-    """The layer's MLP: the dense SwiGLU, or (a sparse layer of an MoE model) the mixture of
-    experts (moe.py)."""
-    if layer.moe is not None:
-        return moe_block(cfg, layer.moe, be, x, note, p, linear or be.linear, mlp_block)
-    return mlp_block(layer, be, x, note, p, linear)
+def chunk_ops(cfg: QwenConfig, be, cache: KVCache, T: int) -> PassOps:
+    """The ops of T tokens at positions cache.length, cache.length + 1, ... of one sequence,
+    each attending over the cache up to itself."""
+    start = cache.length
+    positions = np.arange(start, start + T)                          # [T]
+    inv_freq = config_inv_freq(cfg, ntk_rope_base(cfg, cache.ntk_alpha))
+
+    def attend(i, q, k, v):
+        write_kv(cache, i, start, k, v)       # append this chunk, then attend over all of it
+        k, v = read_kv(cache, i, start + T)                          # [S, Hkv, Dh]
+        return be.attention(q, k, v, start)                          # [T, H, Dh]
+    return PassOps(be, be.linear, rope_at(cfg, be, positions, inv_freq), attend,
+                   logn_factor(cfg, be, positions))
 
 
-def mlp_block(layer, be, x, note=ignore, p: str = "", linear=None):
-    """SwiGLU: down(silu(gate(x)) * up(x)). `layer`: anything with gate, up and down (a
-    layer's weights, or one expert's)."""
-    linear = linear or be.linear
-    gate = linear(x, layer.gate)                                     # [T, F]
-    up = linear(x, layer.up)                                         # [T, F]
-    note(p + "mlp.gate_proj", gate), note(p + "mlp.up_proj", up)
-    act = be.silu_mul(gate, up)                                      # [T, F]
-    note(p + "mlp.act", act)
-    out = linear(act, layer.down)                                    # [T, D]
-    note(p + "mlp.down_proj", out)
-    return out
+def rows_ops(cfg: QwenConfig, be, slots: KVSlots, slot_ids) -> PassOps:
+    """The ops of one new token of each of B sequences: row b is at the next position of
+    slot slot_ids[b] and attends over that slot, with its own sequence's RoPE frequencies."""
+    caches = [slots.caches[s] for s in slot_ids]
+    positions = np.array([c.length for c in caches])                 # [B]
+    lengths = positions + 1
+    alphas = [c.ntk_alpha for c in caches]
+    if len(set(alphas)) == 1:
+        rope = rope_at(cfg, be, positions, config_inv_freq(cfg, ntk_rope_base(cfg, alphas[0])))
+    else:   # the original Qwen's dynamic NTK, prompts of different lengths: row by row
+        ropes = [rope_at(cfg, be, positions[b:b + 1], config_inv_freq(cfg, ntk_rope_base(cfg, a)))
+                 for b, a in enumerate(alphas)]
+
+        def rope(q, k):
+            for b, rope_b in enumerate(ropes):
+                q[b:b + 1], k[b:b + 1] = rope_b(q[b:b + 1], k[b:b + 1])
+            return q, k
+
+    def attend(i, q, k, v):
+        write_kv_rows(slots, i, slot_ids, positions, k, v)
+        k, v = read_kv_slots(slots, i)                               # [n_slots, S, Hkv, Dh]
+        return be.attention_slots(q, k, v, slot_ids, lengths)        # [B, H, Dh]
+    return PassOps(be, be.linear_rows, rope, attend, logn_factor(cfg, be, positions))
+
+
+def rope_at(cfg: QwenConfig, be, positions, inv_freq):
+    """RoPE of q and k at `positions` with frequencies inv_freq (only its first
+    2 * len(inv_freq) dims of each head turn), cos and sin scaled by YaRN's factor."""
+    scaling = cos_sin_factor(cfg)
+
+    def rope(q, k):
+        return be.rope(q, positions, inv_freq, scaling), be.rope(k, positions, inv_freq, scaling)
+    return rope
 
 
 def ntk_alpha(cfg: QwenConfig, length: int) -> float:
@@ -228,6 +236,14 @@ def ntk_rope_base(cfg: QwenConfig, alpha: float) -> float:
         return cfg.rope_theta
     d = cfg.rope_dim
     return cfg.rope_theta * alpha ** (d / (d - 2))
+
+
+def logn_factor(cfg: QwenConfig, be, positions):
+    """The queries' logn factors [T, 1, 1] when the keys reach past seq_length (Qwen's
+    logn_attn), else None (all 1)."""
+    if not cfg.logn_attn or not np.any(positions + 1 > cfg.seq_length):
+        return None
+    return be.asarray(logn_scale(positions, cfg.seq_length))[:, None, None]
 
 
 def logn_scale(positions, seq_length: int) -> np.ndarray:

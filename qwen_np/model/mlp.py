@@ -1,4 +1,11 @@
-"""The mixture-of-experts MLP of Qwen2-MoE and Qwen3-MoE's sparse layers.
+"""The MLP of a layer: the SwiGLU of every dense layer, and the mixture of experts of
+Qwen2-MoE's and Qwen3-MoE's sparse layers (each expert is a SwiGLU of its own).
+
+SwiGLU (transformers' Qwen2MLP; the original Qwen's w2 is the gate, w1 up: formats/qwen_v1.py):
+
+    x [T, D] -> down(silu(gate(x)) * up(x))                    gate, up [T, F]; out [T, D]
+
+Mixture of experts:
 
     x [T, D]
      -> router logits = x @ router.T                   [T, E]
@@ -17,6 +24,10 @@ token's experts runs in increasing expert order from zero, as transformers' inde
 (Qwen2MoeExperts.forward), and the shared expert is added last.
 Sources: transformers' modeling_qwen2_moe.py (Qwen2MoeTopKRouter, Qwen2MoeExperts,
 Qwen2MoeSparseMoeBlock) and modular_qwen3_moe.py.
+
+`ops` is the pass's ops (forward.PassOps): of them only the backend `be` and the product
+`linear` (be.linear, or be.linear_rows when decoding several sequences) are used here.
+`trace` is the layer's "mlp" scope (tracing.py).
 """
 
 from __future__ import annotations
@@ -24,6 +35,54 @@ from __future__ import annotations
 import numpy as np
 
 from qwen_np.model.config import QwenConfig
+from qwen_np.model.tracing import NO_TRACE
+
+
+def mlp_or_experts(cfg: QwenConfig, layer, x, ops, trace):
+    """The layer's MLP output [T, D] for x [T, D]: its SwiGLU, or (a sparse layer of an MoE
+    model) its mixture of experts."""
+    if layer.moe is not None:
+        return moe_block(cfg, layer.moe, x, ops, trace)
+    return mlp_block(layer, x, ops, trace)
+
+
+def mlp_block(mlp, x, ops, trace=NO_TRACE):
+    """SwiGLU: down(silu(gate(x)) * up(x)). `mlp`: anything with gate, up and down (a
+    layer's weights, or one expert's)."""
+    gate = ops.linear(x, mlp.gate)                                   # [T, F]
+    up = ops.linear(x, mlp.up)                                       # [T, F]
+    trace("gate_proj", gate), trace("up_proj", up)
+    act = ops.be.silu_mul(gate, up)                                  # [T, F]
+    trace("act", act)
+    out = ops.linear(act, mlp.down)                                  # [T, D]
+    trace("down_proj", out)
+    return out
+
+
+def moe_block(cfg: QwenConfig, moe, x, ops, trace=NO_TRACE):
+    """The sparse layer's MLP output [T, D] for x [T, D]; `moe` is the layer's MoEWeights."""
+    be, linear = ops.be, ops.linear
+    logits = linear(x, moe.router)                                   # [T, E]
+    trace("gate", logits)
+    chosen, weight = route(be.to_numpy(logits), cfg.num_experts_per_tok, cfg.norm_topk_prob)
+    out = be.zeros(x.shape)                                          # [T, D]
+    if x.shape[0] == 1:    # one token (decoding): its k experts, no grouping to do
+        for e, w in sorted(zip(chosen[0].tolist(), weight[0])):
+            out += mlp_block(moe.experts[e], x, ops) * be.asarray(w[None, None])
+    else:
+        for e in np.unique(chosen):                                  # increasing expert id
+            tokens, slot = np.nonzero(chosen == e)                   # each token once
+            y = mlp_block(moe.experts[e], x[tokens], ops)            # [n_e, D]
+            out[tokens] += y * be.asarray(weight[tokens, slot])[:, None]
+    trace("experts", out)
+    if moe.shared is not None:                                       # Qwen2-MoE
+        shared = mlp_block(moe.shared, x, ops)                       # [T, D]
+        g = be.to_numpy(linear(x, moe.shared_gate))                  # [T, 1]
+        with np.errstate(over="ignore"):                             # exp(-g) = inf: gate 0
+            gate = 1.0 / (1.0 + np.exp(-g))
+        out = out + be.asarray(gate) * shared
+        trace("shared_expert", shared)
+    return out
 
 
 def route(logits: np.ndarray, k: int, norm_topk_prob: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -38,30 +97,3 @@ def route(logits: np.ndarray, k: int, norm_topk_prob: bool) -> tuple[np.ndarray,
     if norm_topk_prob:
         weight = weight / weight.sum(axis=-1, keepdims=True)
     return chosen, weight
-
-
-def moe_block(cfg: QwenConfig, moe, be, x, note, p: str, linear, mlp_block):
-    """The sparse layer's MLP output [T, D] for x [T, D]; `moe` is the layer's MoEWeights,
-    `linear` the product (be.linear, or be.linear_rows when decoding several sequences),
-    `mlp_block` model.py's SwiGLU (each expert is one)."""
-    logits = linear(x, moe.router)                                   # [T, E]
-    note(p + "mlp.gate", logits)
-    chosen, weight = route(be.to_numpy(logits), cfg.num_experts_per_tok, cfg.norm_topk_prob)
-    out = be.zeros(x.shape)                                          # [T, D]
-    if x.shape[0] == 1:    # one token (decoding): its k experts, no grouping to do
-        for e, w in sorted(zip(chosen[0].tolist(), weight[0])):
-            out += mlp_block(moe.experts[e], be, x, linear=linear) * be.asarray(w[None, None])
-    else:
-        for e in np.unique(chosen):                                  # increasing expert id
-            tokens, slot = np.nonzero(chosen == e)                   # each token once
-            y = mlp_block(moe.experts[e], be, x[tokens], linear=linear)  # [n_e, D]
-            out[tokens] += y * be.asarray(weight[tokens, slot])[:, None]
-    note(p + "mlp.experts", out)
-    if moe.shared is not None:                                       # Qwen2-MoE
-        shared = mlp_block(moe.shared, be, x, linear=linear)         # [T, D]
-        g = be.to_numpy(linear(x, moe.shared_gate))                  # [T, 1]
-        with np.errstate(over="ignore"):                             # exp(-g) = inf: gate 0
-            gate = 1.0 / (1.0 + np.exp(-g))
-        out = out + be.asarray(gate) * shared
-        note(p + "mlp.shared_expert", shared)
-    return out
