@@ -39,7 +39,7 @@ def main():
     a = ap.parse_args()
     cache = os.path.join(os.path.dirname(nb.__file__), "__pycache__")
     removed = 0
-    for f in glob.glob(os.path.join(cache, "numba_*.nb[ic]")):
+    for f in glob.glob(os.path.join(cache, "*.nb[ic]")):      # every Numba kernel of the package
         os.remove(f)
         removed += 1
     print(f"removed {removed} cached kernel files from {cache}")

@@ -7,19 +7,19 @@ little else. For a row o of a quantized matrix, with x already in the codes' col
     y[o] = sum_g scale[o, g] * (sum_{c in g} q[o, c] * x[c]) + offset[o, g] * xsum[g]
 
 where xsum[g] (the sum of x over group g) is computed once per call. `prepare` re-lays the
-quantized matrices as tiles of 16 rows (numba_tiles.py), whose kernels add up 16 rows lane
+quantized matrices as tiles of 16 rows (numba/tiles.py), whose kernels add up 16 rows lane
 by lane; byte j of nibble-packed codes meets x[2j] and x[2j + 1].
 
 Prefill (many tokens) runs the same tiles four tokens at a time, so that each code, once
-converted, meets four activations (numba_tiles.py); attention over many tokens is BLAS
-(numba_attention.py).
+converted, meets four activations (numba/tiles.py); attention over many tokens is BLAS
+(numba/attention.py).
 
 Every kernel is @njit(cache=True), so a second start loads them from the cache instead of
 compiling; `parallel=True` with prange splits rows over threads; `nogil=True` lets other
 Python threads run while a kernel does (the server's HTTP thread, beside its batcher's: with
 the lock held through each kernel, one stream served decoded about 15% slower than the
 batcher alone). Their fast-math flags are
-chosen per kind of loop (numba_floats.py): never the ones that make inf or NaN undefined.
+chosen per kind of loop (numba/floats.py): never the ones that make inf or NaN undefined.
 """
 
 from __future__ import annotations
@@ -314,7 +314,7 @@ class NumbaBackend:
     def linear_rows(self, x, w, bias=None):
         """[B, in] rows of B sequences decoded together -> [B, out], each row what linear
         gives for it alone: row-tiled matrices through the rows_* kernels, which read each
-        tile once for all the rows (numba_tiles.py); other matrices a row at a time."""
+        tile once for all the rows (numba/tiles.py); other matrices a row at a time."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         if isinstance(w, RowTiles) and x.shape[0] > 1:
             if w.perm is not None:
@@ -325,7 +325,7 @@ class NumbaBackend:
 
     def attention_slots(self, q, k, v, slot_ids, lengths):
         """One new token of each of B sequences over its own slot (NumpyBackend's docstring):
-        float32 and float16 slots in one kernel (numba_attention.py), whose every token's
+        float32 and float16 slots in one kernel (numba/attention.py), whose every token's
         output is the one-token kernel's; int8 slots a token at a time."""
         if isinstance(k, Int8Rows):
             return np.concatenate([self.attention(q[b:b + 1], slot_rows(k, s, n),
@@ -355,7 +355,7 @@ class NumbaBackend:
     def attention(self, q, k, v, start):
         """k, v: float arrays, or an int8 cache's Int8Rows, read where they lie (an int8 or
         float16 cache is not converted whole each step). One token: the compiled kernels
-        (numba_attention.py; int8 below); many: BLAS, one KV head at a time."""
+        (numba/attention.py; int8 below); many: BLAS, one KV head at a time."""
         q = np.ascontiguousarray(q, dtype=np.float32)
         T, Hkv = q.shape[0], k.shape[1]
         if isinstance(k, Int8Rows):
@@ -472,7 +472,7 @@ def dequantize_tiles(w: RowTiles, t0: int, out: np.ndarray) -> None:
 
 
 def prefill_tiles(x, w: RowTiles) -> np.ndarray:
-    """Many tokens through a row-tiled matrix, four at a time (numba_tiles.py): [N, in] ->
+    """Many tokens through a row-tiled matrix, four at a time (numba/tiles.py): [N, in] ->
     [N, out]. x is padded with zero rows to a multiple of 4; xsum [N, G] sums x over each
     group (the last may be shorter)."""
     out_f, n_in = w.shape

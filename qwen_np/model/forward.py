@@ -35,7 +35,7 @@ be.linear_rows reads each weight once for all B rows, and computes each row as b
 alone), RoPE at the pass's positions, and where keys and values are stored and read (each
 token's own sequence's cache). A sequence's tokens are therefore those it gets when decoded
 alone. A traced pass hands every intermediate to a recorder under transformers' module names
-(tracing.py; the oracle's trace.py lists them).
+(model/tracing.py; oracle/trace.py lists them).
 """
 
 from __future__ import annotations
@@ -66,9 +66,9 @@ def forward(cfg: QwenConfig, w: ModelWeights, be, ids, cache: KVCache | None = N
     written into it and attention reads all cached positions. `last_only` computes the LM
     head for the last token alone (what generation needs). `prompt_length`: when this pass is
     the first chunk of a longer prompt, that prompt's length, from which dynamic NTK chooses
-    its alpha, as one pass over the whole prompt would (generate.py prefills in chunks).
+    its alpha, as one pass over the whole prompt would (runtime/generate.py prefills in chunks).
     `record(name, x)`, when given, is called with every intermediate under its Hugging Face
-    module name (trace.py lists them): the oracle's trace.
+    module name (oracle/trace.py lists them): the oracle's trace.
     """
     T = len(ids)
     if cache is None:
