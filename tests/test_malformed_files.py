@@ -16,6 +16,7 @@ import pytest
 
 import qwen_np
 from qwen_np.errors import CacheFull, InputError, QwenNpError
+from qwen_np.tensors.quantized import dequantize
 
 from conftest import fixture_path
 
@@ -360,8 +361,8 @@ def test_gptq_bfloat16_scales_load_as_their_float16_twin(tmp_path):
     write_safetensors(str(f16_dir / "model.safetensors"), f16)
     write_safetensors(str(bf16_dir / "model.safetensors"), bf16)
     a, b = qwen_np.load(f16_dir), qwen_np.load(bf16_dir)
-    assert np.array_equal(qwen_np.quant.dequantize(a.weights.layers[0].q),
-                          qwen_np.quant.dequantize(b.weights.layers[0].q))
+    assert np.array_equal(dequantize(a.weights.layers[0].q),
+                          dequantize(b.weights.layers[0].q))
     ids = [1, 5, 9, 200]
     assert np.array_equal(a.logits(ids), b.logits(ids))
 
@@ -415,5 +416,5 @@ def test_non_finite_scales_convert_without_warnings(tiny_gguf, tmp_path):
         warnings.simplefilter("error")
         qt = block_rows_to_canonical(blocks.reshape(2, 34), 8, (2, 32))
     with np.errstate(invalid="ignore"):
-        w = qwen_np.quant.dequantize(qt)
+        w = dequantize(qt)
     assert not np.isfinite(w).any()

@@ -144,7 +144,7 @@ def test_files_with_odd_contents_compare_without_a_traceback(tmp_path, capsys):
     """Another tool's trace may hold scalars, strings or empty arrays under a name."""
     a, b = str(tmp_path / "a.npz"), str(tmp_path / "b.npz")
     np.savez(a, s=np.float32(1.0), t=np.array(["x"]), e=np.zeros((0, 3)), v=np.ones((2, 3)),
-             **{"qwen_np.oracle.trace": np.array("{not json")})
+             **{"qwen_np.trace": np.array("{not json")})
     np.savez(b, s=np.float32(1.5), t=np.array(["x"]), e=np.zeros((0, 3)), v=np.ones((2, 3)))
     assert main(["compare", a, b]) == 1
     out = capsys.readouterr().out

@@ -34,7 +34,7 @@ F the MLP width, V the vocabulary):
 
 The original Qwen's modules are named as Qwen2's (its c_attn split into q_proj, k_proj and
 v_proj; w2 is gate_proj, w1 up_proj). A trace file is .npz or .safetensors (by its extension):
-the tensors under those names, in the order above, plus the metadata "qwen_np.oracle.trace" (JSON:
+the tensors under those names, in the order above, plus the metadata "qwen_np.trace" (JSON:
 token ids, dtype, backend, model path, the sha256 of each model file, the config).
 """
 
@@ -52,7 +52,7 @@ import numpy as np
 from qwen_np.errors import FormatError, InputError
 from qwen_np.model.forward import forward
 
-META_KEY = "qwen_np.oracle.trace"
+META_KEY = "qwen_np.trace"
 
 
 def trace(model, ids, layers=None, tensors=None, callback=None) -> dict[str, np.ndarray]:
