@@ -133,7 +133,7 @@ def dequantize_gguf(raw, ggml_type, shape, dtype="float32") -> np.ndarray:
 
 def linear(x, w, bias=None, dtype="float32") -> np.ndarray:
     """x [T, in] @ w.T (+ bias [out]) -> [T, out]. w is a float array [out, in] (any float
-    dtype; converted as read) or a qwen_np.quant.QuantizedTensor (dequantized a tile at a
+    dtype; converted as read) or a qwen_np.tensors.quantized.QuantizedTensor (dequantized a tile at a
     time, in `dtype`)."""
     ops = _ops(dtype)
     w = w if isinstance(w, (QuantizedTensor, BFloat16Array)) else np.asarray(w)
