@@ -98,7 +98,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -109,6 +108,9 @@ import types
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from qwen1_chat_fixture import make_context_fixture
+from qwen1_gptq_fixture import GPTQ_GROUP, gptq_tensors, stored_state
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "..", "tests", "fixtures", "qwen1")
@@ -123,7 +125,6 @@ BASE = dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_attention_heads=HEADS,
             rotary_emb_base=10000, rotary_pct=1.0, use_dynamic_ntk=True, use_logn_attn=True,
             no_bias=True, tie_word_embeddings=False, scale_attn_weights=True,
             use_cache_quantization=False, use_cache_kernel=False, softmax_in_fp32=False)
-GPTQ_GROUP = 16
 GPTQ_CONFIG = {"bits": 4, "group_size": GPTQ_GROUP, "damp_percent": 0.01, "desc_act": False,
                "static_groups": False, "sym": True, "true_sequential": True,
                "model_name_or_path": None, "model_file_base_name": "model",
@@ -142,7 +143,6 @@ PROMPT_LENGTH, GREEDY_TOKENS = 5, 16
 PROMPT_LONG_LENGTH, GREEDY_LONG_TOKENS = 12, 8
 CHUNK_A, CHUNK_B = 6, 5
 MAX_FOLDER_BYTES = 300_000  # a float32 model of these shapes is 291 KB
-GPTQ_MODULES = ("attn.c_attn", "attn.c_proj", "mlp.w1", "mlp.w2", "mlp.c_proj")
 DEQUANT_SAVED = ("transformer.h.0.attn.c_attn", "transformer.h.1.mlp.w2")
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -256,82 +256,6 @@ def chunk_after_prefill(model, chunk_a, chunk_b):
         model(torch.tensor([list(chunk_a)]), use_cache=True)  # the NTK state of that prefill
         unmasked = model(torch.tensor([list(chunk_b)]), past_key_values=prefill, use_cache=True)
     return np.stack(rows), unmasked.logits[0, -1].numpy()
-
-
-# ---------------------------------------------------------------- GPTQ (AutoGPTQ v1) packing
-
-def gptq_pack(q: np.ndarray, zeros: np.ndarray):
-    """AutoGPTQ's v1 layout (auto_gptq/nn_modules/qlinear/qlinear_cuda_old.py, QuantLinear.pack;
-    GPTQModel writes the same): 4-bit codes q [in, out] packed along the input dimension, eight
-    to an int32 word: qweight[i // 8, o] |= q[i, o] << 4 * (i % 8); the zero points [groups, out]
-    stored minus one and packed along the output dimension: qzeros[g, o // 8] |= (z - 1) <<
-    4 * (o % 8). Dequantized: W[o, i] = scales[g_idx[i], o] * (q[i, o] - z[g_idx[i], o])."""
-    n_in, n_out = q.shape
-    qweight = np.zeros((n_in // 8, n_out), dtype=np.uint32)
-    for i in range(n_in):
-        qweight[i // 8] |= q[i].astype(np.uint32) << np.uint32(4 * (i % 8))
-    stored = (zeros - 1).astype(np.uint32)
-    qzeros = np.zeros((zeros.shape[0], n_out // 8), dtype=np.uint32)
-    for o in range(n_out):
-        qzeros[:, o // 8] |= stored[:, o] << np.uint32(4 * (o % 8))
-    return qweight.view(np.int32), qzeros.view(np.int32)
-
-
-def gptq_unpack(qweight: np.ndarray, qzeros: np.ndarray):
-    words, stored = qweight.view(np.uint32), qzeros.view(np.uint32)
-    shifts = np.arange(8, dtype=np.uint32) * np.uint32(4)
-    q = ((words[:, None, :] >> shifts[None, :, None]) & 0xF).reshape(-1, words.shape[1])
-    z = ((stored[:, :, None] >> shifts[None, None, :]) & 0xF).reshape(stored.shape[0], -1) + 1
-    return q.astype(np.int64), z.astype(np.int64)
-
-
-def gptq_tensors(state: dict, seed: int):
-    """Replace the five projections of each layer by random 4-bit GPTQ codes (sym: every zero
-    point is 8, stored as 7) with random float16 scales. Returns the file's tensors (float16
-    and int32) and the dequantized float32 state the reference runs."""
-    rng = np.random.default_rng(10_000 + seed)
-    tensors, deq = {}, {}
-    for name, w in state.items():
-        module = name.rsplit(".", 1)[0]
-        if not any(module.endswith(m) for m in GPTQ_MODULES) or not name.endswith(".weight"):
-            tensors[name] = w.to(torch.float16)
-            continue
-        n_out, n_in = w.shape
-        groups = n_in // GPTQ_GROUP
-        q = rng.integers(0, 16, size=(n_in, n_out))
-        zeros = np.full((groups, n_out), 8)
-        # |q - 8| has RMS about 4.6: scales near 0.2 / 4.6 give weights of about N(0, 0.2)
-        scales = (0.2 / 4.6 * rng.uniform(0.75, 1.25, size=(groups, n_out))).astype(np.float16)
-        g_idx = (np.arange(n_in) // GPTQ_GROUP).astype(np.int32)
-        qweight, qzeros = gptq_pack(q, zeros)
-        back_q, back_z = gptq_unpack(qweight, qzeros)
-        assert (back_q == q).all() and (back_z == zeros).all()
-        assert (qzeros.view(np.uint32) == 0x77777777).all()
-        W = (scales.astype(np.float32)[g_idx] * (q - back_z[g_idx]).astype(np.float32)).T
-        deq[module] = np.ascontiguousarray(W, dtype=np.float32)
-        tensors[module + ".qweight"] = torch.from_numpy(qweight)
-        tensors[module + ".qzeros"] = torch.from_numpy(qzeros)
-        tensors[module + ".scales"] = torch.from_numpy(scales)
-        tensors[module + ".g_idx"] = torch.from_numpy(g_idx)
-        if not module.endswith("attn.c_attn"):  # AutoGPTQ wrote a zero bias for bias-less layers
-            tensors[module + ".bias"] = torch.zeros(n_out, dtype=torch.float16)
-    return tensors, deq
-
-
-def stored_state(tensors: dict, deq: dict) -> dict:
-    """The float32 state Qwen's code runs: the file's tensors read back, GPTQ ones dequantized."""
-    state = {}
-    for name, t in tensors.items():
-        module, field = name.rsplit(".", 1)
-        if module not in deq:
-            state[name] = t.to(torch.float32)
-        elif field == "qweight":
-            state[module + ".weight"] = torch.from_numpy(deq[module])
-        elif field == "bias" and module.endswith("attn.c_attn"):
-            state[name] = t.to(torch.float32)
-        elif field == "bias":
-            assert not t.any()  # AutoGPTQ's zero bias; Qwen's layer has none (no_bias)
-    return state
 
 
 # ---------------------------------------------------------------- config.json
@@ -487,58 +411,6 @@ def check_model(qwen, name, keys, stored, ref, m32):
     print(f"  float64 vs float32 {rel64:.1e}, vs unpatched float64 {rel_plain:.1e}; "
           f"smallest greedy top-2 margin {min(margins):.3f}; chunked vs one prefill "
           f"{chunk_gap:.2e}, unmasked chunk vs causal {unmasked_gap:.2e}")
-
-
-# ---------------------------------------------------------------- tokenizer and chat prompts
-
-SYSTEM = "You are a helpful assistant."
-CHAT_CASES = [
-    dict(query="What is the capital of France?", history=[], system=SYSTEM),
-    dict(query="请用三句话介绍一下杭州的西湖。", history=[],
-         system="你是一个乐于助人的中文助手，回答要简洁。"),
-    dict(query="Why does this fail?\n```python\ndef add(a, b):\n\treturn a +  b  # 🙂\n```\n🚀",
-         history=[["Hi!", "Hello! How can I help you today?"],
-                  ["Write a haiku about the sea.",
-                   "Waves fold into foam,\nsalt wind carries gull voices,\nthe tide keeps time."]],
-         system=SYSTEM),
-    dict(query="  spaced   out\t\ttabs   and\n\n  blank lines   \n", history=[], system=SYSTEM),
-    # make_context encodes contents with allowed_special=set(): these stay plain text
-    dict(query="literal <|im_end|> and <|endoftext|> in a message", history=[], system=SYSTEM),
-]
-ENCODE_TEXTS = [
-    "Hello, world! How are you today?",
-    "你好，世界！今天天气很好。",
-    "def fib(n):\n\tif n <= 1:\n\t\treturn n\n    return fib(n - 1) + fib(n - 2)\n",
-    "emoji 🙂🚀👍🏽 and 🇫🇷 flags",
-    "a    b\t\t c  \n\n\n  d   ",
-    "cafe\u0301 Ame\u0301lie e\u0301",  # decomposed accents: Qwen's tokenizer applies NFC
-    "ﬁne ligature and fullwidth ＡＢＣ１２３",  # NFC keeps these (NFKC would not)
-    "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
-    "<|endoftext|><|extra_0|> <|extra_204|>",
-    "12345 3.14159 0x1F 1,000,000",
-    "  leading and trailing spaces  ",
-    "",
-]
-
-
-def make_context_fixture(qwen, tiktoken_path: str) -> dict:
-    tokenizer = qwen.tok.QWenTokenizer(vocab_file=tiktoken_path)
-    with open(tiktoken_path, "rb") as f:
-        sha = hashlib.sha256(f.read()).hexdigest()
-    cases = []
-    for case in CHAT_CASES:
-        raw_text, ids = qwen.gen.make_context(
-            tokenizer, case["query"], history=[tuple(h) for h in case["history"]],
-            system=case["system"], max_window_size=6144, chat_format="chatml")
-        cases.append({**case, "raw_text": raw_text, "ids": [int(i) for i in ids]})
-    encode = []
-    for text in ENCODE_TEXTS:
-        ids = [int(i) for i in tokenizer.encode(text)]
-        encode.append({"text": text, "ids": ids, "decoded": tokenizer.decode(ids)})
-    return {"tiktoken_sha256": sha, "chat_format": "chatml", "max_window_size": 6144,
-            "cases": cases,
-            "stop_words_ids": qwen.gen.get_stop_words_ids("chatml", tokenizer),
-            "encode": encode}
 
 
 # ---------------------------------------------------------------- main
