@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURE_MODELS, fixture_path
-from qwen_np.runtime.batch import Batcher, QueueFull
+from qwen_np.runtime.batch import Batcher, Closed, QueueFull
 from qwen_np.model.kv_cache import new_kv_slots
 from qwen_np.errors import CacheFull, InputError
 from qwen_np.apps.fetch import default_model_path, is_fetched
@@ -251,7 +251,7 @@ def test_close_ends_what_is_left_and_the_thread_stops():
     b.close()
     assert not b.thread.is_alive()
     assert got.finish in (["cancelled"], ["length"])
-    with pytest.raises(InputError, match="closed"):
+    with pytest.raises(Closed, match="stopping"):
         b.submit([1], 1)
 
 

@@ -9,84 +9,28 @@ that a client going away or a stop string cancels the generation (the fixture mo
 early or by itself).
 """
 
-import asyncio
-import contextlib
 import http.client
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.request
-from types import SimpleNamespace
 
 import pytest
 
 import qwen_np
-from conftest import fixture_path
+from serving import (FIX, KEY, PROMPT, StandInBatcher, assert_openai_error, call_app,
+                     client_of, get_json, one_line_error, raw, served, single_stream,
+                     streamed_text)
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
-FIX = fixture_path("qwen2-tied-f32")
-KEY = "k"
-PROMPT = "Hello there, how are you"
 
-
-# -- the servers -------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get_json(url: str):
-    with urllib.request.urlopen(url, timeout=5) as r:
-        return json.loads(r.read())
-
-
-@contextlib.contextmanager
-def served(*args):
-    """A `qwen-np serve` process on a free port: yields its base URL once /health answers;
-    afterwards it is sent SIGTERM and must exit with status 0."""
-    port = free_port()
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen([sys.executable, "-m", "qwen_np", "serve", "-m", FIX,
-                             "--port", str(port), "--api-key", KEY, *args],
-                            stdout=log, stderr=log)
-
-    def output() -> str:
-        log.seek(0)
-        return log.read().decode(errors="replace")
-
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, output()
-            try:
-                get_json(url + "/health")
-                break
-            except OSError:
-                assert time.monotonic() < deadline, output()
-                time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            status = proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            status = proc.wait()
-    assert status == 0, output()
-    assert f"qwen-np: serving qwen2-tied-f32 on {url}" in output()
-
+# -- the servers -----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def server():
@@ -101,10 +45,6 @@ def small_server():
         yield url
 
 
-def client_of(url: str, key: str = KEY):
-    return openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def client(server):
     return client_of(server)
@@ -117,34 +57,11 @@ def model():
     return qwen_np.load(FIX, backend="numpy")
 
 
-def single_stream(model, ids, max_tokens):
-    """(text, finish_reason, completion_tokens) of a greedy run of `ids` alone."""
-    new = model.generate(ids, max_new_tokens=max_tokens)
-    stopped = bool(new) and new[-1] in model.stop_ids()
-    return (model.tokenizer.decode(new[:-1] if stopped else new),
-            "stop" if stopped else "length", len(new))
-
-
 def chat_ids(model, query):
     from qwen_np.runtime.chat import chat_prompt_ids
     from qwen_np.runtime.tokenizer import DEFAULT_SYSTEM_BY_MODEL_TYPE
     return chat_prompt_ids(model.tokenizer, model.config.model_type, query,
                            DEFAULT_SYSTEM_BY_MODEL_TYPE[model.config.model_type])
-
-
-def streamed_text(stream):
-    """(text, finish_reason, usage) of a completions or chat stream."""
-    pieces, reasons, usage = [], [], None
-    for chunk in stream:
-        if chunk.usage is not None:
-            usage = chunk.usage
-        for choice in chunk.choices:
-            delta = getattr(choice, "delta", None)
-            pieces.append(choice.text if delta is None else (delta.content or ""))
-            if choice.finish_reason is not None:
-                reasons.append(choice.finish_reason)
-    assert len(reasons) == 1
-    return "".join(pieces), reasons[0], usage
 
 
 # -- answers -----------------------------------------------------------------------------------
@@ -323,23 +240,6 @@ def test_health_and_models(server, client):
 
 # -- refusals ----------------------------------------------------------------------------------
 
-def raw(url, method, path, body=b"", headers=None):
-    """(status, headers, JSON body) of one HTTP request."""
-    conn = http.client.HTTPConnection(url.removeprefix("http://"), timeout=30)
-    conn.request(method, path, body=body, headers={"Authorization": f"Bearer {KEY}",
-                                                   **(headers or {})})
-    response = conn.getresponse()
-    data = response.read()
-    conn.close()
-    return response.status, dict(response.getheaders()), json.loads(data)
-
-
-def assert_openai_error(body, kind="invalid_request_error"):
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"message", "type", "param", "code"}
-    assert body["error"]["type"] == kind and body["error"]["message"]
-
-
 def test_a_wrong_or_missing_key_is_401(server):
     with pytest.raises(openai.AuthenticationError) as e:
         client_of(server, "wrong").completions.create(model="x", prompt="hi", max_tokens=1)
@@ -426,13 +326,6 @@ def test_a_body_over_1_mib_is_413_before_it_is_read(server):
     conn.close()
 
 
-def one_line_error(r) -> str:
-    assert r.returncode == 1, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("qwen-np: error: "), r.stderr
-    return lines[0]
-
-
 def test_a_taken_port_is_a_one_line_error(server):
     port = server.rsplit(":", 1)[1]
     r = subprocess.run([sys.executable, "-m", "qwen_np", "serve", "-m", FIX, "--backend",
@@ -457,78 +350,6 @@ def test_serve_without_its_extra_says_what_to_install():
 
 
 # -- the app in this process, with a stand-in batcher ------------------------------------------
-
-class StandInBatcher:
-    """batch.Batcher's interface: a request emits token 65 every 5 ms until it is cancelled;
-    with `full`, every submit is refused with QueueFull."""
-    context = 64
-    load = (0, 0)
-
-    def __init__(self, full=False):
-        self.full, self.cancelled = full, []
-
-    def submit(self, ids, max_new_tokens, sampling, stop_ids=None, emit=None):
-        from qwen_np.runtime.batch import QueueFull
-        if self.full:
-            raise QueueFull("1 sequences are running and 0 waiting; try again later")
-        request = SimpleNamespace(finish=None, generated=[], error=None, emit=emit)
-
-        def run():
-            while request.finish is None and len(request.generated) < 2000:
-                request.generated.append(65)
-                emit(65, None)
-                time.sleep(0.005)
-        threading.Thread(target=run, daemon=True).start()
-        return request
-
-    def cancel(self, request):
-        if request.finish is None:
-            self.cancelled.append(request)
-            request.finish = "cancelled"
-            request.emit(None, "cancelled")
-
-
-def call_app(app, body_chunks, leaves_after_events=0, path="/v1/completions"):
-    """Call the ASGI app as uvicorn does (ASGI spec 2.3): the body in `body_chunks` (an
-    iterable of bytes; the last is sent as final, unless the iterable is endless); after it,
-    the client goes away once the app has sent `leaves_after_events` server-sent events
-    (0: at once; math.inf: it stays). Returns (status, headers, body bytes, body chunks
-    read)."""
-    async def run():
-        chunks = iter(body_chunks)
-        pending = next(chunks, b"")
-        read, sent = 0, []
-        gone = asyncio.Event()
-        if leaves_after_events == 0:
-            gone.set()
-
-        async def receive():
-            nonlocal pending, read
-            if pending is not None:
-                chunk, pending = pending, next(chunks, None)
-                read += 1
-                return {"type": "http.request", "body": chunk, "more_body": pending is not None}
-            await gone.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message):
-            sent.append(message)
-            events = sum(m.get("body", b"").count(b"data: ") for m in sent)
-            if events >= leaves_after_events:
-                gone.set()
-
-        scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
-                 "http_version": "1.1", "method": "POST", "scheme": "http", "path": path,
-                 "raw_path": path.encode(), "query_string": b"", "root_path": "",
-                 "headers": [(b"content-type", b"application/json")],
-                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
-        await app(scope, receive, send)
-        start = next(m for m in sent if m["type"] == "http.response.start")
-        return (start["status"], {k.decode(): v.decode() for k, v in start["headers"]},
-                b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"),
-                read)
-    return asyncio.run(run())
-
 
 def test_a_full_waiting_line_is_503_with_retry_after(model):
     from qwen_np.apps.serve.app import make_app

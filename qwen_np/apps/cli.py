@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(sv)
     sv.add_argument("--host", default="127.0.0.1",
                     help="address to listen on (default 127.0.0.1: this machine only)")
-    sv.add_argument("--port", type=count(0), default=8000, help="port (default 8000)")
+    sv.add_argument("--port", type=port_number, default=8000,
+                    help="port, 0 to 65535 (0: any free one; default 8000)")
     sv.add_argument("--api-key", default=os.environ.get("QWEN_NP_API_KEY"),
                     help="require 'Authorization: Bearer KEY' on /v1 requests (default: "
                          "$QWEN_NP_API_KEY if set, else no key)")
@@ -95,6 +96,24 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-waiting", type=count(0), default=64,
                     help="requests that may wait for a slot; past that a request gets 503 "
                          "(default 64)")
+    sv.add_argument("--allowed-origins", default="",
+                    help="comma-separated web origins (https://host:port, or *) whose pages "
+                         "may call the server (CORS). Default none: a request from a web "
+                         "page of another origin is refused (403)")
+    sv.add_argument("--log-level", default="info",
+                    choices=("critical", "error", "warning", "info", "debug"),
+                    help="log level; info writes one access-log line per request "
+                         "(default info)")
+    sv.add_argument("--max-connections", type=count(1), default=1024,
+                    help="open connections held at most (within the open-files limit); past "
+                         "that a new one replaces the one idle longest (default 1024)")
+    sv.add_argument("--header-timeout", type=seconds, default=10.0,
+                    help="seconds a client has to send a request's headers (default 10)")
+    sv.add_argument("--body-timeout", type=seconds, default=30.0,
+                    help="seconds a client has to send a request's body (default 30)")
+    sv.add_argument("--shutdown-grace", type=float, default=5.0,
+                    help="on SIGTERM or Ctrl-C, seconds the open requests get to finish before "
+                         "they are cancelled (each still ends well-formed; default 5)")
     sv.set_defaults(func=cmd_serve)
 
     qz = sub.add_parser("quantize", help="quantize a float model to a GPTQ int4/int8 checkpoint",
@@ -227,6 +246,25 @@ def count(minimum: int):
     return parse
 
 
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 0 to 65535."""
+    value = count(0)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (0 to 65535)")
+    return value
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a number of seconds, more than 0 and finite."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds above 0")
+    return value
+
+
 def add_model_args(p, backend="auto"):
     p.add_argument("-m", "--model", default=None,
                    help="a Hugging Face model folder or a GGUF file (default: the cached "
@@ -271,12 +309,15 @@ def cmd_serve(args) -> int:
     if missing:
         raise QwenNpError(f"serve needs starlette and uvicorn ({', '.join(missing)} not "
                           f"installed): pip install 'qwen-np[serve]'")
-    from qwen_np.apps.serve import run_server
+    from qwen_np.apps.serve import ServerSettings, run_server
+    origins = tuple(o.strip() for o in args.allowed_origins.split(",") if o.strip())
+    settings = ServerSettings(args.host, args.port, args.api_key, args.max_batch, args.context,
+                              args.max_waiting, origins, args.log_level, args.max_connections,
+                              args.header_timeout, args.body_timeout,
+                              max(0.0, args.shutdown_grace))
     model = load_model(args)
     name = args.model_name or os.path.basename(os.path.normpath(model.source))
-    run_server(model, name, args.host, args.port, args.api_key, args.max_batch, args.context,
-               args.max_waiting)
-    return 0
+    return run_server(model, name, settings)
 
 
 def cmd_quantize(args) -> int:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qwen_np.errors import InputError
+from qwen_np.errors import InputError, QwenNpError
 
 
 @dataclass(frozen=True)
@@ -55,14 +55,31 @@ GREEDY = Sampling()
 
 
 def apply_repetition_penalty(logits: np.ndarray, previous_ids, penalty: float) -> np.ndarray:
-    """CTRL-style penalty on every token seen so far: positive logits / p, negative * p."""
+    """CTRL-style penalty on every token seen so far: positive logits / p, negative * p.
+    (A penalty near 0 or near float64's largest may send a logit to +inf or -inf; the
+    temperature step below takes +inf as "certain".)"""
     if penalty == 1.0 or len(previous_ids) == 0:
         return logits
     logits = logits.copy()
     seen = np.unique(np.asarray(previous_ids))
     vals = logits[seen]
-    logits[seen] = np.where(vals > 0, vals / penalty, vals * penalty)
+    with np.errstate(over="ignore"):
+        logits[seen] = np.where(vals > 0, vals / penalty, vals * penalty)
     return logits
+
+
+def divide_by_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """(logits - max) / temperature: the same softmax as logits / temperature (softmax does
+    not change when a constant is added), and safe for every temperature > 0. Every value is
+    <= 0 and the largest is exactly 0, so nothing overflows however small the temperature:
+    a value too far below the top for float64 becomes -inf, whose probability is 0 (its exp
+    would underflow to 0 anyway). Logits at +inf (from a repetition penalty near 0) are the
+    only candidates, equally likely."""
+    top = logits.max()
+    if top == np.inf:
+        return np.where(logits == np.inf, 0.0, -np.inf)
+    with np.errstate(over="ignore"):
+        return (logits - top) / temperature
 
 
 def keep_top_k(logits: np.ndarray, k: int) -> np.ndarray:
@@ -93,13 +110,16 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 def sample_next(logits, rng: np.random.Generator, sampling: Sampling = GREEDY,
                 previous_ids=()) -> int:
-    """One token id from logits [V]."""
+    """One token id from logits [V]. Every setting Sampling accepts gives a token; logits
+    holding NaN (a model that computed garbage) are a QwenNpError, not a draw."""
     if sampling.greedy:                  # the argmax as the logits are (float32 -> float64
         return int(np.argmax(logits))    # would change no order, so it is not done)
     logits = np.asarray(logits, dtype=np.float64)
+    if np.isnan(logits).any() or logits.max() == -np.inf:
+        raise QwenNpError("the model's logits hold NaN (or are all -inf): nothing to sample")
     logits = apply_repetition_penalty(logits, previous_ids, sampling.repetition_penalty)
     if sampling.temperature <= 0:
         return int(np.argmax(logits))
-    logits = keep_top_p(keep_top_k(logits / sampling.temperature, sampling.top_k),
-                        sampling.top_p)
+    logits = keep_top_p(keep_top_k(divide_by_temperature(logits, sampling.temperature),
+                                   sampling.top_k), sampling.top_p)
     return int(rng.choice(logits.size, p=softmax(logits)))

@@ -43,6 +43,10 @@ class QueueFull(QwenNpError):
     """Every slot is taken and the waiting line is full: try again later."""
 
 
+class Closed(QwenNpError):
+    """The batcher is closing (the server is stopping): no new request is taken."""
+
+
 @dataclass(eq=False)
 class Request:
     """One sequence: its prompt, how to choose and when to stop, and where it stands."""
@@ -84,14 +88,17 @@ class Batcher:
         self.lock = threading.Condition()
         self.thread: threading.Thread | None = None
         self.closing = False
+        self.draining = False          # drain(): no new requests; the running ones go on
+        self.looping = False           # run() is in its loop (what /health reports)
+        self.failure: str | None = None   # why the loop died, if it did
 
     # -- from any thread -----------------------------------------------------------------------
     def submit(self, ids, max_new_tokens: int, sampling: Sampling = GREEDY, stop_ids=None,
                emit: Callable[[int | None, str | None], None] = lambda t, f: None) -> Request:
         """Queue a sequence. A prompt that leaves no room in a slot for one new token is an
         InputError; a full waiting line is QueueFull."""
-        if self.closing:
-            raise InputError("the batcher is closed")
+        if self.closing or self.draining:
+            raise Closed("the server is stopping; it takes no new requests")
         ids = self.model._check_ids(ids)
         if len(ids) >= self.context:
             raise InputError(f"the prompt is {len(ids)} tokens; the context holds "
@@ -102,9 +109,12 @@ class Batcher:
         request = Request(ids, min(max_new_tokens, self.context - len(ids)), sampling,
                           frozenset(int(i) for i in stop), emit, rng=sampling.generator())
         with self.lock:
-            if len(self.waiting) - len(self.free) >= self.max_waiting:   # no slot, no room
-                raise QueueFull(f"{len(self.running)} sequences are running and "
-                                f"{len(self.waiting)} waiting; try again later")
+            # (requests waiting for the next turn take the free slots first)
+            queued = len(self.waiting) - len(self.free)       # those left without a slot
+            if queued >= self.max_waiting:
+                raise QueueFull(f"all {len(self.slots.caches)} slots are taken and {queued} "
+                                f"requests wait for one (at most {self.max_waiting}); "
+                                f"try again later")
             self.waiting.append(request)
             self.lock.notify()
         return request
@@ -163,6 +173,10 @@ class Batcher:
         for cache in scratch:
             cache.length, cache.ntk_alpha = 0, 1.0
 
+    def drain(self) -> None:
+        """Take no new requests (submit raises Closed); those running and waiting go on."""
+        self.draining = True
+
     def close(self) -> None:
         with self.lock:
             self.closing = True
@@ -171,20 +185,36 @@ class Batcher:
             self.thread.join()
 
     @property
+    def alive(self) -> bool:
+        """The loop is running (in its thread, if start() made one)."""
+        return self.looping and (self.thread is None or self.thread.is_alive())
+
+    @property
     def load(self) -> tuple[int, int]:
         """(sequences holding slots, requests waiting for one)."""
         return len(self.running), len(self.waiting)
 
     # -- the loop's thread ---------------------------------------------------------------------
     def run(self) -> None:
-        """The loop (module docstring), until close()."""
-        while True:
-            with self.lock:
-                while not (self.closing or self.waiting or self.running):
-                    self.lock.wait()
-                if self.closing:
-                    break
-            self.turn()
+        """The loop (module docstring), until close(). A failure outside any one step (a
+        defect of the loop itself) ends every request with "error" and is raised."""
+        self.looping = True
+        try:
+            while True:
+                with self.lock:
+                    while not (self.closing or self.waiting or self.running):
+                        self.lock.wait()
+                    if self.closing:
+                        break
+                self.turn()
+        except BaseException as e:
+            self.failure = f"{type(e).__name__}: {e}"
+            for request in list(self.running) + list(self.waiting):
+                request.error = self.failure
+                self.end(request, "error")
+            raise
+        finally:
+            self.looping = False
         for request in list(self.running) + list(self.waiting):
             self.end(request, "cancelled")
 
@@ -232,8 +262,8 @@ class Batcher:
         tokens = [r.generated[-1] for r in batch]
         logits = m.backend.to_numpy(decode_step(m.config, m.weights, m.backend, tokens,
                                                 self.slots, [r.slot for r in batch]))
-        for request, row in zip(batch, logits):
-            self.take(request, row)
+        for request, row in zip(batch, logits):      # a request's sampling fails it alone
+            self.guarded([request], lambda: self.take(request, row))
 
     def take(self, request: Request, logits) -> None:
         """Choose the request's next token from its logits [V], emit it or end the request."""
@@ -267,8 +297,9 @@ class Batcher:
                 self.free.sort()
             elif request in self.waiting:
                 self.waiting.remove(request)
-            if not self.running and not self.waiting:
-                release_free_heap()     # the last step's temporaries go back to the system
+            idle = not self.running and not self.waiting
+        if idle:
+            release_free_heap()         # the last step's temporaries go back to the system
         deliver(request, None, reason)
 
 

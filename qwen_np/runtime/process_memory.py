@@ -35,11 +35,7 @@ def release_free_heap() -> None:
     process's RSS as if still used. No-op where there is no glibc.
     """
     import ctypes
-    import ctypes.util
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return
-    try:
-        ctypes.CDLL(name).malloc_trim(0)
+    try:        # the process's own symbols: glibc is loaded already (no find_library, which
+        ctypes.CDLL(None).malloc_trim(0)     # runs ldconfig in a child process)
     except (OSError, AttributeError):
         pass

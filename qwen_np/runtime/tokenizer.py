@@ -156,6 +156,12 @@ class Tokenizer:
         with library_errors(source, "cannot read tokenizer"):
             return cls(HFTokenizer.from_str(text), source)
 
+    def longest_token_bytes(self) -> int:
+        """An upper bound on the bytes of text one token stands for: the longest token's
+        string in UTF-8 (a byte-level token's string writes each byte as one character of
+        1 or 2 UTF-8 bytes, so this is at least its bytes)."""
+        return max(len(t.encode("utf-8")) for t in self._tok.get_vocab(with_added_tokens=True))
+
     def token_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 

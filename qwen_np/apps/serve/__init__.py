@@ -31,8 +31,12 @@ The modules, in that order:
     stop_text.py      StopText: the text released as it becomes final, and stop strings
     answer.py         OpenAI's response shapes: one JSON object, or server-sent events
     openai_errors.py  every refusal in OpenAI's error shape
+    request_log.py    request ids, the access log, the log's configuration (no floods)
+    origins.py        which web pages and host names may reach the server
     app.py            the Starlette routes over all of the above (make_app)
-    __init__.py       run_server: the HTTP server and the batcher's loop, each in its thread
+    connections.py    how many connections, and how long a client may take to send its head
+    __init__.py       run_server: the HTTP server and the batcher's loop, each in its thread,
+                      and how they stop
 """
 
 from __future__ import annotations
@@ -42,35 +46,72 @@ import signal
 import socket
 import sys
 import threading
+from dataclasses import dataclass
 
 from qwen_np.apps.serve.app import make_app
+from qwen_np.apps.serve.connections import (ACCEPT_BATCH, ConnectionLimits, bounded_protocol,
+                                            connection_cap, raise_open_files_limit)
+from qwen_np.apps.serve.json_body import BODY_TIMEOUT_SECONDS
+from qwen_np.apps.serve.origins import is_loopback
+from qwen_np.apps.serve.request_log import logging_config
 from qwen_np.errors import QwenNpError
 from qwen_np.runtime.batch import Batcher
 
-SHUTDOWN_GRACE_SECONDS = 5         # on Ctrl-C / SIGTERM, open requests get this long to finish
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How `qwen-np serve` serves (its command-line options)."""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    max_batch: int = 8
+    context: int = 2048
+    max_waiting: int = 64
+    allowed_origins: tuple[str, ...] = ()
+    log_level: str = "info"
+    max_connections: int = 1024
+    header_timeout: float = 10.0
+    body_timeout: float = BODY_TIMEOUT_SECONDS
+    shutdown_grace: float = 5.0     # on SIGTERM / Ctrl-C, open requests get this long
 
 
-def run_server(model, model_name: str, host: str = "127.0.0.1", port: int = 8000,
-               api_key: str | None = None, max_batch: int = 8, context: int = 2048,
-               max_waiting: int = 64) -> None:
-    """Serve until Ctrl-C or SIGTERM (call from the main thread): bind, warm up, print one
-    line when ready, and on the way out give open requests SHUTDOWN_GRACE_SECONDS.
+def run_server(model, model_name: str, settings: ServerSettings = ServerSettings()) -> int:
+    """Serve until SIGTERM or Ctrl-C (call from the main thread); the exit status: 128 + the
+    signal's number (143 for SIGTERM, 130 for SIGINT) once every open request has ended.
+
+    On the first signal the server takes no new connection or request (503), and the open
+    ones get settings.shutdown_grace seconds to finish; then those left are cancelled, and
+    each still ends well-formed: a stream with an error event and `data: [DONE]`, a plain
+    request with OpenAI's error (503). A second signal cancels them at once. If the
+    batcher's loop itself fails, every open request ends with a 500 and this raises.
 
     The HTTP server runs in a thread of its own, and the batcher's loop in this thread, the
     one that loaded the model: the kernels then run in one thread only (batch.Batcher.start
     says why that matters)."""
     import uvicorn
     model.tokenizer                                  # no tokenizer: a one-line error now
-    batcher = Batcher(model, max_batch=max_batch, context=context, max_waiting=max_waiting)
-    sock = listening_socket(host, port)
+    batcher = Batcher(model, max_batch=settings.max_batch, context=settings.context,
+                      max_waiting=settings.max_waiting)
+    sock = listening_socket(settings.host, settings.port)
+    limits = ConnectionLimits(connection_cap(settings.max_connections, raise_open_files_limit()),
+                              settings.header_timeout)
+    app = make_app(model, batcher, model_name, settings.api_key,
+                   body_timeout=settings.body_timeout, allowed_origins=settings.allowed_origins,
+                   loopback_only=is_loopback(settings.host))
     server = uvicorn.Server(uvicorn.Config(
-        make_app(model, batcher, model_name, api_key), log_level="warning", lifespan="off",
-        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS))
-    interrupted = []
+        app, http=bounded_protocol(limits), backlog=ACCEPT_BATCH, lifespan="off",
+        log_config=logging_config(settings.log_level), log_level=settings.log_level,
+        access_log=False, timeout_graceful_shutdown=int(settings.shutdown_grace) + 10))
+    signals = []
 
-    def stop(sig, frame):       # uvicorn then lets open requests finish, and returns
-        interrupted.append(sig)
-        server.should_exit = True
+    def stop(sig, frame):
+        signals.append(sig)
+        batcher.drain()                 # new requests: 503
+        server.should_exit = True       # no new connections; uvicorn waits for the open ones
+        grace = settings.shutdown_grace if len(signals) == 1 else 0
+        timer = threading.Timer(grace, batcher.close)   # then what is left is cancelled
+        timer.daemon = True
+        timer.start()
 
     def serve_http():
         try:
@@ -85,22 +126,32 @@ def run_server(model, model_name: str, host: str = "127.0.0.1", port: int = 8000
     http = threading.Thread(target=serve_http, name="qwen-np http", daemon=True)
     http.start()
     print(f"qwen-np: serving {model_name} on {url} (backend {model.backend.name}, "
-          f"{max_batch} slots, context {context})", file=sys.stderr, flush=True)
+          f"{settings.max_batch} slots, context {settings.context}, at most "
+          f"{limits.max_connections} connections)", file=sys.stderr, flush=True)
     try:
-        batcher.run()
+        try:
+            batcher.run()
+        except Exception as e:          # the loop's own defect: the requests have had a 500
+            server.should_exit = True
+            http.join(timeout=settings.shutdown_grace + 10)
+            raise QwenNpError(f"the batcher's loop failed ({type(e).__name__}: {e}); the "
+                              f"server has stopped") from e
         http.join()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         sock.close()
-    if signal.SIGINT in interrupted:
-        raise KeyboardInterrupt      # the CLI's exit status 130
+    if not signals:
+        raise QwenNpError("the HTTP server stopped by itself (its log above says why)")
+    sig = signals[0]
+    print(f"qwen-np: stopped by {signal.Signals(sig).name}", file=sys.stderr, flush=True)
+    return 128 + sig
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         return socket.create_server((host, port), family=family, backlog=128)
-    except OSError as e:
-        reason = os.strerror(e.errno) if e.errno else str(e)
+    except (OSError, OverflowError) as e:
+        reason = os.strerror(e.errno) if getattr(e, "errno", None) else str(e)
         raise QwenNpError(f"{host}:{port}: cannot listen there ({reason})") from None

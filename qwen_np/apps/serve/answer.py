@@ -49,7 +49,8 @@ def sse(data) -> bytes:
 
 
 async def whole_answer(http_request: Request, batcher: Batcher, request, queue: asyncio.Queue,
-                       text: StopText, head: dict, chat: bool, prompt_tokens: int) -> dict:
+                       text: StopText, head: dict, chat: bool, prompt_tokens: int,
+                       request_id: str) -> dict:
     """The answer as one response object, once the generation has ended. Meanwhile the client
     is polled: if it goes away, the generation is cancelled."""
     watch = asyncio.create_task(cancel_on_disconnect(http_request, batcher, request))
@@ -63,13 +64,14 @@ async def whole_answer(http_request: Request, batcher: Batcher, request, queue: 
     finally:
         watch.cancel()
         cancel_unfinished(batcher, request)
-    raise_for_failure(ended)
+    raise_for_failure(ended, request_id)
     return {**head, "choices": [whole_choice(chat, "".join(pieces), ended.reason)],
             "usage": usage(prompt_tokens, ended.completion_tokens)}
 
 
 async def stream_events(batcher: Batcher, request, queue: asyncio.Queue, text: StopText,
-                        head: dict, chat: bool, prompt_tokens: int, include_usage: bool):
+                        head: dict, chat: bool, prompt_tokens: int, include_usage: bool,
+                        request_id: str):
     """The streamed answer as server-sent events: chunks of text (a chat's first chunk also
     carries the role), a last chunk with the finish reason, optionally one with the usage and
     no choices, then [DONE]. A failure mid-stream is an event holding OpenAI's error object."""
@@ -81,7 +83,7 @@ async def stream_events(batcher: Batcher, request, queue: asyncio.Queue, text: S
             yield sse({**head, "choices": [chunk_choice(chat, item, None)], **extra})
             continue
         try:
-            raise_for_failure(item)
+            raise_for_failure(item, request_id)
         except ApiError as e:
             yield sse(error_body(e.status, e.message))
             break

@@ -1,24 +1,34 @@
-"""The application: Starlette's routes, one per endpoint, over the batcher."""
+"""The application: Starlette's routes, one per endpoint, over the batcher.
+
+Nothing slow runs in the event loop: a prompt is turned into ids by one worker thread (a
+prompt too long for the context is refused by its length before that: tokens_at_least), so
+that /health and every open stream go on while a large prompt is encoded.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
-import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
 from qwen_np.apps.serve.answer import response_object, stream_events, whole_answer
 from qwen_np.apps.serve.api_key import check_api_key
 from qwen_np.apps.serve.generation import cancel_unfinished, start_generation
 from qwen_np.apps.serve.job import Job, chat_messages, completion_prompt_ids, read_job
-from qwen_np.apps.serve.json_body import MAX_BODY_BYTES, read_json_body
+from qwen_np.apps.serve.json_body import BODY_TIMEOUT_SECONDS, MAX_BODY_BYTES, read_json_body
 from qwen_np.apps.serve.openai_errors import (ApiError, api_error_response, http_error_response,
-                                              input_error_response, internal_error_response)
+                                              input_error_response)
+from qwen_np.apps.serve.origins import OriginCheck
+from qwen_np.apps.serve.request_log import RequestLog
 from qwen_np.apps.serve.stop_text import StopText
 from qwen_np.errors import QwenNpError
 from qwen_np.runtime.batch import Batcher
@@ -27,18 +37,39 @@ from qwen_np.runtime.tokenizer import DEFAULT_SYSTEM_BY_MODEL_TYPE
 
 
 def make_app(model, batcher: Batcher, model_name: str, api_key: str | None = None,
-             max_body_bytes: int = MAX_BODY_BYTES) -> Starlette:
+             max_body_bytes: int = MAX_BODY_BYTES, body_timeout: float = BODY_TIMEOUT_SECONDS,
+             allowed_origins: tuple[str, ...] = (), loopback_only: bool = False) -> Starlette:
     """The ASGI application serving `model` through `batcher` (started) as
-    `model_name`. With `api_key`, every /v1 request must carry `Authorization: Bearer KEY`."""
+    `model_name`. With `api_key`, every /v1 request must carry `Authorization: Bearer KEY`.
+    `allowed_origins` and `loopback_only`: origins.py."""
     tokenizer = model.tokenizer
     created = int(time.time())
+    longest_token = tokenizer.longest_token_bytes()
+    encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qwen-np tokenizer")
 
     async def read_body(http_request: Request) -> dict:
         check_api_key(http_request, api_key)
-        return await read_json_body(http_request, max_body_bytes)
+        return await read_json_body(http_request, max_body_bytes, body_timeout)
+
+    async def off_the_loop(function, *args):
+        """function(*args) in the tokenizer's thread (one: the tokenizer is not shared)."""
+        return await asyncio.get_running_loop().run_in_executor(encoder, function, *args)
+
+    def refuse_by_length(texts: list[str], param: str) -> None:
+        """400 before encoding for text that cannot fit: every token holds at most
+        `longest_token` bytes of it, so it is at least bytes / longest_token tokens."""
+        at_least = tokens_at_least(texts, longest_token)
+        if at_least >= batcher.context:
+            raise ApiError(400, f"the prompt is at least {at_least} tokens; the context holds "
+                                f"{batcher.context}, and one more is needed for the answer",
+                           param=param, code="context_length_exceeded")
 
     async def health(http_request: Request) -> Response:
         running, waiting = batcher.load
+        if not batcher.alive:
+            return JSONResponse({"status": "error", "model": model_name,
+                                 "error": "the batcher's loop is not running"},
+                                status_code=503)
         return JSONResponse({"status": "ok", "model": model_name, "running": running,
                              "waiting": waiting})
 
@@ -56,43 +87,71 @@ def make_app(model, batcher: Batcher, model_name: str, api_key: str | None = Non
 
     async def completions(http_request: Request) -> Response:
         body = await read_body(http_request)
-        job = read_job(body, completion_prompt_ids(body, tokenizer, model.config.vocab_size),
-                       default_max_tokens=16)
+        prompt = body.get("prompt")
+        if isinstance(prompt, str):
+            refuse_by_length([prompt], "prompt")
+        ids = await off_the_loop(completion_prompt_ids, body, tokenizer,
+                                 model.config.vocab_size)
+        job = read_job(body, ids, default_max_tokens=16)
         return await answer(http_request, job, chat=False)
 
     async def chat_completions(http_request: Request) -> Response:
         body = await read_body(http_request)
         model_type = model.config.model_type
-        ids = messages_prompt_ids(tokenizer, model_type, chat_messages(body),
-                                  DEFAULT_SYSTEM_BY_MODEL_TYPE.get(model_type))
+        messages = chat_messages(body)
+        refuse_by_length([m["content"] for m in messages], "messages")
+        ids = await off_the_loop(messages_prompt_ids, tokenizer, model_type, messages,
+                                 DEFAULT_SYSTEM_BY_MODEL_TYPE.get(model_type))
         job = read_job(body, ids, default_max_tokens=batcher.context, chat=True)
         return await answer(http_request, job, chat=True)
 
     async def answer(http_request: Request, job: Job, chat: bool) -> Response:
         request, queue = start_generation(batcher, job, "messages" if chat else "prompt")
-        head = {"id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex,
+        request_id = http_request.state.request_id
+        head = {"id": ("chatcmpl-" if chat else "cmpl-") + request_id,
                 "object": response_object(chat, job.stream), "created": int(time.time()),
                 "model": model_name}
         text = StopText(tokenizer, job.stop)
         if job.stream:
             events = stream_events(batcher, request, queue, text, head, chat, len(job.ids),
-                                   job.include_usage)
+                                   job.include_usage, request_id)
             return StreamingResponse(events, media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache",
                                               "X-Accel-Buffering": "no"},
                                      background=BackgroundTask(cancel_unfinished, batcher,
                                                                request))
         return JSONResponse(await whole_answer(http_request, batcher, request, queue, text,
-                                               head, chat, len(job.ids)))
+                                               head, chat, len(job.ids), request_id))
 
     routes = [Route("/health", health, methods=["GET"]),
               Route("/v1/models", models, methods=["GET"]),
               Route("/v1/models/{name:path}", one_model, methods=["GET"]),
               Route("/v1/completions", completions, methods=["POST"]),
               Route("/v1/chat/completions", chat_completions, methods=["POST"])]
-    return Starlette(routes=routes, exception_handlers={
+    middleware = [Middleware(RequestLog)]
+    if allowed_origins:
+        middleware.append(Middleware(CORSMiddleware, allow_origins=list(allowed_origins),
+                                     allow_methods=["GET", "POST"], allow_headers=["*"],
+                                     expose_headers=["x-request-id"], max_age=600))
+    middleware.append(Middleware(OriginCheck, allowed_origins=tuple(allowed_origins),
+                                 loopback_only=loopback_only))
+    return Starlette(routes=routes, middleware=middleware, exception_handlers={
         ApiError: api_error_response, HTTPException: http_error_response,
-        QwenNpError: input_error_response, Exception: internal_error_response})
+        QwenNpError: input_error_response})
+
+
+def tokens_at_least(texts: list[str], longest_token_bytes: int) -> int:
+    """A lower bound on the tokens of `texts`, from their UTF-8 lengths alone (counted
+    without encoding: a character takes at least 1 byte and at most 4)."""
+    return sum(-(-utf8_length(t) // longest_token_bytes) for t in texts)
+
+
+def utf8_length(text: str) -> int:
+    """len(text.encode("utf-8")), a lone surrogate counted as 3 bytes (json_body.py refuses
+    those, but a bound must not fail)."""
+    if text.isascii():
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def model_card(model_name: str, created: int) -> dict:

@@ -9,15 +9,17 @@ its body generator (the generator's `finally`), a plain request when polling
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 
 from starlette.requests import Request
 
 from qwen_np.apps.serve.job import Job
 from qwen_np.apps.serve.openai_errors import ApiError
+from qwen_np.apps.serve.request_log import SERVER_LOGGER
 from qwen_np.apps.serve.stop_text import StopText
 from qwen_np.errors import InputError
-from qwen_np.runtime.batch import Batcher, QueueFull
+from qwen_np.runtime.batch import Batcher, Closed, QueueFull
 
 RETRY_AFTER_SECONDS = 1            # told to a client refused with 503
 DISCONNECT_POLL_SECONDS = 0.5      # how often a plain (not streamed) request checks its client
@@ -38,9 +40,10 @@ def start_generation(batcher: Batcher, job: Job, prompt_param: str):
 
     try:
         request = batcher.submit(job.ids, job.max_tokens, job.sampling, job.stop_ids, emit)
-    except QueueFull as e:
-        raise ApiError(503, str(e), code="server_busy",
-                       headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
+    except (QueueFull, Closed) as e:
+        raise ApiError(503, str(e), code="server_busy" if isinstance(e, QueueFull) else
+                       "server_stopping", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) \
+            from None
     except InputError as e:      # the prompt does not fit the context
         raise ApiError(400, str(e), param=prompt_param, code="context_length_exceeded") from None
     return request, queue
@@ -91,9 +94,13 @@ async def cancel_on_disconnect(http_request: Request, batcher: Batcher, request)
         await asyncio.sleep(DISCONNECT_POLL_SECONDS)
 
 
-def raise_for_failure(ended: Ended) -> None:
+def raise_for_failure(ended: Ended, request_id: str) -> None:
+    """ApiError for a generation that failed (500: its cause goes to the log, under the
+    request's id, not to the client) or was cancelled by the server (503)."""
     if ended.reason == "error":
-        raise ApiError(500, f"the model failed on this request: {ended.error}")
+        logging.getLogger(SERVER_LOGGER).error("request %s failed: %s", request_id, ended.error)
+        raise ApiError(500, f"the model failed on this request (request id {request_id}; the "
+                            f"server's log has the cause)")
     if ended.reason == "cancelled":
         raise ApiError(503, "the request was cancelled (the server is stopping)",
                        headers={"Retry-After": str(RETRY_AFTER_SECONDS)})

@@ -6,7 +6,8 @@ parameter (and a prompt that does not fit the context), 401 for a missing or wro
 every slot is taken and the waiting line is full.
 
 ApiError is what the server's own code raises; the handlers below (make_app registers them)
-turn it, Starlette's own refusals, qwen-np's errors and anything unexpected into a response.
+turn it, Starlette's own refusals and qwen-np's errors into a response. Anything unexpected
+is request_log.py's: a 500 that names only the request's id, and the cause in the log.
 """
 
 from __future__ import annotations
@@ -54,7 +55,3 @@ async def input_error_response(http_request: Request, e: QwenNpError) -> Respons
     no ChatML tokens) are the request's to fix."""
     return JSONResponse(error_body(400, str(e)), status_code=400)
 
-
-async def internal_error_response(http_request: Request, e: Exception) -> Response:
-    return JSONResponse(error_body(500, f"internal error: {type(e).__name__}: {e}"),
-                        status_code=500)
