@@ -314,10 +314,12 @@ def test_slowloris_and_a_slow_body_neither_hold_the_server_nor_flood_the_log():
         loris.join()
         for c in sockets + [slow_body]:
             c.close()
-        log = s.output()
+        # the log but for the access log's lines (one per request answered, /health included)
+        log = "\n".join(line for line in s.output().splitlines()
+                        if not (line.startswith("INFO:") and " id=" in line))
     assert slowest < 1.0 and r.choices[0].finish_reason in ("stop", "length")
     assert answer.startswith(b"HTTP/1.1 408")
-    assert len(log) < 20_000 and "Too many open files" not in log and "Traceback" not in log
+    assert len(log) < 5_000 and "Too many open files" not in log and "Traceback" not in log
 
 
 def test_the_connection_cap_keeps_an_accept_batch_and_spare_files_free():

@@ -111,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds a client has to send a request's headers (default 10)")
     sv.add_argument("--body-timeout", type=seconds, default=30.0,
                     help="seconds a client has to send a request's body (default 30)")
+    sv.add_argument("--prefix-cache-bytes", type=count(0), default=128 << 20,
+                    help="bytes of evicted prompt prefixes kept for reuse by later requests "
+                         "(0: none kept; a free slot still offers its own prefix). Default "
+                         "134217728 (128 MiB)")
     sv.add_argument("--shutdown-grace", type=float, default=5.0,
                     help="on SIGTERM or Ctrl-C, seconds the open requests get to finish before "
                          "they are cancelled (each still ends well-formed; default 5)")
@@ -305,16 +309,18 @@ def add_sampling_args(p, default_max_new=64):
 
 def cmd_serve(args) -> int:
     import importlib.util
-    missing = [m for m in ("starlette", "uvicorn") if importlib.util.find_spec(m) is None]
+    missing = [m for m in ("starlette", "uvicorn", "prometheus_client")
+               if importlib.util.find_spec(m) is None]
     if missing:
-        raise QwenNpError(f"serve needs starlette and uvicorn ({', '.join(missing)} not "
+        raise QwenNpError(f"serve needs starlette, uvicorn and prometheus-client "
+                          f"({', '.join(missing)} not "
                           f"installed): pip install 'qwen-np[serve]'")
     from qwen_np.apps.serve import ServerSettings, run_server
     origins = tuple(o.strip() for o in args.allowed_origins.split(",") if o.strip())
     settings = ServerSettings(args.host, args.port, args.api_key, args.max_batch, args.context,
                               args.max_waiting, origins, args.log_level, args.max_connections,
                               args.header_timeout, args.body_timeout,
-                              max(0.0, args.shutdown_grace))
+                              max(0.0, args.shutdown_grace), args.prefix_cache_bytes)
     model = load_model(args)
     name = args.model_name or os.path.basename(os.path.normpath(model.source))
     return run_server(model, name, settings)

@@ -37,6 +37,7 @@ from qwen_np.errors import InputError, QwenNpError
 from qwen_np.runtime.process_memory import release_free_heap
 from qwen_np.model.forward import decode_step, forward
 from qwen_np.model.sampling import GREEDY, Sampling, sample_next
+from qwen_np.runtime.prefix_cache import PrefixStore, restore_prefix, usable_prefix, whole_chunks
 
 
 class QueueFull(QwenNpError):
@@ -62,6 +63,8 @@ class Request:
     error: str | None = None
     cancelled: bool = False
     rng: np.random.Generator | None = None
+    cache_prompt: bool = True      # may reuse a cached prompt prefix (runtime/prefix_cache.py)
+    cached_tokens: int = 0         # prompt tokens taken from a cached prefix, not prefilled
 
     @property
     def decoding(self) -> bool:
@@ -72,7 +75,7 @@ class Batcher:
     """The loop of continuous batching over one model (see the module docstring)."""
 
     def __init__(self, model, max_batch: int = 8, context: int = 2048,
-                 prefill_chunk: int = 128, max_waiting: int = 64):
+                 prefill_chunk: int = 128, max_waiting: int = 64, prefix_cache_bytes: int = 0):
         if max_batch < 1 or context < 2 or prefill_chunk < 1 or max_waiting < 0:
             raise InputError(f"max_batch {max_batch}, context {context}, prefill_chunk "
                              f"{prefill_chunk}, max_waiting {max_waiting}: out of range")
@@ -82,6 +85,11 @@ class Batcher:
         self.max_waiting = max_waiting
         self.slots = new_kv_slots(model.config, max_batch, context, model.backend,
                                   model.kv_cache)
+        # prompt prefixes (runtime/prefix_cache.py): what each slot holds, the saved ones,
+        # and whether reuse can be exact for this model at all
+        self.held: list[tuple[int, ...]] = [() for _ in range(max_batch)]
+        self.prefixes = PrefixStore(prefix_cache_bytes)
+        self.reuse = not (model.config.dynamic_ntk or self.slots.caches[0].qwen_v1_quantizer)
         self.free = list(range(max_batch))
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []          # the sequences holding slots
@@ -94,9 +102,11 @@ class Batcher:
 
     # -- from any thread -----------------------------------------------------------------------
     def submit(self, ids, max_new_tokens: int, sampling: Sampling = GREEDY, stop_ids=None,
-               emit: Callable[[int | None, str | None], None] = lambda t, f: None) -> Request:
+               emit: Callable[[int | None, str | None], None] = lambda t, f: None,
+               cache_prompt: bool = True) -> Request:
         """Queue a sequence. A prompt that leaves no room in a slot for one new token is an
-        InputError; a full waiting line is QueueFull."""
+        InputError; a full waiting line is QueueFull. With cache_prompt False it prefills its
+        whole prompt, reusing no cached prefix."""
         if self.closing or self.draining:
             raise Closed("the server is stopping; it takes no new requests")
         ids = self.model._check_ids(ids)
@@ -107,7 +117,8 @@ class Batcher:
             raise InputError(f"max_tokens is {max_new_tokens}; it must be at least 1")
         stop = self.model.stop_ids() if stop_ids is None else stop_ids
         request = Request(ids, min(max_new_tokens, self.context - len(ids)), sampling,
-                          frozenset(int(i) for i in stop), emit, rng=sampling.generator())
+                          frozenset(int(i) for i in stop), emit, rng=sampling.generator(),
+                          cache_prompt=cache_prompt)
         with self.lock:
             # (requests waiting for the next turn take the free slots first)
             queued = len(self.waiting) - len(self.free)       # those left without a slot
@@ -172,6 +183,7 @@ class Batcher:
         decode_step(m.config, m.weights, m.backend, [0, 0], self.slots, [a, b])
         for cache in scratch:
             cache.length, cache.ntk_alpha = 0, 1.0
+        self.held[a] = self.held[b] = ()
 
     def drain(self) -> None:
         """Take no new requests (submit raises Closed); those running and waiting go on."""
@@ -183,6 +195,21 @@ class Batcher:
             self.lock.notify()
         if self.thread is not None:
             self.thread.join()
+
+    @property
+    def n_slots(self) -> int:
+        return len(self.slots.caches)
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes of the slots' KV cache (every array, allocated at the start)."""
+        arrays = [self.slots.k, self.slots.v, self.slots.k_scale, self.slots.k_zero,
+                  self.slots.v_scale, self.slots.v_zero]
+        return sum(int(a.nbytes) for layers in arrays if layers is not None for a in layers)
+
+    def prefix_cache_stats(self) -> dict:
+        """The prefix cache's counters: hits, tokens (reused), evictions, bytes, saved."""
+        return self.prefixes.stats()
 
     @property
     def alive(self) -> bool:
@@ -231,16 +258,55 @@ class Batcher:
             self.guarded(batch, lambda: self.decode(batch))
 
     def admit(self) -> None:
-        with self.lock:
-            while self.free and self.waiting:
+        """Waiting requests into free slots, each into the one that spares it the most
+        prefill (runtime/prefix_cache.py)."""
+        while True:
+            with self.lock:
+                if not (self.free and self.waiting):
+                    return
                 request = self.waiting.popleft()
                 if request.cancelled:
                     self.end(request, "cancelled")
                     continue
-                request.slot = self.free.pop(0)
-                cache = self.slots.caches[request.slot]
-                cache.length, cache.ntk_alpha = 0, 1.0
+                slot, reused, saved = self.choose_slot(request)
+                self.free.remove(slot)
+                request.slot = slot
                 self.running.append(request)
+            self.reuse_prefix(request, reused, saved)
+
+    def choose_slot(self, request: Request):
+        """(free slot, prompt tokens it can reuse, the saved prefix to copy in or None).
+        With nothing to reuse: the free slot holding the shortest prefix (the least lost)."""
+        free = sorted(self.free, key=lambda s: len(self.held[s]))
+        if not (self.reuse and request.cache_prompt):
+            return free[0], 0, None
+        chunk = self.prefill_chunk
+        slot = max(free, key=lambda s: usable_prefix(self.held[s], request.ids, chunk))
+        in_slot = usable_prefix(self.held[slot], request.ids, chunk)
+        saved, in_store = self.prefixes.best(request.ids, chunk)
+        if in_store > in_slot:
+            return free[0], in_store, saved
+        if in_slot == 0:
+            return free[0], 0, None
+        return slot, in_slot, None
+
+    def reuse_prefix(self, request: Request, reused: int, saved) -> None:
+        """Set the request's slot up to hold `reused` prompt tokens: from the slot itself, or
+        copied in from `saved`. A prefix the slot held that is not kept goes to the store."""
+        slot = request.slot
+        cache = self.slots.caches[slot]
+        if saved is not None:                # out of the store first: it is not evicted below
+            self.prefixes.take(saved)
+        if len(self.held[slot]) > reused:
+            self.prefixes.add(self.held[slot], cache)
+        if saved is not None:
+            restore_prefix(cache, saved)
+        cache.length, cache.ntk_alpha = reused, 1.0
+        self.held[slot] = tuple(request.ids[:reused])
+        request.prefilled = request.cached_tokens = reused
+        if reused:
+            self.prefixes.hits += 1
+            self.prefixes.tokens += reused
 
     def prefill_chunk_of(self, request: Request) -> None:
         """The next chunk of the prompt into the request's slot; after the last, its first
@@ -254,6 +320,9 @@ class Batcher:
         logits = forward(m.config, m.weights, m.backend, ids, cache, last_only=True,
                          prompt_length=len(request.ids))
         request.prefilled += len(ids)
+        if self.reuse:            # whole prompt chunks: a prefix later prompts may reuse
+            self.held[request.slot] = tuple(request.ids[:whole_chunks(request.prefilled,
+                                                                      self.prefill_chunk)])
         if request.prefilled == len(request.ids):
             self.take(request, m.backend.to_numpy(logits)[-1])
 

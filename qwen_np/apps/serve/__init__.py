@@ -73,6 +73,7 @@ class ServerSettings:
     header_timeout: float = 10.0
     body_timeout: float = BODY_TIMEOUT_SECONDS
     shutdown_grace: float = 5.0     # on SIGTERM / Ctrl-C, open requests get this long
+    prefix_cache_bytes: int = 128 << 20   # evicted prompt prefixes kept for reuse, at most
 
 
 def run_server(model, model_name: str, settings: ServerSettings = ServerSettings()) -> int:
@@ -91,7 +92,8 @@ def run_server(model, model_name: str, settings: ServerSettings = ServerSettings
     import uvicorn
     model.tokenizer                                  # no tokenizer: a one-line error now
     batcher = Batcher(model, max_batch=settings.max_batch, context=settings.context,
-                      max_waiting=settings.max_waiting)
+                      max_waiting=settings.max_waiting,
+                      prefix_cache_bytes=settings.prefix_cache_bytes)
     sock = listening_socket(settings.host, settings.port)
     limits = ConnectionLimits(connection_cap(settings.max_connections, raise_open_files_limit()),
                               settings.header_timeout)

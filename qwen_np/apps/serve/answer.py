@@ -9,6 +9,7 @@ from starlette.requests import Request
 
 from qwen_np.apps.serve.generation import (Ended, cancel_on_disconnect, cancel_unfinished,
                                            generated_text, raise_for_failure)
+from qwen_np.apps.serve.metrics import RequestTiming
 from qwen_np.apps.serve.openai_errors import ApiError, error_body
 from qwen_np.apps.serve.stop_text import StopText
 from qwen_np.runtime.batch import Batcher
@@ -38,9 +39,11 @@ def chunk_choice(chat: bool, text: str | None, finish_reason: str | None,
     return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict:
+    """OpenAI's usage; cached_tokens: prompt tokens taken from a cached prefix."""
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
 
 
 def sse(data) -> bytes:
@@ -50,13 +53,13 @@ def sse(data) -> bytes:
 
 async def whole_answer(http_request: Request, batcher: Batcher, request, queue: asyncio.Queue,
                        text: StopText, head: dict, chat: bool, prompt_tokens: int,
-                       request_id: str) -> dict:
+                       request_id: str, timing: RequestTiming) -> dict:
     """The answer as one response object, once the generation has ended. Meanwhile the client
     is polled: if it goes away, the generation is cancelled."""
     watch = asyncio.create_task(cancel_on_disconnect(http_request, batcher, request))
     pieces, ended = [], None
     try:
-        async for item in generated_text(batcher, request, queue, text):
+        async for item in generated_text(batcher, request, queue, text, timing):
             if isinstance(item, Ended):
                 ended = item
             else:
@@ -66,19 +69,19 @@ async def whole_answer(http_request: Request, batcher: Batcher, request, queue: 
         cancel_unfinished(batcher, request)
     raise_for_failure(ended, request_id)
     return {**head, "choices": [whole_choice(chat, "".join(pieces), ended.reason)],
-            "usage": usage(prompt_tokens, ended.completion_tokens)}
+            "usage": usage(prompt_tokens, ended.completion_tokens, request.cached_tokens)}
 
 
 async def stream_events(batcher: Batcher, request, queue: asyncio.Queue, text: StopText,
                         head: dict, chat: bool, prompt_tokens: int, include_usage: bool,
-                        request_id: str):
+                        request_id: str, timing: RequestTiming):
     """The streamed answer as server-sent events: chunks of text (a chat's first chunk also
     carries the role), a last chunk with the finish reason, optionally one with the usage and
     no choices, then [DONE]. A failure mid-stream is an event holding OpenAI's error object."""
     extra = {"usage": None} if include_usage else {}
     if chat:
         yield sse({**head, "choices": [chunk_choice(chat, "", None, first=True)], **extra})
-    async for item in generated_text(batcher, request, queue, text):
+    async for item in generated_text(batcher, request, queue, text, timing):
         if not isinstance(item, Ended):
             yield sse({**head, "choices": [chunk_choice(chat, item, None)], **extra})
             continue
@@ -90,5 +93,6 @@ async def stream_events(batcher: Batcher, request, queue: asyncio.Queue, text: S
         yield sse({**head, "choices": [chunk_choice(chat, None, item.reason)], **extra})
         if include_usage:
             yield sse({**head, "choices": [],
-                       "usage": usage(prompt_tokens, item.completion_tokens)})
+                       "usage": usage(prompt_tokens, item.completion_tokens,
+                                      request.cached_tokens)})
     yield sse(b"[DONE]")

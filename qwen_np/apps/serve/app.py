@@ -11,6 +11,7 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
@@ -27,6 +28,7 @@ from qwen_np.apps.serve.job import Job, chat_messages, completion_prompt_ids, re
 from qwen_np.apps.serve.json_body import BODY_TIMEOUT_SECONDS, MAX_BODY_BYTES, read_json_body
 from qwen_np.apps.serve.openai_errors import (ApiError, api_error_response, http_error_response,
                                               input_error_response)
+from qwen_np.apps.serve.metrics import RequestTiming, server_metrics
 from qwen_np.apps.serve.origins import OriginCheck
 from qwen_np.apps.serve.request_log import RequestLog
 from qwen_np.apps.serve.stop_text import StopText
@@ -45,6 +47,7 @@ def make_app(model, batcher: Batcher, model_name: str, api_key: str | None = Non
     tokenizer = model.tokenizer
     created = int(time.time())
     longest_token = tokenizer.longest_token_bytes()
+    metrics = server_metrics(batcher)
     encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qwen-np tokenizer")
 
     async def read_body(http_request: Request) -> dict:
@@ -72,6 +75,12 @@ def make_app(model, batcher: Batcher, model_name: str, api_key: str | None = Non
                                 status_code=503)
         return JSONResponse({"status": "ok", "model": model_name, "running": running,
                              "waiting": waiting})
+
+    async def metrics_text(http_request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    def count(path: str, status: int) -> None:
+        metrics.requests.labels(path if path in known_paths else "other", str(status)).inc()
 
     async def models(http_request: Request) -> Response:
         check_api_key(http_request, api_key)
@@ -107,6 +116,8 @@ def make_app(model, batcher: Batcher, model_name: str, api_key: str | None = Non
 
     async def answer(http_request: Request, job: Job, chat: bool) -> Response:
         request, queue = start_generation(batcher, job, "messages" if chat else "prompt")
+        metrics.prompt_tokens.inc(len(job.ids))
+        timing = RequestTiming(metrics, getattr(http_request.state, "started", time.monotonic()))
         request_id = http_request.state.request_id
         head = {"id": ("chatcmpl-" if chat else "cmpl-") + request_id,
                 "object": response_object(chat, job.stream), "created": int(time.time()),
@@ -114,21 +125,23 @@ def make_app(model, batcher: Batcher, model_name: str, api_key: str | None = Non
         text = StopText(tokenizer, job.stop)
         if job.stream:
             events = stream_events(batcher, request, queue, text, head, chat, len(job.ids),
-                                   job.include_usage, request_id)
+                                   job.include_usage, request_id, timing)
             return StreamingResponse(events, media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache",
                                               "X-Accel-Buffering": "no"},
                                      background=BackgroundTask(cancel_unfinished, batcher,
                                                                request))
         return JSONResponse(await whole_answer(http_request, batcher, request, queue, text,
-                                               head, chat, len(job.ids), request_id))
+                                               head, chat, len(job.ids), request_id, timing))
 
     routes = [Route("/health", health, methods=["GET"]),
+              Route("/metrics", metrics_text, methods=["GET"]),
               Route("/v1/models", models, methods=["GET"]),
               Route("/v1/models/{name:path}", one_model, methods=["GET"]),
               Route("/v1/completions", completions, methods=["POST"]),
               Route("/v1/chat/completions", chat_completions, methods=["POST"])]
-    middleware = [Middleware(RequestLog)]
+    known_paths = {r.path for r in routes}
+    middleware = [Middleware(RequestLog, count=count)]
     if allowed_origins:
         middleware.append(Middleware(CORSMiddleware, allow_origins=list(allowed_origins),
                                      allow_methods=["GET", "POST"], allow_headers=["*"],

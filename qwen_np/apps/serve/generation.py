@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from starlette.requests import Request
 
 from qwen_np.apps.serve.job import Job
+from qwen_np.apps.serve.metrics import RequestTiming
 from qwen_np.apps.serve.openai_errors import ApiError
 from qwen_np.apps.serve.request_log import SERVER_LOGGER
 from qwen_np.apps.serve.stop_text import StopText
@@ -39,7 +40,8 @@ def start_generation(batcher: Batcher, job: Job, prompt_param: str):
             pass
 
     try:
-        request = batcher.submit(job.ids, job.max_tokens, job.sampling, job.stop_ids, emit)
+        request = batcher.submit(job.ids, job.max_tokens, job.sampling, job.stop_ids, emit,
+                                 cache_prompt=job.cache_prompt)
     except (QueueFull, Closed) as e:
         raise ApiError(503, str(e), code="server_busy" if isinstance(e, QueueFull) else
                        "server_stopping", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) \
@@ -57,13 +59,15 @@ class Ended:
     error: str | None = None
 
 
-async def generated_text(batcher: Batcher, request, queue: asyncio.Queue, text: StopText):
+async def generated_text(batcher: Batcher, request, queue: asyncio.Queue, text: StopText,
+                         timing: RequestTiming):
     """The answer's text in pieces as they become final, then one Ended. Whatever way this
     generator ends (done, closed, cancelled), the request does not outlive it."""
     try:
         while True:
             token, finish = await queue.get()
             if finish is None:
+                timing.token()
                 piece = text.add(token)
             else:
                 piece = text.finish() if finish in ("stop", "length") else ""

@@ -2,7 +2,9 @@
 
 Defaults are OpenAI's (temperature 1, top_p 1; max_tokens 16 for completions); for chat,
 max_tokens defaults to what the context leaves. Beyond OpenAI's fields the server reads
-`top_k`, `repetition_penalty` and `ignore_eos` (vLLM's names). Unknown fields are ignored;
+`top_k`, `repetition_penalty` and `ignore_eos` (vLLM's names), and `cache_prompt`
+(llama-server's: false prefills the whole prompt, reusing no cached prefix). Unknown fields
+are ignored;
 fields asking for what the server does not do (n > 1, logprobs, penalties, tools) are a 400.
 """
 
@@ -29,6 +31,7 @@ class Job:
     stop_ids: list[int] | None       # None: the model's own (EOS, <|im_end|>); []: ignore_eos
     stream: bool
     include_usage: bool              # stream_options.include_usage: a last chunk with usage
+    cache_prompt: bool = True        # llama-server's cache_prompt: false reuses no prefix
 
 
 # fields whose only accepted values ask for nothing the server does not do
@@ -62,8 +65,9 @@ def read_job(body: dict, ids: list[int], default_max_tokens: int, chat: bool = F
         raise ApiError(400, "stream_options must be an object, and only with stream: true",
                        param="stream_options")
     include_usage = bool(options) and flag(options, "include_usage", "stream_options.")
+    cache_prompt = body.get("cache_prompt") is None or flag(body, "cache_prompt")
     return Job(ids, max_tokens, sampling_of(body), stop_strings(body),
-               [] if flag(body, "ignore_eos") else None, stream, include_usage)
+               [] if flag(body, "ignore_eos") else None, stream, include_usage, cache_prompt)
 
 
 def sampling_of(body: dict) -> Sampling:

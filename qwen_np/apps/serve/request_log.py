@@ -9,7 +9,7 @@ The line is written once the response has been sent (never per token). Logging g
 uvicorn's own configuration (its handlers and formatters, at --log-level), with one more
 filter: a message repeated within REPEAT_WINDOW seconds is written at most REPEAT_LINES
 times there, and the next line written says how many were left out, so that no client (a
-flood of bad requests, a storm of connections) can fill the log.
+storm of connections, one warning a request) can fill the log; the access log is left whole.
 """
 
 from __future__ import annotations
@@ -33,17 +33,18 @@ class RequestLog:
     access-log line per request, and for an exception nothing else caught, a 500 that names
     only the id (the traceback goes to the log)."""
 
-    def __init__(self, app):
+    def __init__(self, app, count=None):
         self.app = app
         self.log = logging.getLogger(ACCESS_LOGGER)
+        self.count = count            # count(path, status) once each response has been sent
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         request_id = uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
         started, status = time.monotonic(), [None]
+        scope.setdefault("state", {}).update(request_id=request_id, started=started)
 
         async def send_with_id(message):
             if message["type"] == "http.response.start":
@@ -63,6 +64,8 @@ class RequestLog:
                     (b"content-length", str(len(body)).encode())]})
                 await send_with_id({"type": "http.response.body", "body": body})
         finally:
+            if self.count is not None:
+                self.count(scope["path"], status[0] or 0)
             if self.log.isEnabledFor(logging.INFO):
                 client = scope.get("client") or ("-", 0)
                 self.log.info('%s:%s "%s %s" %s %.3fs id=%s', client[0], client[1],
@@ -100,7 +103,8 @@ class RepeatFilter(logging.Filter):
 
 def logging_config(level: str) -> dict:
     """uvicorn's logging configuration, with qwen-np's loggers on its handlers, asyncio's
-    errors on them too, and RepeatFilter on every handler."""
+    errors on them too, and RepeatFilter on every handler but the access log's (one line per
+    request answered: its length follows the requests, which the server bounds)."""
     from uvicorn.config import LOGGING_CONFIG
     config = copy.deepcopy(LOGGING_CONFIG)
     config["filters"] = {"repeats": {"()": RepeatFilter}}
@@ -111,7 +115,11 @@ def logging_config(level: str) -> dict:
                                        "use_colors": False}
     config["handlers"]["qwen_np"] = {"formatter": "qwen_np", "class": "logging.StreamHandler",
                                      "stream": "ext://sys.stderr", "filters": ["repeats"]}
-    for name in (ACCESS_LOGGER, SERVER_LOGGER, "asyncio"):
-        config["loggers"][name] = {"handlers": ["qwen_np"], "level": level.upper(),
+    config["handlers"]["qwen_np_access"] = {"formatter": "qwen_np",
+                                            "class": "logging.StreamHandler",
+                                            "stream": "ext://sys.stderr"}
+    for name, handler in ((ACCESS_LOGGER, "qwen_np_access"), (SERVER_LOGGER, "qwen_np"),
+                          ("asyncio", "qwen_np")):
+        config["loggers"][name] = {"handlers": [handler], "level": level.upper(),
                                    "propagate": False}
     return config
