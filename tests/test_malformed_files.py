@@ -10,12 +10,13 @@ import struct
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
 
 import qwen_np
-from qwen_np.errors import CacheFull, InputError, QwenNpError
+from qwen_np.errors import CacheFull, FormatError, InputError, QwenNpError
 from qwen_np.tensors.quantized import dequantize
 
 from conftest import fixture_path
@@ -208,6 +209,59 @@ def test_a_fifo_is_refused_not_read(tmp_path, name):
                         else d), "-p", "a", "-n", "1"], capture_output=True, text=True, timeout=60)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 1 and len(lines) == 1 and "not a regular file" in lines[0], r.stderr
+
+
+@pytest.mark.parametrize("name", ["x.gguf", "model"])
+def test_inspect_refuses_a_fifo(tmp_path, name):
+    """inspect sniffs a file's magic: a FIFO is refused before it is opened, not waited on."""
+    fifo = tmp_path / name
+    os.mkfifo(fifo)
+    r = subprocess.run([sys.executable, "-m", "qwen_np", "inspect", str(fifo)],
+                       capture_output=True, text=True, timeout=60)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert lines[0].startswith("qwen-np: error: ") and str(fifo) in lines[0], r.stderr
+
+
+def test_ppl_and_trace_do_not_wait_on_a_fifo(tmp_path):
+    """ppl's --text, and the model folder's files that trace hashes, may be FIFOs: a one-line
+    error for the text, and the FIFO left out of the trace's file list."""
+    from conftest import fixture_path
+    fifo = tmp_path / "text.txt"
+    os.mkfifo(fifo)
+    r = subprocess.run([sys.executable, "-m", "qwen_np", "ppl", "-m",
+                        fixture_path("qwen2-tied-f32"), "--text", str(fifo)],
+                       capture_output=True, text=True, timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert f"{fifo}: not a regular file" in lines[0]
+    import shutil
+    from types import SimpleNamespace
+    from qwen_np.oracle.trace import model_identity
+    folder = tmp_path / "model"
+    shutil.copytree(fixture_path("qwen2-tied-f32"), folder)
+    os.mkfifo(folder / "extra.json")
+    from qwen_np.model.config import config_from_hf_dict
+    import json
+    config = config_from_hf_dict(json.loads((folder / "config.json").read_text()))
+    identity = model_identity(SimpleNamespace(source=str(folder), config=config))
+    assert "extra.json" not in identity["sha256"] and "config.json" in identity["sha256"]
+
+
+def test_is_gguf_refuses_a_fifo(tmp_path):
+    """is_gguf checks the file itself, whoever calls it. The FIFO is held open at both ends
+    (O_RDWR, as Linux allows) with GGUF's magic in it, so that reading it would not block:
+    read, it would pass for a GGUF file."""
+    from qwen_np.formats.open import is_gguf
+    fifo = tmp_path / "x.gguf"
+    os.mkfifo(fifo)
+    fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+    try:
+        os.write(fd, b"GGUF")
+        with pytest.raises(FormatError, match="not a regular file"):
+            is_gguf(str(fifo))
+    finally:
+        os.close(fd)
 
 
 # -- GGUF -------------------------------------------------------------------------------
@@ -411,10 +465,86 @@ def test_non_finite_scales_convert_without_warnings(tiny_gguf, tmp_path):
     blocks[0, :2] = np.array([np.inf], np.float16).view(np.uint8)
     blocks[1, :2] = np.array([np.nan], np.float16).view(np.uint8)
     blocks[:, 2:] = 3
-    import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         qt = block_rows_to_canonical(blocks.reshape(2, 34), 8, (2, 32))
     with np.errstate(invalid="ignore"):
         w = dequantize(qt)
     assert not np.isfinite(w).any()
+
+
+# -- non-finite scales and offsets: refused at load, by tensor (formats/open.py) -------------
+
+def loads_with_one_clean_error(path):
+    """The load's one-line error (clean_error), with any NumPy RuntimeWarning an error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        return clean_error(path)
+
+
+def set_block_d(gguf_name, row, value):
+    """Patch: the float16 d of the first block of row `row` of a Q8_0 tensor (34-byte blocks)."""
+    def patch(reader):
+        t = next(t for t in reader.tensors if t.name == gguf_name)
+        assert t.tensor_type == T.Q8_0
+        raw = t.data.reshape(t.data.shape[0], -1)                  # [rows, bytes per row]
+        raw[row, 0:2] = np.array([value], np.float16).view(np.uint8)
+    return patch
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("gguf_name, hf_name, where", [
+    ("blk.0.attn_q.weight", "model.layers.0.self_attn.q_proj.weight", "scale: {} at row 2, group 0"),
+    # the untied embedding stays in its blocks (a lookup table): its d is read from them
+    ("token_embd.weight", "model.embed_tokens.weight", "block scale (d, dmin or m): {} at row 2")])
+def test_gguf_non_finite_block_scale(tiny_gguf, tmp_path, value, gguf_name, hf_name, where):
+    p = patched(tiny_gguf, tmp_path, set_block_d(gguf_name, 2, value))
+    msg = loads_with_one_clean_error(p)
+    assert f"tensor {hf_name} has a non-finite {where.format(value)}" in msg, msg
+
+
+def test_gguf_non_finite_scale_from_the_cli(tiny_gguf, tmp_path):
+    p = patched(tiny_gguf, tmp_path, set_block_d("blk.1.ffn_up.weight", 0, np.nan))
+    r = subprocess.run([sys.executable, "-m", "qwen_np", "run", "-m", str(p), "--backend",
+                        "numpy", "-p", "a", "-n", "1"], capture_output=True, text=True, timeout=60)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, r.stderr          # no RuntimeWarning
+    assert lines[0].startswith(f"qwen-np: error: {p}: tensor model.layers.1.mlp.up_proj.weight "
+                               f"has a non-finite scale: nan"), r.stderr
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_gptq_non_finite_scale(tmp_path, value):
+    """One GPTQ scale (file layout [G, out]: group 0 of output 3) made NaN or inf."""
+    from qwen_np.formats.safetensors import open_safetensors, write_safetensors
+    d = copy_of(GPTQ_DIR, tmp_path)
+    tensors = dict(open_safetensors(str(d / "model.safetensors")))
+    name = "model.layers.1.self_attn.o_proj.scales"
+    scales = np.array(tensors[name])
+    scales[0, 3] = value
+    tensors[name] = scales
+    write_safetensors(str(d / "model.safetensors"), tensors)
+    msg = loads_with_one_clean_error(d)
+    assert (f"tensor model.layers.1.self_attn.o_proj.weight has a non-finite scale: {value} "
+            f"at row 3, group 0") in msg, msg
+
+
+def test_q4_k_non_finite_dmin_is_a_non_finite_offset():
+    """A K-quant's dmin makes its offsets (-dmin * m): a NaN or inf one is named as such, in
+    a converted tensor and in a table left in its blocks."""
+    from qwen_np.formats.gguf_blocks import block_rows_to_canonical
+    from qwen_np.formats.gguf_qwen import block_lookup_table
+    from qwen_np.formats.open import check_scales
+    blocks = np.zeros((2, 144), np.uint8)                         # two rows of one Q4_K block
+    blocks[:, 0:2] = np.array([0.5], np.float16).view(np.uint8)   # d finite
+    blocks[1, 2:4] = np.array([np.inf], np.float16).view(np.uint8)  # dmin of row 1
+    blocks[:, 4:16] = 1                                           # sub-block scales and mins
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        qt = block_rows_to_canonical(blocks, 12, (2, 256))
+        with pytest.raises(FormatError, match=r"x\.gguf: tensor w has a non-finite offset: "
+                                              r"-inf at row 1, group 0"):
+            check_scales({"w": qt}, "x.gguf")
+        with pytest.raises(FormatError, match=r"tensor e has a non-finite block scale "
+                                              r"\(d, dmin or m\): inf at row 1, block 0"):
+            check_scales({"e": block_lookup_table(blocks, 12, 256)}, "x.gguf")

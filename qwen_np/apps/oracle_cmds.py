@@ -54,7 +54,10 @@ def cmd_compare(args) -> int:
 
 def cmd_ppl(args) -> int:
     import json
+    import os
     from qwen_np.oracle.perplexity import perplexity
+    if os.path.exists(args.text) and not os.path.isfile(args.text):     # a FIFO would block
+        raise InputError(f"{args.text}: not a regular file (a UTF-8 text file is expected)")
     try:
         with open(args.text, encoding="utf-8") as f:
             text = f.read()

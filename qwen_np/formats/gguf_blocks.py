@@ -171,6 +171,23 @@ BLOCK_TYPES = {
 }
 
 
+# type id -> (byte offset, count) of a block's float16 fields, side by side: d, then dmin
+# (K-quants) or m (Q4_1, Q5_1). Every scale and offset of a block is one of them times a small
+# integer, so they are finite if and only if these are.
+FLOAT_FIELDS = {2: (0, 1), 3: (0, 2), 6: (0, 1), 7: (0, 2), 8: (0, 1),
+                12: (0, 2), 13: (0, 2), 14: (208, 1)}
+TYPE_IDS = {v[0]: k for k, v in BLOCK_TYPES.items()}     # "Q4_K" -> 12
+
+
+def block_floats(raw: np.ndarray, type_id: int) -> np.ndarray:
+    """raw uint8 [rows, bytes per row] of blocks of `type_id` -> float16 [rows, n_blocks, k]:
+    each block's float16 fields (FLOAT_FIELDS), a view into raw (every block size and field
+    offset is even, so the bytes are read as 16-bit words in place; nothing is copied)."""
+    at, k = FLOAT_FIELDS[type_id]
+    words = raw.view(np.uint16).reshape(raw.shape[0], -1, BLOCK_TYPES[type_id][2] // 2)
+    return words[..., at // 2:at // 2 + k].view(np.float16)
+
+
 def block_rows_to_canonical(raw: np.ndarray, type_id: int, shape: tuple[int, int],
                             rows_per_chunk: int = 2048) -> QuantizedTensor:
     """raw uint8 [out, in / block_size * type_size] (one GGUF matrix) -> QuantizedTensor.
@@ -182,7 +199,8 @@ def block_rows_to_canonical(raw: np.ndarray, type_id: int, shape: tuple[int, int
     codes, high, scales, offsets = [], [], [], []
     group = block
     for r in range(0, out, rows_per_chunk):
-        with np.errstate(over="ignore", invalid="ignore"):  # a file's inf/NaN scales stay so
+        # a file's inf/NaN scales stay so, quietly: formats/open.py's check_scales names them
+        with np.errstate(over="ignore", invalid="ignore"):
             q, scale, offset, group = convert(blocks[r:r + rows_per_chunk])
         q = q.reshape(q.shape[0], n_in)
         if bits == 8:

@@ -117,7 +117,8 @@ def convert_quantized_tensors(tensors: dict, q: dict, expected: dict, source: st
         qweight, qzeros, scales = (tensors.pop(f"{m}.{p}") for p in ("qweight", "qzeros", "scales"))
         g_idx = tensors.pop(f"{m}.g_idx", None)
         scales = checked_parts(m, qweight, qzeros, scales, g_idx, source)
-        with np.errstate(over="ignore", invalid="ignore"):    # a file's inf/NaN scales stay so
+        # a file's inf/NaN scales stay so, quietly: formats/open.py's check_scales names them
+        with np.errstate(over="ignore", invalid="ignore"):
             tensors[weight_name] = to_canonical(method, m, qweight, qzeros, scales, g_idx, bits,
                                                 group, v2, shape, source)
         for packed in (qweight, qzeros, scales, g_idx):  # the file's copy is not needed again

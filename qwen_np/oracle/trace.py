@@ -99,7 +99,8 @@ def model_identity(model) -> dict:
     path = model.source
     files = [path] if os.path.isfile(path) else sorted(
         os.path.join(path, f) for f in os.listdir(path)
-        if f.endswith((".safetensors", ".gguf", ".json", ".tiktoken")))
+        if f.endswith((".safetensors", ".gguf", ".json", ".tiktoken"))
+        and os.path.isfile(os.path.join(path, f)))      # regular files only: a FIFO would block
     return {"path": os.path.abspath(path),
             "sha256": {os.path.basename(f): file_sha256(f) for f in files},
             "config": {k: v for k, v in asdict(model.config).items()}}

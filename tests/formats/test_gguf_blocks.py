@@ -7,7 +7,7 @@ import pytest
 gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as T  # noqa: E402
 
-from qwen_np.formats.gguf_blocks import BLOCK_TYPES, block_rows_to_canonical  # noqa: E402
+from qwen_np.formats.gguf_blocks import BLOCK_TYPES, block_floats, block_rows_to_canonical  # noqa: E402
 from qwen_np.tensors.quantized import dequantize, dequantize_rows  # noqa: E402
 
 rng = np.random.default_rng(0)
@@ -82,3 +82,26 @@ def test_what_each_k_type_costs(name, memory_bytes):
     raw = random_k_blocks(name, 2, 3)
     qt = block_rows_to_canonical(raw, TYPE_ID[name], (2, 768))
     assert qt.nbytes == 6 * memory_bytes
+
+
+@pytest.mark.parametrize("name", LEGACY)
+def test_block_floats_of_legacy_types_are_their_scales_and_mins(name):
+    """block_floats (what formats/open.py checks for NaN and inf in a table left in its
+    blocks) reads d as the converter does, and m where the type has one: a legacy block is
+    one group, whose scale is d and whose offset (Q4_1, Q5_1) is m."""
+    w = rng.standard_normal((3, 32 * 4)).astype(np.float32)
+    raw = gguf.quants.quantize(w, T[name])
+    qt = block_rows_to_canonical(raw, TYPE_ID[name], w.shape)
+    f = block_floats(raw, TYPE_ID[name])                              # [3, 4, 1 or 2]
+    assert np.array_equal(f[..., 0], qt.scale)
+    if f.shape[-1] == 2:
+        assert np.array_equal(f[..., 1], qt.offset)
+
+
+@pytest.mark.parametrize("name", sorted(K_QUANTS))
+def test_block_floats_of_k_types_are_d_and_dmin(name):
+    raw = random_k_blocks(name, 2, 3)
+    blocks = raw.reshape(2, 3, -1)
+    f = block_floats(raw, TYPE_ID[name])                              # [2, 3, 2 or 1]
+    for k, at in enumerate(K_QUANTS[name]):
+        assert np.array_equal(f[..., k], blocks[..., at:at + 2].copy().view(np.float16)[..., 0])
