@@ -74,10 +74,13 @@ def divide_by_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
     <= 0 and the largest is exactly 0, so nothing overflows however small the temperature:
     a value too far below the top for float64 becomes -inf, whose probability is 0 (its exp
     would underflow to 0 anyway). Logits at +inf (from a repetition penalty near 0) are the
-    only candidates, equally likely."""
+    only candidates, equally likely; if every logit is -inf (a penalty near float64's
+    largest, on a vocabulary that has all been seen), none is more likely than another."""
     top = logits.max()
     if top == np.inf:
         return np.where(logits == np.inf, 0.0, -np.inf)
+    if top == -np.inf:
+        return np.zeros_like(logits)
     with np.errstate(over="ignore"):
         return (logits - top) / temperature
 
