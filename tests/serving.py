@@ -143,7 +143,8 @@ class StandInBatcher:
     def __init__(self, full=False, raises=None, fails=None):
         self.full, self.raises, self.fails, self.cancelled = full, raises, fails, []
 
-    def submit(self, ids, max_new_tokens, sampling, stop_ids=None, emit=None, cache_prompt=True):
+    def submit(self, ids, max_new_tokens, sampling, stop_ids=None, emit=None, cache_prompt=True,
+               logprobs=None, prompt_logprobs=False):
         from qwen_np.runtime.batch import QueueFull
         if self.full:
             raise QueueFull("all 1 slots are taken and 0 requests wait for one (at most 0); "
@@ -151,7 +152,7 @@ class StandInBatcher:
         if self.raises is not None:
             raise self.raises
         request = SimpleNamespace(finish=None, generated=[], error=None, emit=emit,
-                                  cached_tokens=0)
+                                  cached_tokens=0, logprobs=None)
         if self.fails is not None:
             request.error, request.finish = self.fails, "error"
             emit(None, "error")

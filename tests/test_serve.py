@@ -254,9 +254,11 @@ def test_a_wrong_or_missing_key_is_401(server):
 
 @pytest.mark.parametrize("settings, param", [
     ({"temperature": -1}, "temperature"), ({"top_p": 2}, "top_p"), ({"top_p": 0}, "top_p"),
-    ({"n": 2}, "n"), ({"max_tokens": 0}, "max_tokens"), ({"stop": ["a"] * 5}, "stop"),
+    ({"n": 0}, "n"), ({"n": 17}, "n"), ({"max_tokens": 0}, "max_tokens"),
+    ({"stop": ["a"] * 5}, "stop"),
     ({"frequency_penalty": 0.5}, "frequency_penalty"), ({"top_k": 2.5}, "top_k"),
-    ({"seed": -3}, "seed"), ({"logprobs": 2}, "logprobs"), ({"prompt": ["a", "b"]}, "prompt"),
+    ({"seed": -3}, "seed"), ({"logprobs": 21}, "logprobs"), ({"logprobs": True}, "logprobs"),
+    ({"prompt": ["a", "b"]}, "prompt"),
     ({"prompt": [1, 384]}, "prompt"), ({"prompt": ""}, "prompt"), ({"stream": "yes"}, "stream"),
 ])
 def test_bad_parameters_are_400(client, settings, param):

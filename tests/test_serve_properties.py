@@ -93,14 +93,23 @@ class AnsweringBatcher:
         return {"hits": 0, "tokens": 0, "evictions": 0, "bytes": 0, "saved": 0}
 
     def submit(self, ids, max_new_tokens, sampling, stop_ids=None, emit=None,
-               cache_prompt=True):
+               cache_prompt=True, logprobs=None, prompt_logprobs=False):
+        from qwen_np.runtime.batch import logprob_entries
         if len(ids) >= self.context:
             raise InputError(f"the prompt is {len(ids)} tokens; the context holds "
                              f"{self.context}")
-        request = SimpleNamespace(finish="length", generated=[], error=None, cached_tokens=0)
+        request = SimpleNamespace(finish="length", generated=[], error=None, cached_tokens=0,
+                                  logprobs=logprobs, token_logprobs=[],
+                                  prompt_token_logprobs=[])
         rng = sampling.generator()
+        if prompt_logprobs:
+            rows = rng.standard_normal((len(ids) - 1, self.vocab_size))
+            request.prompt_token_logprobs = logprob_entries(rows, ids[1:], logprobs or 0)
         for _ in range(min(max_new_tokens, 3)):
-            token = sample_next(rng.standard_normal(self.vocab_size), rng, sampling)
+            row = rng.standard_normal(self.vocab_size)
+            token = sample_next(row, rng, sampling)
+            if logprobs is not None:
+                request.token_logprobs += logprob_entries(row[None], [token], logprobs)
             request.generated.append(token)
             emit(token, None)
         emit(None, "length")

@@ -1,4 +1,4 @@
-"""The soak (tools/soak_serve.py), short: 160 mixed requests from 8 concurrent clients
+"""The soak (tools/soak_serve.py), short: 400 mixed requests from 8 concurrent clients
 (greedy, sampled, cancelled, bad) against a real server. Every answer well-formed and no 500,
 every greedy answer its single-stream text, and no growth of descriptors, memory or slots
 between the warm-up fifth and the end. BENCHMARKS.md records the 1,000-request run on the real
@@ -32,7 +32,7 @@ def test_a_short_soak_leaves_nothing_behind_and_answers_everything_right():
     expected = soak.expected_texts(FIX, "numpy", tokens=12)
     with server_process("--backend", "numpy", "--max-batch", "4", "--context", "256",
                         key=None) as s:
-        report = soak.soak(s.url, s.proc.pid, expected, requests=160, clients=8, tokens=12,
+        report = soak.soak(s.url, s.proc.pid, expected, requests=400, clients=8, tokens=12,
                            context=256)
     assert report["errors"] == [] and report["grew"] == []
     assert all(report["kinds"][k] > 5 for k in ("greedy", "sampled", "cancelled", "bad"))

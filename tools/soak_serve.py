@@ -205,32 +205,55 @@ def one_request(url: str, spec: dict, expected: dict) -> str | None:
 
 
 def server_state(url: str, pid: int | None) -> dict:
-    """Descriptors, resident bytes, /health and the /metrics the soak watches."""
-    health = json.loads(urllib.request.urlopen(url + "/health", timeout=10).read())
-    metrics = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
-    values = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines()
-              if line and not line.startswith("#")}
-    state = {"running": health["running"], "waiting": health["waiting"],
-             "slots": values["qwen_np_slots"],
-             "prefix_cache_bytes": values["qwen_np_prefix_cache_bytes"],
-             "answered_500": sum(v for k, v in values.items()
-                                 if k.startswith("qwen_np_requests_total") and 'status="500"' in k)}
+    """Descriptors and resident bytes (read first: the reads below open connections of their
+    own), then /health and the /metrics the soak watches."""
+    state = {}
     if pid is not None:
-        state["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
+        fds = os.listdir(f"/proc/{pid}/fd")
+        state["fds"] = len(fds)
+        state["fd_kinds"] = sorted(kind_of_fd(pid, fd) for fd in fds)
         with open(f"/proc/{pid}/status") as f:
             state["rss"] = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS"))
+    with urllib.request.urlopen(url + "/health", timeout=10) as r:
+        health = json.loads(r.read())
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    values = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines()
+              if line and not line.startswith("#")}
+    state.update(running=health["running"], waiting=health["waiting"],
+                 slots=values["qwen_np_slots"],
+                 prefix_cache_bytes=values["qwen_np_prefix_cache_bytes"],
+                 answered_500=sum(v for k, v in values.items()
+                                  if k.startswith("qwen_np_requests_total")
+                                  and 'status="500"' in k))
     return state
 
 
+def kind_of_fd(pid: int, fd: str) -> str:
+    """What a descriptor is: "socket", "pipe", a file's path, ..."""
+    try:
+        target = os.readlink(f"/proc/{pid}/fd/{fd}")
+    except OSError:
+        return "gone"
+    return target.split(":")[0] if target.endswith("]") else target
+
+
 def settled_state(url: str, pid: int | None, timeout: float = 30) -> dict:
-    """server_state once every request has left the server (cancelled ones take a turn)."""
+    """server_state once every request has left the server (cancelled ones take a turn) and
+    the descriptors have stopped falling for a second (a client that left is noticed when the
+    server next reads from or writes to its socket, or polls it: up to half a second)."""
     deadline = time.monotonic() + timeout
     while True:
         state = server_state(url, pid)
         if (state["running"], state["waiting"]) == (0, 0) or time.monotonic() > deadline:
-            time.sleep(0.5)                     # closed sockets: gone from /proc/PID/fd
-            return server_state(url, pid)
+            break
         time.sleep(0.1)
+    while True:
+        time.sleep(1.0)
+        later = server_state(url, pid)
+        if later.get("fds") == state.get("fds") or time.monotonic() > deadline:
+            return later
+        state = later
 
 
 def soak(url: str, pid: int | None, expected: dict, requests: int, clients: int, tokens: int,
@@ -281,7 +304,8 @@ def growth(before: dict, after: dict) -> list[str]:
     if after["answered_500"]:
         grew.append(f"{after['answered_500']} answers were 500")
     if "fds" in after and after["fds"] > before["fds"]:
-        grew.append(f"file descriptors {before['fds']} -> {after['fds']}")
+        grew.append(f"file descriptors {before['fds']} -> {after['fds']} "
+                    f"({before['fd_kinds']} -> {after['fd_kinds']})")
     if "rss" in after:
         allowed = before["rss"] + RSS_SLACK + max(
             0, after["prefix_cache_bytes"] - before["prefix_cache_bytes"])

@@ -232,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--ctx", type=count(2), default=512, help="window length (default 512)")
     pp.add_argument("--stride", type=count(1), default=256, help="window step (default 256)")
     pp.add_argument("--json", action="store_true", help="print the result as JSON")
+    pp.add_argument("--per-token", action="store_true",
+                    help="with --json: also each scored token's log-probability "
+                         "(token_logprobs, float64, tokens 1 .. N-1) and the text's token_ids")
     pp.set_defaults(func=cmd_ppl)
     return p
 

@@ -67,7 +67,10 @@ def cmd_ppl(args) -> int:
         raise InputError(f"{args.text}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     model = load_model(args)
     ids = model.tokenizer.encode(text)
-    result = perplexity(model.logits, ids, args.ctx, args.stride, progress_bar("ppl"))
+    result = perplexity(model.logits, ids, args.ctx, args.stride, progress_bar("ppl"),
+                        per_token=args.per_token)
+    if args.per_token:
+        result["token_ids"] = ids
     result.update(text=args.text, model=model.source, backend=args.backend, dtype=args.dtype)
     if args.json:
         print(json.dumps(result))

@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from qwen_np.errors import InputError
+from qwen_np.model.logprobs import token_logprobs
 
 
 def windows(n: int, ctx: int, stride: int):
@@ -35,26 +36,29 @@ def windows(n: int, ctx: int, stride: int):
 
 
 def perplexity(logits_of: Callable[[list[int]], np.ndarray], ids, ctx: int = 512,
-               stride: int = 256, progress: Callable[[int, int], None] | None = None) -> dict:
+               stride: int = 256, progress: Callable[[int, int], None] | None = None,
+               per_token: bool = False) -> dict:
     """{"perplexity", "nll" (mean, nats), "tokens" (scored), "windows"} of ids under a model
     whose logits_of(window ids) gives [len, V] logits for every position of a pass from
-    position 0."""
+    position 0; with per_token, also "token_logprobs": log p of tokens 1 .. N-1 in order
+    (model/logprobs.py, float64)."""
     ids = [int(i) for i in ids]
     if len(ids) < 2:
         raise InputError(f"perplexity needs at least 2 tokens, the text has {len(ids)}")
-    total, count, n_windows = 0.0, 0, 0
+    total, count, n_windows, logprobs = 0.0, 0, 0, []
     for begin, end, first in windows(len(ids), ctx, stride):
         logits = np.asarray(logits_of(ids[begin:end]), np.float64)          # [end-begin, V]
         rows = np.arange(first - 1 - begin, end - 1 - begin)                 # predicting rows
-        picked = logits[rows]
-        top = picked.max(axis=1, keepdims=True)
-        log_z = top[:, 0] + np.log(np.exp(picked - top).sum(axis=1))
-        targets = np.asarray(ids[first:end])
-        total += float(np.sum(log_z - picked[np.arange(len(rows)), targets]))
+        scored = token_logprobs(logits[rows], ids[first:end])               # [rows] log p
+        total -= float(np.sum(scored))
+        logprobs += scored.tolist()
         count += len(rows)
         n_windows += 1
         if progress is not None:
             progress(end, len(ids))
     nll = total / count
-    return {"perplexity": math.exp(nll), "nll": nll, "tokens": count, "windows": n_windows,
-            "ctx": ctx, "stride": stride}
+    result = {"perplexity": math.exp(nll), "nll": nll, "tokens": count, "windows": n_windows,
+              "ctx": ctx, "stride": stride}
+    if per_token:
+        result["token_logprobs"] = logprobs
+    return result

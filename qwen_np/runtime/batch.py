@@ -36,6 +36,7 @@ from qwen_np.model.kv_cache import new_kv_slots
 from qwen_np.errors import InputError, QwenNpError
 from qwen_np.runtime.process_memory import release_free_heap
 from qwen_np.model.forward import decode_step, forward
+from qwen_np.model.logprobs import token_logprobs, top_logprobs
 from qwen_np.model.sampling import GREEDY, Sampling, sample_next
 from qwen_np.runtime.prefix_cache import PrefixStore, restore_prefix, usable_prefix, whole_chunks
 
@@ -65,6 +66,11 @@ class Request:
     rng: np.random.Generator | None = None
     cache_prompt: bool = True      # may reuse a cached prompt prefix (runtime/prefix_cache.py)
     cached_tokens: int = 0         # prompt tokens taken from a cached prefix, not prefilled
+    logprobs: int | None = None    # report each new token's log-probability and this many
+                                   # alternatives (model/logprobs.py); None: none reported
+    prompt_logprobs: bool = False  # also the prompt's tokens' (every position's logits)
+    token_logprobs: list = field(default_factory=list)    # per new token: (logprob, top)
+    prompt_token_logprobs: list = field(default_factory=list)  # per prompt token 1..: same
 
     @property
     def decoding(self) -> bool:
@@ -103,22 +109,28 @@ class Batcher:
     # -- from any thread -----------------------------------------------------------------------
     def submit(self, ids, max_new_tokens: int, sampling: Sampling = GREEDY, stop_ids=None,
                emit: Callable[[int | None, str | None], None] = lambda t, f: None,
-               cache_prompt: bool = True) -> Request:
+               cache_prompt: bool = True, logprobs: int | None = None,
+               prompt_logprobs: bool = False) -> Request:
         """Queue a sequence. A prompt that leaves no room in a slot for one new token is an
         InputError; a full waiting line is QueueFull. With cache_prompt False it prefills its
-        whole prompt, reusing no cached prefix."""
+        whole prompt, reusing no cached prefix. With `logprobs` (k), each new token's
+        log-probability and the k most likely tokens' are kept in request.token_logprobs
+        before the token is emitted; with prompt_logprobs, the prompt's in
+        request.prompt_token_logprobs (its whole prompt is then prefilled), and
+        max_new_tokens may be 0 (the prompt scored, nothing generated)."""
         if self.closing or self.draining:
             raise Closed("the server is stopping; it takes no new requests")
         ids = self.model._check_ids(ids)
         if len(ids) >= self.context:
             raise InputError(f"the prompt is {len(ids)} tokens; the context holds "
                              f"{self.context}, and one more is needed for the answer")
-        if max_new_tokens < 1:
+        if max_new_tokens < (0 if prompt_logprobs else 1):
             raise InputError(f"max_tokens is {max_new_tokens}; it must be at least 1")
         stop = self.model.stop_ids() if stop_ids is None else stop_ids
         request = Request(ids, min(max_new_tokens, self.context - len(ids)), sampling,
                           frozenset(int(i) for i in stop), emit, rng=sampling.generator(),
-                          cache_prompt=cache_prompt)
+                          cache_prompt=cache_prompt and not prompt_logprobs,
+                          logprobs=logprobs, prompt_logprobs=prompt_logprobs)
         with self.lock:
             # (requests waiting for the next turn take the free slots first)
             queued = len(self.waiting) - len(self.free)       # those left without a slot
@@ -317,13 +329,21 @@ class Batcher:
         chunk = len(request.ids) if cache.qwen_v1_quantizer else self.prefill_chunk
         at = request.prefilled
         ids = request.ids[at:at + chunk]
-        logits = forward(m.config, m.weights, m.backend, ids, cache, last_only=True,
-                         prompt_length=len(request.ids))
+        logits = forward(m.config, m.weights, m.backend, ids, cache,
+                         last_only=not request.prompt_logprobs, prompt_length=len(request.ids))
+        if request.prompt_logprobs:      # row i predicts prompt token at + i + 1
+            rows = m.backend.to_numpy(logits)
+            following = request.ids[at + 1:at + 1 + len(ids)]
+            request.prompt_token_logprobs += logprob_entries(
+                rows[:len(following)], following, request.logprobs or 0)
         request.prefilled += len(ids)
         if self.reuse:            # whole prompt chunks: a prefix later prompts may reuse
             self.held[request.slot] = tuple(request.ids[:whole_chunks(request.prefilled,
                                                                       self.prefill_chunk)])
         if request.prefilled == len(request.ids):
+            if request.max_new_tokens == 0:                  # the prompt scored: done
+                self.end(request, "length")
+                return
             self.take(request, m.backend.to_numpy(logits)[-1])
 
     def decode(self, batch: list[Request]) -> None:
@@ -337,6 +357,9 @@ class Batcher:
     def take(self, request: Request, logits) -> None:
         """Choose the request's next token from its logits [V], emit it or end the request."""
         token = sample_next(logits, request.rng, request.sampling, request.ids + request.generated)
+        if request.logprobs is not None:
+            request.token_logprobs += logprob_entries(np.asarray(logits)[None], [token],
+                                                      request.logprobs)
         request.generated.append(token)
         if token in request.stop_ids:
             self.end(request, "stop")
@@ -370,6 +393,12 @@ class Batcher:
         if idle:
             release_free_heap()         # the last step's temporaries go back to the system
         deliver(request, None, reason)
+
+
+def logprob_entries(logits, tokens, k: int) -> list:
+    """(log p of tokens[i] under row i of logits [T, V], the k most likely of that row)."""
+    chosen = token_logprobs(logits, tokens)
+    return [(float(lp), top_logprobs(row, k)) for lp, row in zip(chosen, logits)]
 
 
 def deliver(request: Request, token: int | None, finish: str | None) -> None:

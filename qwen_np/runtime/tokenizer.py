@@ -156,6 +156,16 @@ class Tokenizer:
         with library_errors(source, "cannot read tokenizer"):
             return cls(HFTokenizer.from_str(text), source)
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The exact bytes one token stands for: its byte-level string with each character
+        mapped back to its byte (a special token's text is ASCII, which maps to itself)."""
+        piece = self._tok.id_to_token(int(token_id)) or ""
+        if not hasattr(self, "_byte_of"):
+            self._byte_of = {c: b for b, c in byte_to_unicode().items()}
+        if all(c in self._byte_of for c in piece):
+            return bytes(self._byte_of[c] for c in piece)
+        return piece.encode("utf-8")
+
     def longest_token_bytes(self) -> int:
         """An upper bound on the bytes of text one token stands for: the longest token's
         string in UTF-8 (a byte-level token's string writes each byte as one character of

@@ -1,4 +1,5 @@
-"""OpenAI's response shapes: the answer as one JSON object, or as server-sent events."""
+"""OpenAI's response shapes: the answer as one JSON object, or as server-sent events; its n
+choices, and their log-probabilities (logprobs.py) when asked for."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import json
 
 from starlette.requests import Request
 
-from qwen_np.apps.serve.generation import (Ended, cancel_on_disconnect, cancel_unfinished,
-                                           generated_text, raise_for_failure)
+from qwen_np.apps.serve.generation import (Choice, Ended, cancel_all, cancel_on_disconnect,
+                                           choice_events, raise_for_failure)
+from qwen_np.apps.serve.job import Job
+from qwen_np.apps.serve.logprobs import chat_content, completion_logprobs, joined
 from qwen_np.apps.serve.metrics import RequestTiming
 from qwen_np.apps.serve.openai_errors import ApiError, error_body
-from qwen_np.apps.serve.stop_text import StopText
 from qwen_np.runtime.batch import Batcher
 
 
@@ -21,22 +23,24 @@ def response_object(chat: bool, stream: bool) -> str:
     return "text_completion"
 
 
-def whole_choice(chat: bool, text: str, finish_reason: str) -> dict:
+def whole_choice(chat: bool, index: int, text: str, finish_reason: str, logprobs) -> dict:
     if chat:
-        return {"index": 0, "message": {"role": "assistant", "content": text},
-                "logprobs": None, "finish_reason": finish_reason}
-    return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+        return {"index": index, "message": {"role": "assistant", "content": text},
+                "logprobs": logprobs, "finish_reason": finish_reason}
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
 
 
-def chunk_choice(chat: bool, text: str | None, finish_reason: str | None,
-                 first: bool = False) -> dict:
+def chunk_choice(chat: bool, index: int, text: str | None, finish_reason: str | None,
+                 first: bool = False, logprobs=None) -> dict:
     """One streamed choice: a piece of text, or (text None) the last, with its reason."""
     if chat:
         delta = {} if text is None else {"content": text}
         if first:
             delta = {"role": "assistant", **delta}
-        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-    return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+        return {"index": index, "delta": delta, "logprobs": logprobs,
+                "finish_reason": finish_reason}
+    return {"index": index, "text": text or "", "logprobs": logprobs,
+            "finish_reason": finish_reason}
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict:
@@ -51,48 +55,100 @@ def sse(data) -> bytes:
     return b"data: " + (data if isinstance(data, bytes) else json.dumps(data).encode()) + b"\n\n"
 
 
-async def whole_answer(http_request: Request, batcher: Batcher, request, queue: asyncio.Queue,
-                       text: StopText, head: dict, chat: bool, prompt_tokens: int,
+def echoed_prompt(job: Job, choice: Choice, tokenizer) -> tuple[str, dict | None]:
+    """Completions' echo: the prompt's text and, with logprobs, its tokens' (the first has
+    none: nothing predicts it). The offsets of the generated tokens follow its text."""
+    text = tokenizer.decode(job.ids)
+    if choice.request.logprobs is None:
+        return text, None
+    entries = [(None, [])] + choice.request.prompt_token_logprobs
+    return text, completion_logprobs(tokenizer, job.ids, entries)
+
+
+def new_logprobs(choice: Choice, tokenizer, chat: bool, offset: int = 0):
+    """The log-probabilities of the choice's tokens taken into its text and not given out
+    yet (None when none were asked for, or none are new)."""
+    request = choice.request
+    start, end = choice.logprobs_sent, len(choice.text.ids)
+    if request.logprobs is None or end == start:
+        return None
+    ids, entries = choice.text.ids[start:end], request.token_logprobs[start:end]
+    choice.logprobs_sent = end
+    if chat:
+        return {"content": chat_content(tokenizer, ids, entries), "refusal": None}
+    part = completion_logprobs(tokenizer, ids, entries, offset + choice.offset)
+    choice.offset += sum(len(t) for t in part["tokens"])
+    return part
+
+
+async def whole_answer(http_request: Request, batcher: Batcher, choices: list[Choice],
+                       queue: asyncio.Queue, job: Job, head: dict, chat: bool, tokenizer,
                        request_id: str, timing: RequestTiming) -> dict:
-    """The answer as one response object, once the generation has ended. Meanwhile the client
+    """The answer as one response object, once every choice has ended. Meanwhile the client
     is polled: if it goes away, the generation is cancelled."""
-    watch = asyncio.create_task(cancel_on_disconnect(http_request, batcher, request))
-    pieces, ended = [], None
+    watch = asyncio.create_task(cancel_on_disconnect(http_request, batcher, choices))
+    pieces = {c.index: [] for c in choices}
     try:
-        async for item in generated_text(batcher, request, queue, text, timing):
-            if isinstance(item, Ended):
-                ended = item
-            else:
-                pieces.append(item)
+        async for choice, item in choice_events(batcher, choices, queue, timing):
+            if not isinstance(item, Ended):
+                pieces[choice.index].append(item)
     finally:
         watch.cancel()
-        cancel_unfinished(batcher, request)
-    raise_for_failure(ended, request_id)
-    return {**head, "choices": [whole_choice(chat, "".join(pieces), ended.reason)],
-            "usage": usage(prompt_tokens, ended.completion_tokens, request.cached_tokens)}
+        cancel_all(batcher, choices)
+    for choice in choices:
+        raise_for_failure(choice.ended, request_id)
+    out = []
+    for choice in choices:
+        prefix, prompt_logprobs = echoed_prompt(job, choice, tokenizer) if job.echo else ("",
+                                                                                          None)
+        logprobs = new_logprobs(choice, tokenizer, chat, offset=len(prefix))
+        if chat and logprobs is None and choice.request.logprobs is not None:
+            logprobs = {"content": [], "refusal": None}
+        if not chat and choice.request.logprobs is not None:
+            logprobs = joined([p for p in (prompt_logprobs, logprobs) if p is not None])
+        out.append(whole_choice(chat, choice.index, prefix + "".join(pieces[choice.index]),
+                                choice.ended.reason, logprobs))
+    return {**head, "choices": out,
+            "usage": usage(len(job.ids), sum(c.ended.completion_tokens for c in choices),
+                           choices[0].request.cached_tokens)}
 
 
-async def stream_events(batcher: Batcher, request, queue: asyncio.Queue, text: StopText,
-                        head: dict, chat: bool, prompt_tokens: int, include_usage: bool,
-                        request_id: str, timing: RequestTiming):
-    """The streamed answer as server-sent events: chunks of text (a chat's first chunk also
-    carries the role), a last chunk with the finish reason, optionally one with the usage and
-    no choices, then [DONE]. A failure mid-stream is an event holding OpenAI's error object."""
-    extra = {"usage": None} if include_usage else {}
-    if chat:
-        yield sse({**head, "choices": [chunk_choice(chat, "", None, first=True)], **extra})
-    async for item in generated_text(batcher, request, queue, text, timing):
+async def stream_events(batcher: Batcher, choices: list[Choice], queue: asyncio.Queue,
+                        job: Job, head: dict, chat: bool, tokenizer, request_id: str,
+                        timing: RequestTiming):
+    """The streamed answer as server-sent events: per choice, a chat's first chunk with the
+    role (or, at its first token, completions' echoed prompt), chunks of text (with their tokens' logprobs when
+    asked for), a last chunk with the finish reason; then, with include_usage, one chunk
+    with the usage and no choices; then [DONE]. A failure mid-stream is an event holding
+    OpenAI's error object, then [DONE]."""
+    extra = {"usage": None} if job.include_usage else {}
+
+    def chunk(choice, text, reason=None, first=False, logprobs=None):
+        return sse({**head, "choices": [chunk_choice(chat, choice.index, text, reason, first,
+                                                     logprobs)], **extra})
+    for choice in choices:
+        if chat:
+            yield chunk(choice, "", first=True)
+    echo_pending = {c.index for c in choices} if job.echo else set()
+    async for choice, item in choice_events(batcher, choices, queue, timing):
+        if choice.index in echo_pending and not (isinstance(item, Ended) and
+                                                 item.reason in ("error", "cancelled")):
+            echo_pending.discard(choice.index)        # its prompt is in: its logprobs too
+            text, prompt_logprobs = echoed_prompt(job, choice, tokenizer)
+            choice.offset = len(text)
+            yield chunk(choice, text, logprobs=prompt_logprobs)
         if not isinstance(item, Ended):
-            yield sse({**head, "choices": [chunk_choice(chat, item, None)], **extra})
+            yield chunk(choice, item, logprobs=new_logprobs(choice, tokenizer, chat))
             continue
         try:
             raise_for_failure(item, request_id)
         except ApiError as e:
             yield sse(error_body(e.status, e.message))
             break
-        yield sse({**head, "choices": [chunk_choice(chat, None, item.reason)], **extra})
-        if include_usage:
-            yield sse({**head, "choices": [],
-                       "usage": usage(prompt_tokens, item.completion_tokens,
-                                      request.cached_tokens)})
+        yield chunk(choice, None, item.reason, logprobs=new_logprobs(choice, tokenizer, chat))
+    else:
+        if job.include_usage:
+            yield sse({**head, "choices": [], "usage": usage(
+                len(job.ids), sum(c.ended.completion_tokens for c in choices),
+                choices[0].request.cached_tokens)})
     yield sse(b"[DONE]")

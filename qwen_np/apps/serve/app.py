@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from qwen_np.apps.serve.answer import response_object, stream_events, whole_answer
 from qwen_np.apps.serve.api_key import check_api_key
-from qwen_np.apps.serve.generation import cancel_unfinished, start_generation
+from qwen_np.apps.serve.generation import cancel_all, start_generation
 from qwen_np.apps.serve.job import Job, chat_messages, completion_prompt_ids, read_job
 from qwen_np.apps.serve.json_body import BODY_TIMEOUT_SECONDS, MAX_BODY_BYTES, read_json_body
 from qwen_np.apps.serve.openai_errors import (ApiError, api_error_response, http_error_response,
@@ -31,7 +31,6 @@ from qwen_np.apps.serve.openai_errors import (ApiError, api_error_response, http
 from qwen_np.apps.serve.metrics import RequestTiming, server_metrics
 from qwen_np.apps.serve.origins import OriginCheck
 from qwen_np.apps.serve.request_log import RequestLog
-from qwen_np.apps.serve.stop_text import StopText
 from qwen_np.errors import QwenNpError
 from qwen_np.runtime.batch import Batcher
 from qwen_np.runtime.chat import messages_prompt_ids
@@ -115,24 +114,23 @@ def make_app(model, batcher: Batcher, model_name: str, api_key: str | None = Non
         return await answer(http_request, job, chat=True)
 
     async def answer(http_request: Request, job: Job, chat: bool) -> Response:
-        request, queue = start_generation(batcher, job, "messages" if chat else "prompt")
+        choices, queue = start_generation(batcher, job, "messages" if chat else "prompt",
+                                          tokenizer)
         metrics.prompt_tokens.inc(len(job.ids))
         timing = RequestTiming(metrics, getattr(http_request.state, "started", time.monotonic()))
         request_id = http_request.state.request_id
         head = {"id": ("chatcmpl-" if chat else "cmpl-") + request_id,
                 "object": response_object(chat, job.stream), "created": int(time.time()),
                 "model": model_name}
-        text = StopText(tokenizer, job.stop)
         if job.stream:
-            events = stream_events(batcher, request, queue, text, head, chat, len(job.ids),
-                                   job.include_usage, request_id, timing)
+            events = stream_events(batcher, choices, queue, job, head, chat, tokenizer,
+                                   request_id, timing)
             return StreamingResponse(events, media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache",
                                               "X-Accel-Buffering": "no"},
-                                     background=BackgroundTask(cancel_unfinished, batcher,
-                                                               request))
-        return JSONResponse(await whole_answer(http_request, batcher, request, queue, text,
-                                               head, chat, len(job.ids), request_id, timing))
+                                     background=BackgroundTask(cancel_all, batcher, choices))
+        return JSONResponse(await whole_answer(http_request, batcher, choices, queue, job,
+                                               head, chat, tokenizer, request_id, timing))
 
     routes = [Route("/health", health, methods=["GET"]),
               Route("/metrics", metrics_text, methods=["GET"]),

@@ -1,11 +1,14 @@
 """Reading a request's parameters: the body's fields -> a Job (what it asks of the batcher).
 
 Defaults are OpenAI's (temperature 1, top_p 1; max_tokens 16 for completions); for chat,
-max_tokens defaults to what the context leaves. Beyond OpenAI's fields the server reads
+max_tokens defaults to what the context leaves. `n` choices (at most MAX_CHOICES) are decoded
+as separate rows of the batch, seeded apart (seed, seed + 1, ...). Log-probabilities:
+completions' `logprobs` (an integer 0..20: that many alternatives) with `echo` (the prompt's
+own, and max_tokens may be 0), chat's `logprobs: true` with `top_logprobs` (0..20). Beyond OpenAI's fields the server reads
 `top_k`, `repetition_penalty` and `ignore_eos` (vLLM's names), and `cache_prompt`
 (llama-server's: false prefills the whole prompt, reusing no cached prefix). Unknown fields
 are ignored;
-fields asking for what the server does not do (n > 1, logprobs, penalties, tools) are a 400.
+fields asking for what the server does not do (best_of, penalties, tools) are a 400.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from qwen_np.errors import InputError
 from qwen_np.model.sampling import Sampling
 
 MAX_STOP_STRINGS = 4               # OpenAI's limit
+MAX_CHOICES = 16                   # n
+MAX_TOP_LOGPROBS = 20              # OpenAI's limit for top_logprobs
 CHAT_ROLES = ("system", "user", "assistant")
 
 
@@ -32,11 +37,13 @@ class Job:
     stream: bool
     include_usage: bool              # stream_options.include_usage: a last chunk with usage
     cache_prompt: bool = True        # llama-server's cache_prompt: false reuses no prefix
+    n: int = 1                       # choices
+    logprobs: int | None = None      # alternatives per token to report; None: no logprobs
+    echo: bool = False               # completions: the prompt's text (and logprobs) first
 
 
 # fields whose only accepted values ask for nothing the server does not do
-PLAIN_VALUES = {"n": (None, 1), "best_of": (None, 1), "echo": (None, False),
-                "suffix": (None, ""), "logprobs": (None, False), "top_logprobs": (None, 0),
+PLAIN_VALUES = {"best_of": (None, 1), "suffix": (None, ""),
                 "logit_bias": (None, {}), "frequency_penalty": (None, 0),
                 "presence_penalty": (None, 0), "tools": (None, []), "functions": (None, []),
                 "tool_choice": (None, "none"), "response_format": (None, {"type": "text"})}
@@ -56,9 +63,20 @@ def read_job(body: dict, ids: list[int], default_max_tokens: int, chat: bool = F
         max_tokens = body.get("max_tokens")
     if max_tokens is None:
         max_tokens = default_max_tokens
-    if not is_int(max_tokens) or max_tokens < 1:
+    echo = False if chat else flag(body, "echo")
+    if chat and body.get("echo") is not None:
+        raise ApiError(400, "echo is for /v1/completions only", param="echo",
+                       code="unsupported_parameter")
+    logprobs = chat_logprobs(body) if chat else completion_logprobs(body)
+    least = 0 if echo and logprobs is not None else 1       # the prompt scored alone
+    if not is_int(max_tokens) or max_tokens < least:
         raise ApiError(400, f"max_tokens is {shown(max_tokens)}; it must be an integer "
-                            f">= 1", param="max_tokens")
+                            f">= {least}", param="max_tokens")
+    n = body.get("n")
+    n = 1 if n is None else n
+    if not is_int(n) or not 1 <= n <= MAX_CHOICES:
+        raise ApiError(400, f"n is {shown(n)}; it must be an integer from 1 to {MAX_CHOICES}",
+                       param="n")
     stream = flag(body, "stream")
     options = body.get("stream_options")
     if options is not None and not (isinstance(options, dict) and stream):
@@ -67,7 +85,33 @@ def read_job(body: dict, ids: list[int], default_max_tokens: int, chat: bool = F
     include_usage = bool(options) and flag(options, "include_usage", "stream_options.")
     cache_prompt = body.get("cache_prompt") is None or flag(body, "cache_prompt")
     return Job(ids, max_tokens, sampling_of(body), stop_strings(body),
-               [] if flag(body, "ignore_eos") else None, stream, include_usage, cache_prompt)
+               [] if flag(body, "ignore_eos") else None, stream, include_usage, cache_prompt,
+               n, logprobs, echo)
+
+
+def completion_logprobs(body: dict) -> int | None:
+    """Completions' `logprobs`: null, or how many alternatives per token (0..20)."""
+    value = body.get("logprobs")
+    if value is None:
+        return None
+    if not is_int(value) or not 0 <= value <= MAX_TOP_LOGPROBS:
+        raise ApiError(400, f"logprobs is {shown(value)}; it must be an integer from 0 to "
+                            f"{MAX_TOP_LOGPROBS} (alternatives per token)", param="logprobs")
+    return value
+
+
+def chat_logprobs(body: dict) -> int | None:
+    """Chat's `logprobs: true` and `top_logprobs` (0..20, only with logprobs)."""
+    on = flag(body, "logprobs")
+    top = body.get("top_logprobs")
+    if top is None:
+        return 0 if on else None
+    if not is_int(top) or not 0 <= top <= MAX_TOP_LOGPROBS:
+        raise ApiError(400, f"top_logprobs is {shown(top)}; it must be an integer from 0 to "
+                            f"{MAX_TOP_LOGPROBS}", param="top_logprobs")
+    if not on:
+        raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+    return top
 
 
 def sampling_of(body: dict) -> Sampling:
