@@ -50,3 +50,26 @@ def test_qwen3_30b_a3b_lists_its_experts():
     assert c["quantized codes"] == 48 * (2 * 4096 * 2048 + 2 * 512 * 2048) // 2
     assert c["float matrices"] == 48 * 128 * 2048 * 4            # the routers, float32
     assert 15 < total(c) / GiB < 17
+
+
+def test_memory_counts_the_servers_slots_and_prefix_cache():
+    """Qwen2.5-0.5B's float32 KV cache at 512 positions: 2 (k, v) x 24 layers x 512 x 2 heads x
+    64 x 4 bytes = 12,582,912 bytes per slot, so 50,331,648 for 4 slots; the prefix cache adds
+    its budget as given."""
+    fixture = fixture_path("qwen2-tied-f32")
+    r = subprocess.run([sys.executable, "-m", "qwen_np", "memory", "Qwen2.5-0.5B", "--context",
+                        "512", "--max-batch", "4", "--prefix-cache-bytes", str(64 << 20)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    rows = {line.split("  ")[1].strip(): line for line in r.stdout.splitlines()[2:]
+            if line.startswith("  ") and "GiB" in line}
+    assert f"{50_331_648 / GiB:.3f} GiB" in rows["KV cache"]
+    assert f"{(64 << 20) / GiB:.3f} GiB" in rows["prefix cache (at most)"]
+    r = subprocess.run([sys.executable, "-m", "qwen_np", "memory", fixture, "--context", "64",
+                        "--max-batch", "3", "--prefix-cache-bytes", "1000"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    # the fixture (head_dim 48 / 6 = 8): 2 (k, v) x 2 layers x 64 x 2 heads x 8 x 4 bytes
+    # = 16,384 per slot
+    assert " 49,152 B" in next(l for l in r.stdout.splitlines() if "KV cache" in l)
+    assert " 1,000 B" in next(l for l in r.stdout.splitlines() if "prefix cache" in l)

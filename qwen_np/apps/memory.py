@@ -241,6 +241,15 @@ def total(components: dict[str, int]) -> int:
     return sum(components.values())
 
 
+def add_serving(components: dict[str, int], args) -> None:
+    """What `qwen-np serve` adds: one KV cache per slot (--max-batch), and at most
+    --prefix-cache-bytes of saved prompt prefixes (runtime/prefix_cache.py; what it holds at
+    any moment, and what it has evicted, is on the server's /metrics)."""
+    components["KV cache"] *= args.max_batch
+    if args.prefix_cache_bytes:
+        components["prefix cache (at most)"] = args.prefix_cache_bytes
+
+
 def cmd_memory(args) -> int:
     baseline = rss_bytes() or 0      # this process now: Python, NumPy, qwen_np imported
     item = np.dtype(args.dtype).itemsize
@@ -257,6 +266,7 @@ def cmd_memory(args) -> int:
         print(f"{args.model} (preset), context {args.context}, KV cache {kv}; "
               f"GiB = 2^30 bytes")
         for c in cols.values():
+            add_serving(c, args)
             c["runtime (measured now)"] = baseline
         width = max(24, *(len(k) for k in next(iter(cols.values()))))
         print(f"  {'component':<{width}}" + "".join(f"{k:>18}" for k in cols))
@@ -274,6 +284,7 @@ def cmd_memory(args) -> int:
     cfg = model.config
     comps = model_components(cfg, model.weights, args.context, model.kv_cache, item,
                                 args.prompt_tokens, TILE_ELEMENTS)
+    add_serving(comps, args)
     comps["runtime (measured now)"] = baseline
     predicted = total(comps)
     print(f"{args.model}: context {args.context}, KV cache {model.kv_cache}, "
