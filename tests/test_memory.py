@@ -71,5 +71,5 @@ def test_memory_counts_the_servers_slots_and_prefix_cache():
     assert r.returncode == 0, r.stderr
     # the fixture (head_dim 48 / 6 = 8): 2 (k, v) x 2 layers x 64 x 2 heads x 8 x 4 bytes
     # = 16,384 per slot
-    assert " 49,152 B" in next(l for l in r.stdout.splitlines() if "KV cache" in l)
+    assert " 49,152 B" in next(l for l in r.stdout.splitlines() if "KV cache  " in l)
     assert " 1,000 B" in next(l for l in r.stdout.splitlines() if "prefix cache" in l)
