@@ -2,7 +2,9 @@
 
 Endpoints (OpenAI's request and response shapes):
 
-    GET  /health                  {"status": "ok", "running": r, "waiting": w} (no key needed)
+    GET  /health                  {"status": "ok", "running": r, "waiting": w} (no key needed;
+                                  503 when the batcher's loop is not running)
+    GET  /metrics                 Prometheus's text format (metrics.py; no key needed)
     GET  /v1/models               the one model, under the name it is served as
     POST /v1/completions          a prompt (text or token ids) -> its continuation
     POST /v1/chat/completions     messages -> the assistant's answer (the model's ChatML)
@@ -26,10 +28,14 @@ The modules, in that order:
 
     api_key.py        the `Authorization: Bearer KEY` check
     json_body.py      the body, read within its size limit, as a JSON object
-    job.py            the body's fields -> a Job (prompt ids, max_tokens, stops, Sampling)
-    generation.py     the Job submitted to the batcher; its tokens back on an asyncio.Queue
+    job.py            the body's fields -> a Job (prompt ids, max_tokens, stops, Sampling, n,
+                      logprobs, echo)
+    generation.py     the Job's n choices submitted to the batcher; their tokens back on an
+                      asyncio.Queue
     stop_text.py      StopText: the text released as it becomes final, and stop strings
     answer.py         OpenAI's response shapes: one JSON object, or server-sent events
+    logprobs.py       log-probabilities in OpenAI's chat and completions shapes
+    metrics.py        the Prometheus metrics
     openai_errors.py  every refusal in OpenAI's error shape
     request_log.py    request ids, the access log, the log's configuration (no floods)
     origins.py        which web pages and host names may reach the server
