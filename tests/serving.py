@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import http.client
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -44,8 +45,10 @@ def server_process(*args, status=143, preexec_fn=None, model=FIX, key=KEY):
                             stdout=log, stderr=log, preexec_fn=preexec_fn)
 
     def output() -> str:
-        log.seek(0)
-        return log.read().decode(errors="replace")
+        # pread: the server writes through the same open file, so moving its offset (seek)
+        # would make the server's next lines overwrite the start of the log
+        fd = log.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
 
     url = f"http://127.0.0.1:{port}"
     try:

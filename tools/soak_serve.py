@@ -36,6 +36,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -57,16 +58,18 @@ def free_port() -> int:
 def started_server(model: str, backend: str, context: int, max_batch: int):
     """A `qwen-np serve` process; yields (url, pid); stopped with SIGTERM afterwards."""
     port = free_port()
+    log = tempfile.TemporaryFile()        # (a pipe nobody reads could fill and stop it)
     proc = subprocess.Popen([sys.executable, "-m", "qwen_np", "serve", "-m", model,
                              "--backend", backend, "--port", str(port), "--context",
                              str(context), "--max-batch", str(max_batch), "--log-level",
-                             "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             "warning"], stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
         while True:
             if proc.poll() is not None:
-                raise SystemExit(f"the server exited: {proc.stderr.read().decode()}")
+                log.seek(0)
+                raise SystemExit(f"the server exited: {log.read().decode(errors='replace')}")
             try:
                 urllib.request.urlopen(url + "/health", timeout=5).read()
                 break
