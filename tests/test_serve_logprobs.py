@@ -27,7 +27,8 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
 SHORT = "The quick brown fox jumps over the lazy dog."       # one prefill chunk
-LONG = " ".join(f"word{i} and more" for i in range(60))     # several chunks of 128
+MEDIUM = " ".join(f"word{i} and" for i in range(25))        # 128 to 512 tokens: one pass
+LONG = " ".join(f"word{i} and more" for i in range(60))     # over 512: chunks of 128
 
 
 @pytest.fixture(scope="module")
@@ -62,15 +63,17 @@ def echo_logprobs(url, prompt, k=1, max_tokens=0):
 
 
 def test_echo_logprobs_are_ppls_per_token_logprobs(server, tmp_path):
-    """One prefill chunk: bit for bit (float64 through JSON). Several chunks of 128: the
-    server prefills in chunks, ppl in one pass, so the last bits may differ."""
-    for text, exact in ((SHORT, True), (LONG, False)):
+    """Up to 512 tokens the server scores the prompt in one pass, as ppl scores its window:
+    bit for bit (float64 through JSON). Over 512 it prefills in chunks of 128, ppl in one
+    pass, so the last bits may differ."""
+    for text, exact in ((SHORT, True), (MEDIUM, True), (LONG, False)):
         ids, expected = ppl_per_token(text, tmp_path)
         choice = echo_logprobs(server.url, text)
         lp = choice["logprobs"]
         assert choice["text"] == text and choice["finish_reason"] == "length"
         assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
-        assert len(lp["token_logprobs"]) == len(ids) and len(ids) > (129 if not exact else 5)
+        assert len(lp["token_logprobs"]) == len(ids)
+        assert (len(ids) > 512) == (not exact) and (text is SHORT) == (len(ids) <= 128)
         got = np.array(lp["token_logprobs"][1:])
         if exact:
             assert got.tolist() == expected

@@ -41,6 +41,13 @@ from qwen_np.model.sampling import GREEDY, Sampling, sample_next
 from qwen_np.runtime.prefix_cache import PrefixStore, restore_prefix, usable_prefix, whole_chunks
 
 
+# A prompt scored for its own log-probabilities (echo) of up to this many tokens goes through
+# the model in one pass, as `qwen-np ppl` scores a window, so that the two agree bit for bit
+# (chunks of other sizes run the kernels on other shapes, which moves the last bits). Longer
+# ones go in chunks: one pass would hold [T, vocab] float32 logits at once.
+SCORED_PROMPT_PASS = 512
+
+
 class QueueFull(QwenNpError):
     """Every slot is taken and the waiting line is full: try again later."""
 
@@ -326,7 +333,9 @@ class Batcher:
         its prompt goes in one pass, as in its own code and in runtime/generate.py.)"""
         m = self.model
         cache = self.slots.caches[request.slot]
-        chunk = len(request.ids) if cache.qwen_v1_quantizer else self.prefill_chunk
+        one_pass = cache.qwen_v1_quantizer or (request.prompt_logprobs and
+                                               len(request.ids) <= SCORED_PROMPT_PASS)
+        chunk = len(request.ids) if one_pass else self.prefill_chunk
         at = request.prefilled
         ids = request.ids[at:at + chunk]
         logits = forward(m.config, m.weights, m.backend, ids, cache,
@@ -338,8 +347,8 @@ class Batcher:
                 rows[:len(following)], following, request.logprobs or 0)
         request.prefilled += len(ids)
         if self.reuse:            # whole prompt chunks: a prefix later prompts may reuse
-            self.held[request.slot] = tuple(request.ids[:whole_chunks(request.prefilled,
-                                                                      self.prefill_chunk)])
+            self.held[request.slot] = () if one_pass else tuple(
+                request.ids[:whole_chunks(request.prefilled, self.prefill_chunk)])
         if request.prefilled == len(request.ids):
             if request.max_new_tokens == 0:                  # the prompt scored: done
                 self.end(request, "length")
