@@ -1,7 +1,8 @@
 """Prompt prefixes reused between requests (runtime/prefix_cache.py, runtime/batch.py): a
 request that reuses a prefix, from a free slot or copied back from the saved prefixes, gets
-bit for bit the logits and so the tokens of a fresh prefill, on every fixture model and on the
-real GGUF; reuse is off where it cannot be exact; the store keeps to its byte budget."""
+bit for bit the logits and so the tokens of a fresh prefill, on every fixture model (those
+with dynamic NTK or Qwen v1's int8 cache reuse nothing, and are checked for that) and on the
+real GGUF; the store keeps to its byte budget."""
 
 import importlib.util
 
@@ -15,13 +16,16 @@ from qwen_np.runtime.batch import Batcher
 from qwen_np.runtime.prefix_cache import usable_prefix
 
 BACKENDS = ["numpy"] + (["numba"] if importlib.util.find_spec("numba") else [])
-QUANT = ["quant/gptqmodel-4bit-g32-descact-asym", "quant/gptqmodel-8bit-g64-sym",
-         "quant/autoawq-4bit-g32-gemm", "quant/qwen-np-4bit-g32-asym-v2"]
-MOE = ["moe/qwen2moe-step2-f32", "moe/qwen3moe-headdim24-bf16-sharded",
-       "moe/gptqmodel-qwen3moe-4bit-g32-sym"]
-YARN = ["yarn/qwen2-yarn4", "yarn/qwen3moe-yarn4"]
+QUANT = ["quant/" + n for n in ("gptqmodel-4bit-g32-descact-asym", "gptqmodel-4bit-g32-sym",
+                                 "gptqmodel-8bit-g64-sym", "autoawq-4bit-g32-gemm",
+                                 "qwen-np-4bit-g32-asym-v2", "qwen-np-4bit-g32-sym")]
+MOE = ["moe/" + n for n in ("qwen2moe-step2-f32", "qwen2moe-allsparse-bf16",
+                             "qwen3moe-allsparse-bf16", "qwen3moe-headdim24-bf16-sharded",
+                             "gptqmodel-qwen3moe-4bit-g32-sym")]
+YARN = ["yarn/qwen2-yarn4", "yarn/qwen3-yarn2-betas", "yarn/qwen3moe-yarn4"]
 QWEN1_EXACT = ["qwen1/qwen1-f16-early-keys"]                  # no dynamic NTK
-QWEN1_OFF = ["qwen1/qwen1-f32-ntk-logn", "qwen1/qwen1-f32-cache-int8", "qwen1/qwen1-gptq-int4"]
+QWEN1_OFF = ["qwen1/" + n for n in ("qwen1-f32-ntk-logn", "qwen1-bf16-rotary-half",
+                                     "qwen1-f32-cache-int8", "qwen1-gptq-int4")]
 CHUNK = 4
 SHARED = [5, 6, 7, 8, 9, 10, 11, 12, 13, 14]                 # 2 whole chunks and 2 tokens
 PROMPT_A = SHARED + [20, 21, 22]
