@@ -31,6 +31,19 @@ def fixture_path(name: str) -> str:
     return os.path.join(FIXTURES, name)
 
 
+def run_all(batcher, requests, timeout=120):
+    """Start a batch.Batcher, wait until every request has finished, close it."""
+    import time
+    batcher.start()
+    deadline = time.time() + timeout
+    try:
+        while any(r.finish is None for r in requests) and time.time() < deadline:
+            time.sleep(0.005)
+    finally:
+        batcher.close()
+    assert all(r.finish is not None for r in requests)
+
+
 def rel_err(a, b) -> float:
     """max |a - b| / max |b|: the relative error the acceptance criteria speak of."""
     import numpy as np

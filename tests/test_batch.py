@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import FIXTURE_MODELS, fixture_path
+from conftest import FIXTURE_MODELS, fixture_path, run_all
 from qwen_np.runtime.batch import Batcher, Closed, QueueFull
 from qwen_np.model.kv_cache import new_kv_slots
 from qwen_np.errors import CacheFull, InputError
@@ -82,18 +82,6 @@ def test_a_decode_step_into_a_full_slot_is_refused_before_anything_is_written():
         decode_step(m.config, m.weights, m.backend, [7, 8], slots, [0, 1])
     assert all(np.array_equal(a, b) for a, b in zip(slots.k, before))
     assert [c.length for c in slots.caches] == [1, 4]
-
-
-def run_all(batcher, requests, timeout=120):
-    """Start the batcher, wait until every request has finished, close it."""
-    batcher.start()
-    deadline = time.time() + timeout
-    try:
-        while any(r.finish is None for r in requests) and time.time() < deadline:
-            time.sleep(0.005)
-    finally:
-        batcher.close()
-    assert all(r.finish is not None for r in requests)
 
 
 class Collect:

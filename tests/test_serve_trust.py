@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 
 import qwen_np
+from conftest import run_all
 from serving import (FIX, KEY, PROMPT, StandInBatcher, assert_openai_error, call_app,
                      client_of, get_json, raw, server_process, single_stream, streamed_text)
 from qwen_np.model.sampling import Sampling, sample_next
@@ -84,16 +85,6 @@ def test_huge_temperatures_and_penalties_still_give_a_token():
             assert 0 <= sample_next(CONFIDENT, rng, sampling, [0, 2, 3]) < CONFIDENT.size
 
 
-def run_batch(batcher, requests, timeout=120):
-    batcher.start()
-    deadline = time.time() + timeout
-    try:
-        while any(r.finish is None for r in requests) and time.time() < deadline:
-            time.sleep(0.005)
-    finally:
-        batcher.close()
-
-
 def test_one_requests_failing_sampling_fails_only_that_request(model, monkeypatch):
     """Three greedy rows and one whose sampling raises, in one decode step: the three get
     their single-stream tokens, the fourth alone ends with "error"."""
@@ -109,7 +100,7 @@ def test_one_requests_failing_sampling_fails_only_that_request(model, monkeypatc
     prompts = [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
     requests = [b.submit(p, 12, stop_ids=[]) for p in prompts]
     bad = b.submit([10, 11, 12], 12, Sampling(temperature=1.0, seed=666), stop_ids=[])
-    run_batch(b, requests + [bad])
+    run_all(b, requests + [bad])
     assert bad.finish == "error" and "NaN" in bad.error
     for p, r in zip(prompts, requests):
         assert r.finish == "length" and r.generated == model.generate(p, 12, stop_ids=[])
@@ -322,6 +313,83 @@ def test_slowloris_and_a_slow_body_neither_hold_the_server_nor_flood_the_log():
     assert len(log) < 5_000 and "Too many open files" not in log and "Traceback" not in log
 
 
+def test_a_client_has_header_timeout_seconds_for_its_headers_and_the_cap_makes_room():
+    """--header-timeout 1: half a request head is closed in about a second. --max-connections
+    2: with two idle connections open, a new client pushes out the older and is served; with
+    two requests in flight, a third connection gets a 503 in OpenAI's shape and is closed."""
+    with server_process("--backend", "numpy", "--header-timeout", "1", "--max-connections",
+                        "2", "--context", "8192") as s:
+        address = tuple(s.url.removeprefix("http://").split(":"))
+        address = (address[0], int(address[1]))
+        half = socket.create_connection(address)
+        half.sendall(b"GET /hea")
+        half.settimeout(10)
+        started = time.monotonic()
+        assert half.recv(100) == b""                          # closed, with no answer
+        assert 0.8 < time.monotonic() - started < 5
+        half.close()
+        idle = [socket.create_connection(address) for _ in range(2)]
+        time.sleep(0.2)
+        assert get_json(s.url + "/health")["status"] == "ok"   # pushed the older one out
+        idle[0].settimeout(5)
+        assert idle[0].recv(100) == b""
+        for c in idle:
+            c.close()
+        long = json.dumps({"prompt": PROMPT, "max_tokens": 8000, "ignore_eos": True,
+                           "stream": True}).encode()
+        busy = []
+        for _ in range(2):
+            c = socket.create_connection(address)
+            c.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: "
+                      b"Bearer " + KEY.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(long)
+                      + long)
+            c.settimeout(30)
+            assert c.recv(12) == b"HTTP/1.1 200"
+            busy.append(c)
+        third = socket.create_connection(address)
+        third.settimeout(10)
+        answer = b""
+        while chunk := third.recv(4096):
+            answer += chunk
+        head, body = answer.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in head
+        assert_openai_error(json.loads(body), "server_error")
+        for c in busy + [third]:
+            c.close()
+
+
+def test_a_message_repeated_is_written_at_most_five_times_a_window(monkeypatch):
+    import logging
+    from qwen_np.apps.serve import request_log
+    clock = [100.0]
+    monkeypatch.setattr(request_log.time, "monotonic", lambda: clock[0])
+    f = request_log.RepeatFilter()
+
+    def record(msg):
+        return logging.LogRecord("uvicorn.error", logging.WARNING, "x", 1, msg, (), None)
+    passed = [f.filter(record("Invalid HTTP request received.")) for _ in range(20)]
+    assert passed == [True] * 5 + [False] * 15
+    assert f.filter(record("another message"))
+    clock[0] += request_log.REPEAT_WINDOW + 1
+    again = record("Invalid HTTP request received.")
+    assert f.filter(again) and again.msg.endswith("(15 more like this left out)")
+
+
+def test_a_defect_of_the_batchers_loop_ends_every_request_with_error_and_is_raised(model):
+    from qwen_np.runtime.batch import Batcher
+    b = Batcher(model, max_batch=1, context=64)
+    requests = [b.submit([1, 2], 4, stop_ids=[]) for _ in range(3)]
+
+    def broken():
+        raise RuntimeError("a defect of the loop")
+    b.turn = broken
+    with pytest.raises(RuntimeError, match="a defect of the loop"):
+        b.run()
+    assert [r.finish for r in requests] == ["error"] * 3
+    assert all("a defect of the loop" in r.error for r in requests)
+    assert not b.alive and b.failure.startswith("RuntimeError")
+
+
 def test_the_connection_cap_keeps_an_accept_batch_and_spare_files_free():
     from qwen_np.apps.serve.connections import ACCEPT_BATCH, SPARE_FILES, connection_cap
     assert connection_cap(1024, 256) == 256 - ACCEPT_BATCH - SPARE_FILES
@@ -403,7 +471,7 @@ def test_going_idle_frees_the_heap_outside_the_lock_and_runs_no_ldconfig(model, 
     monkeypatch.setattr(batch, "release_free_heap", lambda: held.append(b.lock._is_owned()))
     b = batch.Batcher(model, max_batch=1, context=64)
     r = b.submit([1, 2], 2, stop_ids=[])
-    run_batch(b, [r])
+    run_all(b, [r])
     assert held == [False]
 
 
