@@ -91,10 +91,10 @@ def test_one_requests_failing_sampling_fails_only_that_request(model, monkeypatc
     import qwen_np.runtime.batch as batch
     real = batch.sample_next
 
-    def fails_for_seed_666(logits, rng, sampling, previous):
+    def fails_for_seed_666(logits, rng, sampling, previous, *generated):
         if sampling.seed == 666 and len(previous) > 3:
             raise ValueError("Probabilities contain NaN")
-        return real(logits, rng, sampling, previous)
+        return real(logits, rng, sampling, previous, *generated)
     monkeypatch.setattr(batch, "sample_next", fails_for_seed_666)
     b = batch.Batcher(model, max_batch=4, context=64)
     prompts = [[1, 2, 3], [4, 5, 6], [7, 8, 9]]

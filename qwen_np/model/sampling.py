@@ -1,9 +1,18 @@
 """Choosing the next token from the last position's logits.
 
-The order is transformers': repetition penalty, then temperature, top-k, top-p, then a draw.
-temperature == 0 means greedy (argmax after the penalty). A seeded `np.random.Generator`
-makes every draw reproducible. A request's settings travel as one `Sampling` value, from the
-command line or an HTTP body to `sample_next`.
+The order is vLLM's (v1 sampler.py: penalties, then temperature, then min_p, then top-k and
+top-p, then the draw):
+
+    repetition penalty   transformers' (CTRL): over the prompt and the tokens generated
+    presence, frequency  OpenAI's: over the tokens generated only (not the prompt)
+    temperature          0 means greedy: the argmax after the penalties
+    min_p                vLLM's: drop tokens less likely than min_p x the top token
+    top-k, top-p         on what min_p kept
+    draw                 from a seeded `np.random.Generator`: every draw reproducible
+
+A request's settings travel as one `Sampling` value, from the command line or an HTTP body
+to `sample_next`; `sampling_with_defaults` fills the settings a request leaves out from a
+model's generation_config.json (formats/generation_config.py).
 """
 
 from __future__ import annotations
@@ -24,18 +33,24 @@ class Sampling:
     top_p: float = 1.0                # 1: off
     repetition_penalty: float = 1.0   # 1: off
     seed: int | None = None           # the draws' generator (None: a fresh random one)
+    presence_penalty: float = 0.0     # 0: off; OpenAI's range -2..2
+    frequency_penalty: float = 0.0    # 0: off; OpenAI's range -2..2
+    min_p: float = 0.0                # 0: off; vLLM's range 0..1
 
     def __post_init__(self):
         """Refuse settings the sampler cannot honour, naming the setting."""
-        checks = (("temperature", lambda v: v >= 0), ("top_p", lambda v: 0 < v <= 1),
-                  ("top_k", lambda v: v >= 0 and v == int(v)),
-                  ("repetition_penalty", lambda v: v > 0))
-        for name, ok in checks:
+        checks = (("temperature", lambda v: v >= 0, "a number >= 0"),
+                  ("top_p", lambda v: 0 < v <= 1, "a number in (0, 1]"),
+                  ("top_k", lambda v: v >= 0 and v == int(v), "an integer >= 0"),
+                  ("repetition_penalty", lambda v: v > 0, "a number > 0"),
+                  ("presence_penalty", lambda v: -2 <= v <= 2, "a number in [-2, 2]"),
+                  ("frequency_penalty", lambda v: -2 <= v <= 2, "a number in [-2, 2]"),
+                  ("min_p", lambda v: 0 <= v <= 1, "a number in [0, 1]"))
+        for name, ok, allowed in checks:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and not isinstance(value, bool)
                     and math.isfinite(value) and ok(value)):
-                raise InputError(f"{name} is {value!r}; allowed: temperature >= 0, "
-                                 f"0 < top_p <= 1, top_k >= 0, repetition_penalty > 0")
+                raise InputError(f"{name} is {value!r}; it must be {allowed}")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int):
             raise InputError(f"top_k is {self.top_k!r}; it must be an integer")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
@@ -44,14 +59,24 @@ class Sampling:
 
     @property
     def greedy(self) -> bool:
-        """The argmax of the logits as they are (no penalty, no draw)."""
-        return self.temperature <= 0 and self.repetition_penalty == 1.0
+        """The argmax of the logits as they are (no penalty, no draw; min_p, top-k and
+        top-p never drop the top token)."""
+        return (self.temperature <= 0 and self.repetition_penalty == 1.0
+                and self.presence_penalty == 0 and self.frequency_penalty == 0)
 
     def generator(self) -> np.random.Generator:
         return np.random.default_rng(self.seed)
 
 
 GREEDY = Sampling()
+
+
+def sampling_with_defaults(defaults: dict, **given) -> Sampling:
+    """A Sampling from the settings `given` (None: not given), else `defaults` (a model's
+    generation_config.json, formats/generation_config.py), else Sampling's own."""
+    values = dict(defaults)
+    values.update({name: value for name, value in given.items() if value is not None})
+    return Sampling(**values)
 
 
 def apply_repetition_penalty(logits: np.ndarray, previous_ids, penalty: float) -> np.ndarray:
@@ -65,6 +90,19 @@ def apply_repetition_penalty(logits: np.ndarray, previous_ids, penalty: float) -
     vals = logits[seen]
     with np.errstate(over="ignore"):
         logits[seen] = np.where(vals > 0, vals / penalty, vals * penalty)
+    return logits
+
+
+def apply_presence_frequency_penalties(logits: np.ndarray, generated_ids, presence: float,
+                                       frequency: float) -> np.ndarray:
+    """OpenAI's penalties: logits[j] -= c[j] * frequency + (c[j] > 0) * presence, c[j] the
+    times token j was generated so far (the prompt is not counted; vLLM's apply_penalties in
+    model_executor/layers/utils.py does the same with its output_bin_counts)."""
+    if (presence == 0 and frequency == 0) or len(generated_ids) == 0:
+        return logits
+    ids, counts = np.unique(np.asarray(generated_ids), return_counts=True)
+    logits = logits.copy()
+    logits[ids] -= counts * frequency + presence
     return logits
 
 
@@ -83,6 +121,15 @@ def divide_by_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
         return np.zeros_like(logits)
     with np.errstate(over="ignore"):
         return (logits - top) / temperature
+
+
+def keep_min_p(logits: np.ndarray, min_p: float) -> np.ndarray:
+    """vLLM's min_p: tokens whose probability is below min_p x the top token's become -inf
+    (the top token always stays; 0 keeps all)."""
+    if min_p <= 0:
+        return logits
+    probs = softmax(logits)
+    return np.where(probs < min_p * probs.max(), -np.inf, logits)
 
 
 def keep_top_k(logits: np.ndarray, k: int) -> np.ndarray:
@@ -112,8 +159,10 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 
 def sample_next(logits, rng: np.random.Generator, sampling: Sampling = GREEDY,
-                previous_ids=()) -> int:
-    """One token id from logits [V]. Every setting Sampling accepts gives a token; logits
+                previous_ids=(), generated_ids=None) -> int:
+    """One token id from logits [V]. `previous_ids`: the prompt and the tokens generated so
+    far (the repetition penalty's); `generated_ids`: those generated only (the presence and
+    frequency penalties'; None: none). Every setting Sampling accepts gives a token; logits
     holding NaN (a model that computed garbage) are a QwenNpError, not a draw."""
     if sampling.greedy:                  # the argmax as the logits are (float32 -> float64
         return int(np.argmax(logits))    # would change no order, so it is not done)
@@ -121,8 +170,11 @@ def sample_next(logits, rng: np.random.Generator, sampling: Sampling = GREEDY,
     if np.isnan(logits).any() or logits.max() == -np.inf:
         raise QwenNpError("the model's logits hold NaN (or are all -inf): nothing to sample")
     logits = apply_repetition_penalty(logits, previous_ids, sampling.repetition_penalty)
+    generated = () if generated_ids is None else generated_ids
+    logits = apply_presence_frequency_penalties(logits, generated, sampling.presence_penalty,
+                                                sampling.frequency_penalty)
     if sampling.temperature <= 0:
         return int(np.argmax(logits))
-    logits = keep_top_p(keep_top_k(divide_by_temperature(logits, sampling.temperature),
-                                   sampling.top_k), sampling.top_p)
+    logits = keep_min_p(divide_by_temperature(logits, sampling.temperature), sampling.min_p)
+    logits = keep_top_p(keep_top_k(logits, sampling.top_k), sampling.top_p)
     return int(rng.choice(logits.size, p=softmax(logits)))

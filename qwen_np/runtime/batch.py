@@ -78,6 +78,8 @@ class Request:
     prompt_logprobs: bool = False  # also the prompt's tokens' (every position's logits)
     token_logprobs: list = field(default_factory=list)    # per new token: (logprob, top)
     prompt_token_logprobs: list = field(default_factory=list)  # per prompt token 1..: same
+    constraint: object = None      # runtime/constraint.py's Constraint: only tokens its
+                                   # grammar allows are sampled; None: any token
 
     @property
     def decoding(self) -> bool:
@@ -117,14 +119,16 @@ class Batcher:
     def submit(self, ids, max_new_tokens: int, sampling: Sampling = GREEDY, stop_ids=None,
                emit: Callable[[int | None, str | None], None] = lambda t, f: None,
                cache_prompt: bool = True, logprobs: int | None = None,
-               prompt_logprobs: bool = False) -> Request:
+               prompt_logprobs: bool = False, constraint=None) -> Request:
         """Queue a sequence. A prompt that leaves no room in a slot for one new token is an
         InputError; a full waiting line is QueueFull. With cache_prompt False it prefills its
         whole prompt, reusing no cached prefix. With `logprobs` (k), each new token's
         log-probability and the k most likely tokens' are kept in request.token_logprobs
         before the token is emitted; with prompt_logprobs, the prompt's in
         request.prompt_token_logprobs (its whole prompt is then prefilled), and
-        max_new_tokens may be 0 (the prompt scored, nothing generated)."""
+        max_new_tokens may be 0 (the prompt scored, nothing generated). With a `constraint`
+        (runtime/constraint.py, a fresh one per request) each token is sampled from the
+        tokens its grammar allows; the request ends "stop" once its output is complete."""
         if self.closing or self.draining:
             raise Closed("the server is stopping; it takes no new requests")
         ids = self.model._check_ids(ids)
@@ -137,7 +141,8 @@ class Batcher:
         request = Request(ids, min(max_new_tokens, self.context - len(ids)), sampling,
                           frozenset(int(i) for i in stop), emit, rng=sampling.generator(),
                           cache_prompt=cache_prompt and not prompt_logprobs,
-                          logprobs=logprobs, prompt_logprobs=prompt_logprobs)
+                          logprobs=logprobs, prompt_logprobs=prompt_logprobs,
+                          constraint=constraint)
         with self.lock:
             # (requests waiting for the next turn take the free slots first)
             queued = len(self.waiting) - len(self.free)       # those left without a slot
@@ -364,16 +369,28 @@ class Batcher:
             self.guarded([request], lambda: self.take(request, row))
 
     def take(self, request: Request, logits) -> None:
-        """Choose the request's next token from its logits [V], emit it or end the request."""
-        token = sample_next(logits, request.rng, request.sampling, request.ids + request.generated)
+        """Choose the request's next token from its logits [V], emit it or end the request.
+        A constrained request samples from a copy with the tokens its grammar forbids at
+        -inf; its logprobs stay the model's own (as vLLM's default, raw_logprobs), and a
+        stop token its grammar allows ends it as one of its stop ids would."""
+        model_logits, constraint = logits, request.constraint
+        if constraint is not None:
+            logits = constraint.mask(logits)
+        token = sample_next(logits, request.rng, request.sampling, request.ids + request.generated,
+                            request.generated)
+        if constraint is not None:
+            constraint.accept(token)
         if request.logprobs is not None:
-            request.token_logprobs += logprob_entries(np.asarray(logits)[None], [token],
+            request.token_logprobs += logprob_entries(np.asarray(model_logits)[None], [token],
                                                       request.logprobs)
         request.generated.append(token)
-        if token in request.stop_ids:
+        if token in request.stop_ids or (constraint is not None and token in constraint.stop_ids):
             self.end(request, "stop")
             return
         deliver(request, token, None)
+        if constraint is not None and constraint.finished:    # only a stop token may follow
+            self.end(request, "stop")
+            return
         cache_full = self.slots.caches[request.slot].length + 1 > self.context
         if len(request.generated) >= request.max_new_tokens or cache_full:
             self.end(request, "length")

@@ -1,25 +1,110 @@
-"""Chat prompts as token ids: ChatML, the way each Qwen generation builds it.
+"""Chat prompts as token ids, the way each Qwen generation builds them.
 
-Qwen2 and Qwen3 write the conversation as text (their chat template) and encode it whole:
+Qwen2, Qwen2.5 and Qwen3 checkpoints ship a chat template (Jinja; formats/chat_templates.py
+finds it, runtime/chat_template.py renders it as transformers does). The prompt is the
+template's text, encoded whole: `conversation_ids` is apply_chat_template(messages,
+tools=..., add_generation_prompt=True, tokenize=True, **kwargs). A checkpoint without a
+template gets ChatML written in code (tokenizer.format_chatml), with a notice once.
 
-    <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n{query}<|im_end|>\\n<|im_start|>assistant\\n
-
-The original Qwen builds the same text but not its tokenization: qwen_generation_utils.py's
-make_context encodes each piece on its own and joins the ids,
+The original Qwen ships no template; its prompt is qwen_generation_utils.py's make_context,
+which builds the same ChatML text but not its tokenization: it encodes each piece on its own
+and joins the ids,
 
     [im_start] + enc("system") + enc("\\n") + enc(system) + [im_end]
     + enc("\\n") + [im_start] + enc("user") + enc("\\n") + enc(query) + [im_end]
     + enc("\\n") + [im_start] + enc("assistant") + enc("\\n")
 
 with special-token strings inside the role and message encoded as ordinary text. Its default
-system prompt is "You are a helpful assistant.". A chat that keeps its KV cache between turns
-appends, after the answer's <|im_end|>, only the ids of the next user turn (next_turn_ids).
+system prompt is "You are a helpful assistant.".
 """
 
 from __future__ import annotations
 
-from qwen_np.errors import FormatError
-from qwen_np.runtime.tokenizer import Tokenizer, format_chatml
+import sys
+from dataclasses import dataclass, field
+
+from qwen_np.errors import FormatError, InputError
+from qwen_np.formats.chat_templates import ChatTemplates
+from qwen_np.runtime.chat_template import compile_chat_template, render_chat_template
+from qwen_np.runtime.tokenizer import DEFAULT_SYSTEM_BY_MODEL_TYPE, Tokenizer, format_chatml
+
+
+@dataclass
+class ChatFormat:
+    """How one model's chat prompt is built: its templates (None: make_context for the
+    original Qwen, else ChatML in code) and their compiled forms, made on first use."""
+    model_type: str
+    templates: ChatTemplates | None
+    compiled: dict = field(default_factory=dict)
+
+    @property
+    def thinks(self) -> bool:
+        """Whether the template writes a <think> block (Qwen3's): the answer then begins with
+        the model's reasoning."""
+        return self.templates is not None and any("<think>" in t for t in
+                                                  self.templates.templates.values())
+
+    def template_for(self, tools) -> tuple[object, str]:
+        """(the compiled template, the file it came from): "tool_use" when there are tools and
+        one exists, else "default" (transformers' get_chat_template)."""
+        named = self.templates.templates
+        name = "tool_use" if tools and "tool_use" in named else "default"
+        if name not in named:
+            raise FormatError(f"{self.templates.where}: no default chat template among "
+                              f"{sorted(named)}")
+        if name not in self.compiled:
+            self.compiled[name] = compile_chat_template(named[name], self.templates.where)
+        return self.compiled[name], self.templates.where
+
+
+def chat_format(model_type: str, templates: ChatTemplates | None, source: str,
+                notice=lambda text: print(f"qwen-np: {text}", file=sys.stderr)) -> ChatFormat:
+    """The model's ChatFormat; says once (through `notice`) when a Qwen2/Qwen3 checkpoint
+    has no template and ChatML is written in code instead."""
+    if templates is None and model_type != "qwen":
+        notice(f"{source} has no chat template; using ChatML")
+    return ChatFormat(model_type, None if model_type == "qwen" and templates is None
+                      else templates)
+
+
+def conversation_ids(tok: Tokenizer, fmt: ChatFormat, messages: list[dict], tools=None,
+                     documents=None, add_generation_prompt: bool = True,
+                     **template_kwargs) -> list[int]:
+    """The prompt ids for `messages` (OpenAI's shape: role, content, tool_calls, ...): the
+    template's text encoded whole, as transformers' apply_chat_template(..., tokenize=True)
+    gives it. Without a template: make_context (original Qwen) or ChatML."""
+    return tok.encode(conversation_text(fmt, messages, tools, documents,
+                                        add_generation_prompt, **template_kwargs)) \
+        if fmt.templates is not None else fallback_ids(tok, fmt, messages, tools,
+                                                       add_generation_prompt)
+
+
+def conversation_text(fmt: ChatFormat, messages: list[dict], tools=None, documents=None,
+                      add_generation_prompt: bool = True, **template_kwargs) -> str:
+    """The template's text for `messages` (a model with a template only)."""
+    template, where = fmt.template_for(tools)
+    return render_chat_template(template, messages, where, tools=tools, documents=documents,
+                                add_generation_prompt=add_generation_prompt,
+                                special_tokens=fmt.templates.special_tokens, **template_kwargs)
+
+
+def fallback_ids(tok: Tokenizer, fmt: ChatFormat, messages: list[dict], tools,
+                 add_generation_prompt: bool) -> list[int]:
+    """A checkpoint without a template: plain turns (system, user, assistant) only."""
+    if tools:
+        raise InputError("this model has no chat template, so it has no way to be given tools")
+    for i, m in enumerate(messages):
+        if m.get("role") not in ("system", "user", "assistant") or \
+                not isinstance(m.get("content"), str):
+            raise InputError(f"messages[{i}]: this model has no chat template; only system, "
+                             f"user and assistant turns with text content can be written")
+    plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+    default_system = DEFAULT_SYSTEM_BY_MODEL_TYPE.get(fmt.model_type)
+    if not add_generation_prompt:
+        if fmt.model_type == "qwen":
+            raise InputError("the original Qwen's prompt always ends in the assistant's header")
+        return tok.encode(format_chatml(plain, default_system, add_generation_prompt=False))
+    return messages_prompt_ids(tok, fmt.model_type, plain, default_system)
 
 
 def chat_prompt_ids(tok: Tokenizer, model_type: str, query: str, system: str | None,

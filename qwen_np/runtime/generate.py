@@ -43,7 +43,7 @@ def generate(cfg, weights, be, ids, max_new_tokens: int = 64, sampling: Sampling
         logits = forward(cfg, weights, be, ids[at:at + prefill_chunk], cache, last_only=True,
                          prompt_length=length)
     for _ in range(max_new_tokens):
-        token = next_token(be, logits, rng, sampling, history)
+        token = next_token(be, logits, rng, sampling, history, new)
         new.append(token)
         history.append(token)
         if stream is not None:
@@ -54,8 +54,9 @@ def generate(cfg, weights, be, ids, max_new_tokens: int = 64, sampling: Sampling
     return new
 
 
-def next_token(be, logits, rng, sampling: Sampling, history) -> int:
-    """The token after the last row of logits [T, V]."""
+def next_token(be, logits, rng, sampling: Sampling, history, generated) -> int:
+    """The token after the last row of logits [T, V]; `history` is the prompt and the tokens
+    generated so far, `generated` those generated only (the penalties' inputs)."""
     if sampling.greedy and hasattr(be, "greedy_token"):
         return be.greedy_token(logits)          # chosen where the logits are (a GPU)
-    return sample_next(be.to_numpy(logits)[-1], rng, sampling, history)
+    return sample_next(be.to_numpy(logits)[-1], rng, sampling, history, generated)

@@ -140,6 +140,19 @@ class Tokenizer:
         with library_errors(self.source, "cannot decode with this tokenizer", reading=False):
             return self._tok.decode(list(ids), skip_special_tokens=False)
 
+    def decode_stream(self):
+        """A function step(token_id) -> the text that token completes, or None while it ends
+        in an unfinished UTF-8 character: tokenizers' DecodeStream, which decodes only a
+        few tokens around the new one, so that a token costs the same at position 2,000 as
+        at 10. The pieces joined are decode(ids) up to the unfinished tail."""
+        from tokenizers.decoders import DecodeStream
+        stream = DecodeStream(skip_special_tokens=False)
+
+        def step(token_id: int) -> str | None:
+            with library_errors(self.source, "cannot decode with this tokenizer", reading=False):
+                return stream.step(self._tok, token_id)
+        return step
+
     def save(self, path: str) -> None:
         """Write it as a tokenizer.json."""
         self._tok.save(path)
