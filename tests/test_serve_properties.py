@@ -93,7 +93,7 @@ class AnsweringBatcher:
         return {"hits": 0, "tokens": 0, "evictions": 0, "bytes": 0, "saved": 0}
 
     def submit(self, ids, max_new_tokens, sampling, stop_ids=None, emit=None,
-               cache_prompt=True, logprobs=None, prompt_logprobs=False):
+               cache_prompt=True, logprobs=None, prompt_logprobs=False, constraint=None):
         from qwen_np.runtime.batch import logprob_entries
         if len(ids) >= self.context:
             raise InputError(f"the prompt is {len(ids)} tokens; the context holds "

@@ -53,19 +53,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(run)
     run.add_argument("-p", "--prompt", required=True, help="the prompt text")
     run.add_argument("--chat", action="store_true",
-                     help="wrap the prompt as a user turn in Qwen's ChatML format")
+                     help="wrap the prompt as a user turn with the model's chat template")
     run.add_argument("--system", default=None,
-                     help="system prompt for --chat (default: the model family's own)")
+                     help="system prompt for --chat (default: the template's own, if any)")
+    add_thinking_args(run)
     add_sampling_args(run)
     run.set_defaults(func=cmd_run)
 
-    chat = sub.add_parser("chat", help="multi-turn chat in the terminal (ChatML)",
+    chat = sub.add_parser("chat", help="multi-turn chat in the terminal (the model's template)",
                           description="Multi-turn chat. Type a message and press Enter; "
-                                      "/reset starts over, /exit (or Ctrl-D) quits. The KV cache "
-                                      "is kept between turns.")
+                                      "/reset starts over, /exit (or Ctrl-D) quits. Each turn "
+                                      "the conversation is rendered by the model's chat "
+                                      "template; the KV cache is kept for what is unchanged.")
     add_model_args(chat)
     chat.add_argument("--system", default=None,
-                      help="system prompt (default: the model family's own)")
+                      help="system prompt (default: the template's own, if any)")
+    add_thinking_args(chat)
     chat.add_argument("--context", type=count(1), default=4096,
                       help="maximum tokens in the conversation (KV cache size; default 4096)")
     add_sampling_args(chat, default_max_new=512)
@@ -303,15 +306,36 @@ def add_prepared_cache_arg(p):
                         "QWEN_NP_PREPARED_CACHE=0; qwen_np/runtime/prepared/)")
 
 
+def add_thinking_args(p):
+    """--think / --no-think: the chat template's enable_thinking (Qwen3)."""
+    p.add_argument("--think", dest="think", action="store_true", default=None,
+                   help="enable_thinking=True for the chat template (Qwen3's default)")
+    p.add_argument("--no-think", dest="think", action="store_false",
+                   help="enable_thinking=False: Qwen3 answers without a <think> block")
+
+
 def add_sampling_args(p, default_max_new=64):
     p.add_argument("-n", "--max-new-tokens", type=count(0), default=default_max_new,
                    help=f"stop after this many new tokens (default {default_max_new})")
-    p.add_argument("--temperature", type=float, default=0.0,
-                   help="0 = greedy (default); higher = more random")
-    p.add_argument("--top-k", type=count(0), default=0, help="sample among the k most likely (0 = all)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
-    p.add_argument("--repetition-penalty", type=float, default=1.0,
-                   help="divide logits of tokens already seen (1 = off)")
+    # each left out: the model's generation_config.json setting, else the default named
+    p.add_argument("--temperature", type=float, default=None,
+                   help="0 = greedy (default, unless the model's generation_config.json sets "
+                        "one); higher = more random")
+    p.add_argument("--top-k", type=count(0), default=None,
+                   help="sample among the k most likely (0 = all, the default)")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="nucleus sampling mass (1 = off, the default)")
+    p.add_argument("--min-p", type=float, default=None,
+                   help="drop tokens less likely than this times the top one (0 = off, the "
+                        "default)")
+    p.add_argument("--repetition-penalty", type=float, default=None,
+                   help="divide logits of tokens already seen (1 = off, the default)")
+    p.add_argument("--presence-penalty", type=float, default=None,
+                   help="subtract from logits of tokens already generated, -2..2 (0 = off, "
+                        "the default)")
+    p.add_argument("--frequency-penalty", type=float, default=None,
+                   help="subtract this times each token's count so far, -2..2 (0 = off, the "
+                        "default)")
     p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
 
 

@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import sys
 
-def sampling_of(args):
-    from qwen_np.model.sampling import Sampling
-    return Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                    repetition_penalty=args.repetition_penalty, seed=args.seed)
+def sampling_of(args, defaults: dict):
+    """The sampling flags given; a flag left out (None) is the model's generation_config.json
+    setting (`defaults`, Model.generation_defaults), else Sampling's own: greedy for a model
+    whose folder sets none (a GGUF, say)."""
+    from qwen_np.model.sampling import sampling_with_defaults
+    return sampling_with_defaults(
+        defaults, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+        presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
+        seed=args.seed)
 
 
 def load_model(args):

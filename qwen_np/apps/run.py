@@ -1,5 +1,7 @@
 """`qwen-np run` (complete one prompt) and `qwen-np chat` (turns in the terminal, one KV cache
-across them), streaming the text as it is decoded."""
+across them), streaming the text as it is decoded. A sampling flag left out is the model's
+generation_config.json setting, as in transformers' generate and vLLM (Qwen2.5-Instruct's
+samples at temperature 0.7); a model that sets none (a GGUF) decodes greedily."""
 
 from __future__ import annotations
 
@@ -30,35 +32,47 @@ class TextStream:
 
 
 def cmd_run(args) -> int:
-    from qwen_np.runtime.chat import chat_prompt_ids
-    from qwen_np.runtime.tokenizer import DEFAULT_SYSTEM_BY_MODEL_TYPE
     model = load_model(args)
+    sampling = sampling_of(args, model.generation_defaults)   # refused before any output
     tok = model.tokenizer
     if args.chat:
-        system = args.system if args.system is not None else \
-            DEFAULT_SYSTEM_BY_MODEL_TYPE.get(model.config.model_type)
-        ids = chat_prompt_ids(tok, model.config.model_type, args.prompt, system)
+        ids = model.chat_prompt_ids(first_turns(args.system, args.prompt),
+                                    **thinking_kwargs(args))
     else:
         ids = tok.encode(args.prompt)
         sys.stdout.write(args.prompt)
     stream = TextStream(tok, model.stop_ids())
-    model.generate(ids, max_new_tokens=args.max_new_tokens, sampling=sampling_of(args),
+    model.generate(ids, max_new_tokens=args.max_new_tokens, sampling=sampling,
                    stream=stream)
     stream.flush()
     sys.stdout.write("\n")
     return 0
 
 
+def first_turns(system: str | None, query: str) -> list[dict]:
+    """The system turn (when given: else the template's own default, if it has one) and the
+    user's."""
+    turns = [] if system is None else [{"role": "system", "content": system}]
+    return turns + [{"role": "user", "content": query}]
+
+
+def thinking_kwargs(args) -> dict:
+    """--think / --no-think as the template's enable_thinking (Qwen3's); neither: the
+    template's default."""
+    return {} if args.think is None else {"enable_thinking": args.think}
+
+
 def cmd_chat(args) -> int:
-    from qwen_np.runtime.chat import chat_prompt_ids, chat_token_ids, next_turn_ids
-    from qwen_np.runtime.tokenizer import DEFAULT_SYSTEM_BY_MODEL_TYPE
+    """Each turn the whole conversation is rendered again by the chat template (so Qwen3's
+    template drops the thinking of earlier answers, as it does for transformers), and only
+    what differs from what the KV cache holds is run: the cache is cut back to the longest
+    common prefix of its tokens and the new prompt's."""
     model = load_model(args)
-    tok, cfg = model.tokenizer, model.config
-    system = args.system if args.system is not None else \
-        DEFAULT_SYSTEM_BY_MODEL_TYPE.get(cfg.model_type)
-    _, im_end = chat_token_ids(tok)
+    tok = model.tokenizer
     stop = model.stop_ids()
-    cache, last = None, None
+    sampling = sampling_of(args, model.generation_defaults)
+    kwargs = thinking_kwargs(args)
+    cache, cached, messages = None, [], []       # cached: the ids whose K/V the cache holds
     interactive = sys.stdin.isatty()
     while True:
         try:
@@ -69,24 +83,36 @@ def cmd_chat(args) -> int:
         if msg in ("/exit", "/quit"):
             break
         if msg == "/reset":
-            cache, last = None, None
+            cache, cached, messages = None, [], []
             continue
         if not msg:
             continue
-        if cache is None:  # first turn: the whole ChatML prefix
+        turns = messages + [{"role": "user", "content": msg}] if messages else \
+            first_turns(args.system, msg)
+        ids = model.chat_prompt_ids(turns, **kwargs)
+        if cache is None:
             cache = model.new_cache(args.context)
-            ids = chat_prompt_ids(tok, cfg.model_type, msg, system)
-        else:  # later turns: close the last answer, then only the new user turn
-            ids = [last] if last == im_end else [last, im_end]
-            ids += next_turn_ids(tok, cfg.model_type, msg)
-        room = cache.max_tokens - cache.length - len(ids)
+        keep = min(common_prefix_length(cached, ids), len(ids) - 1)   # one token to run
+        room = cache.max_tokens - keep - (len(ids) - keep)
         if room < 1:
             print("(the conversation fills the context; /reset to start over)", file=sys.stderr)
             continue
+        cache.length, cached = keep, cached[:keep]
         stream = TextStream(tok, stop)
-        new = model.generate(ids, max_new_tokens=min(args.max_new_tokens, room), cache=cache,
-                             stream=stream, sampling=sampling_of(args))
+        new = model.generate(ids[keep:], max_new_tokens=min(args.max_new_tokens, room),
+                             cache=cache, stream=stream, sampling=sampling)
         stream.flush()
-        last = new[-1]
+        cached = ids + new[:-1]                  # the last token was sampled, never run
+        answer = new[:-1] if new and new[-1] in stop else new
+        messages = turns + [{"role": "assistant", "content": tok.decode(answer)}]
         print()
     return 0
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n

@@ -8,6 +8,7 @@ import json
 
 from starlette.requests import Request
 
+from qwen_np.apps.serve.chat_output import delta_of, message_of
 from qwen_np.apps.serve.generation import (Choice, Ended, cancel_all, cancel_on_disconnect,
                                            choice_events, raise_for_failure)
 from qwen_np.apps.serve.job import Job
@@ -23,18 +24,29 @@ def response_object(chat: bool, stream: bool) -> str:
     return "text_completion"
 
 
-def whole_choice(chat: bool, index: int, text: str, finish_reason: str, logprobs) -> dict:
+def whole_choice(chat: bool, choice: Choice, text: str, logprobs) -> dict:
+    """One choice of a whole answer: a chat's message (its reasoning and tool calls apart,
+    chat_output.py), or completions' text."""
     if chat:
-        return {"index": index, "message": {"role": "assistant", "content": text},
-                "logprobs": logprobs, "finish_reason": finish_reason}
-    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
+        message = message_of(choice.output.add(text) + choice.output.finish())
+        return {"index": choice.index, "message": message, "logprobs": logprobs,
+                "finish_reason": finish_reason(choice)}
+    return {"index": choice.index, "text": text, "logprobs": logprobs,
+            "finish_reason": choice.ended.reason}
 
 
-def chunk_choice(chat: bool, index: int, text: str | None, finish_reason: str | None,
+def finish_reason(choice: Choice) -> str:
+    """"tool_calls" for a chat choice that ended calling tools, else how it ended."""
+    return "tool_calls" if choice.output is not None and choice.output.calls and \
+        choice.ended.reason == "stop" else choice.ended.reason
+
+
+def chunk_choice(chat: bool, index: int, text, finish_reason: str | None,
                  first: bool = False, logprobs=None) -> dict:
-    """One streamed choice: a piece of text, or (text None) the last, with its reason."""
+    """One streamed choice: a piece of text (for chat, a delta: {"content" | "reasoning_content"
+    | "tool_calls": ...}), or (None) the last, with its reason."""
     if chat:
-        delta = {} if text is None else {"content": text}
+        delta = {} if text is None else text if isinstance(text, dict) else {"content": text}
         if first:
             delta = {"role": "assistant", **delta}
         return {"index": index, "delta": delta, "logprobs": logprobs,
@@ -106,8 +118,8 @@ async def whole_answer(http_request: Request, batcher: Batcher, choices: list[Ch
             logprobs = {"content": [], "refusal": None}
         if not chat and choice.request.logprobs is not None:
             logprobs = joined([p for p in (prompt_logprobs, logprobs) if p is not None])
-        out.append(whole_choice(chat, choice.index, prefix + "".join(pieces[choice.index]),
-                                choice.ended.reason, logprobs))
+        out.append(whole_choice(chat, choice, prefix + "".join(pieces[choice.index]),
+                                logprobs))
     return {**head, "choices": out,
             "usage": usage(len(job.ids), sum(c.ended.completion_tokens for c in choices),
                            choices[0].request.cached_tokens)}
@@ -138,14 +150,21 @@ async def stream_events(batcher: Batcher, choices: list[Choice], queue: asyncio.
             choice.offset = len(text)
             yield chunk(choice, text, logprobs=prompt_logprobs)
         if not isinstance(item, Ended):
-            yield chunk(choice, item, logprobs=new_logprobs(choice, tokenizer, chat))
+            if not chat:
+                yield chunk(choice, item, logprobs=new_logprobs(choice, tokenizer, chat))
+            for event in choice.output.add(item) if chat else ():
+                yield chunk(choice, delta_of(event), logprobs=new_logprobs(choice, tokenizer,
+                                                                           chat))
             continue
         try:
             raise_for_failure(item, request_id)
         except ApiError as e:
             yield sse(error_body(e.status, e.message))
             break
-        yield chunk(choice, None, item.reason, logprobs=new_logprobs(choice, tokenizer, chat))
+        for event in choice.output.finish() if chat else ():
+            yield chunk(choice, delta_of(event), logprobs=new_logprobs(choice, tokenizer, chat))
+        yield chunk(choice, None, finish_reason(choice),
+                    logprobs=new_logprobs(choice, tokenizer, chat))
     else:
         if job.include_usage:
             yield sse({**head, "choices": [], "usage": usage(

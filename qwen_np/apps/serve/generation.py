@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import secrets
 from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from qwen_np.apps.serve.chat_output import ChatOutput
 from qwen_np.apps.serve.job import Job
 from qwen_np.apps.serve.metrics import RequestTiming
 from qwen_np.apps.serve.openai_errors import ApiError
@@ -46,6 +48,7 @@ class Choice:
     logprobs_sent: int = 0
     offset: int = 0                  # characters of its text before its next logprobs' token
     ended: Ended | None = None
+    output: ChatOutput | None = None     # a chat's: reasoning and tool calls apart
 
 
 def start_generation(batcher: Batcher, job: Job, prompt_param: str, tokenizer):
@@ -70,11 +73,15 @@ def start_generation(batcher: Batcher, job: Job, prompt_param: str, tokenizer):
             sampling = job.sampling
             if i and sampling.seed is not None:           # seeded apart
                 sampling = dataclasses.replace(sampling, seed=sampling.seed + i)
+            constraint = job.constraints[i] if job.constraints is not None else None
             request = batcher.submit(job.ids, job.max_tokens, sampling, job.stop_ids,
                                      emitter(i), cache_prompt=job.cache_prompt,
                                      logprobs=job.logprobs,
-                                     prompt_logprobs=job.echo and job.logprobs is not None)
-            choices.append(Choice(i, request, StopText(tokenizer, job.stop)))
+                                     prompt_logprobs=job.echo and job.logprobs is not None,
+                                     constraint=constraint)
+            output = ChatOutput(job.split_reasoning, job.tool_names,
+                                f"call_{secrets.token_hex(6)}_") if job.chat else None
+            choices.append(Choice(i, request, StopText(tokenizer, job.stop), output=output))
     except (QueueFull, Closed) as e:
         cancel_all(batcher, choices)
         raise ApiError(503, str(e), code="server_busy" if isinstance(e, QueueFull) else

@@ -1,14 +1,17 @@
 """Reading a request's parameters: the body's fields -> a Job (what it asks of the batcher).
 
-Defaults are OpenAI's (temperature 1, top_p 1; max_tokens 16 for completions); for chat,
-max_tokens defaults to what the context leaves. `n` choices (at most MAX_CHOICES) are decoded
+Sampling settings a body leaves out come from the model's generation_config.json where it
+sets them (formats/generation_config.py), else OpenAI's defaults (temperature 1, top_p 1,
+no penalties). presence_penalty and frequency_penalty are OpenAI's (-2..2, over the tokens
+generated; model/sampling.py). max_tokens defaults to 16 for completions; for chat, to what
+the context leaves. `n` choices (at most MAX_CHOICES) are decoded
 as separate rows of the batch, seeded apart (seed, seed + 1, ...). Log-probabilities:
 completions' `logprobs` (an integer 0..20: that many alternatives) with `echo` (the prompt's
 own, and max_tokens may be 0), chat's `logprobs: true` with `top_logprobs` (0..20). Beyond OpenAI's fields the server reads
-`top_k`, `repetition_penalty` and `ignore_eos` (vLLM's names), and `cache_prompt`
+`top_k`, `min_p`, `repetition_penalty` and `ignore_eos` (vLLM's names), and `cache_prompt`
 (llama-server's: false prefills the whole prompt, reusing no cached prefix). Unknown fields
 are ignored;
-fields asking for what the server does not do (best_of, penalties, tools) are a 400.
+fields asking for what the server does not do (best_of, logit_bias, tools) are a 400.
 """
 
 from __future__ import annotations
@@ -18,12 +21,14 @@ from dataclasses import dataclass
 
 from qwen_np.apps.serve.openai_errors import ApiError
 from qwen_np.errors import InputError
-from qwen_np.model.sampling import Sampling
+from qwen_np.model.sampling import Sampling, sampling_with_defaults
 
 MAX_STOP_STRINGS = 4               # OpenAI's limit
 MAX_CHOICES = 16                   # n
 MAX_TOP_LOGPROBS = 20              # OpenAI's limit for top_logprobs
 CHAT_ROLES = ("system", "user", "assistant")
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty",
+                   "presence_penalty", "frequency_penalty", "seed")
 
 
 @dataclass(frozen=True)
@@ -40,18 +45,25 @@ class Job:
     n: int = 1                       # choices
     logprobs: int | None = None      # alternatives per token to report; None: no logprobs
     echo: bool = False               # completions: the prompt's text (and logprobs) first
+    chat: bool = False               # a chat answer (message parts: chat_output.py)
+    split_reasoning: bool = False    # chat: <think> ... </think> to reasoning_content
+    tool_names: tuple | None = None  # chat: tool calls parsed out of the answer (None: none)
+    constraints: list | None = None  # one runtime/constraint.Constraint per choice
 
 
 # fields whose only accepted values ask for nothing the server does not do
-PLAIN_VALUES = {"best_of": (None, 1), "suffix": (None, ""),
-                "logit_bias": (None, {}), "frequency_penalty": (None, 0),
-                "presence_penalty": (None, 0), "tools": (None, []), "functions": (None, []),
-                "tool_choice": (None, "none"), "response_format": (None, {"type": "text"})}
+PLAIN_VALUES = {"best_of": (None, 1), "suffix": (None, ""), "logit_bias": (None, {}),
+                "functions": (None, [])}
+# ... and for completions, fields that only a chat request can use (chat_request.py)
+CHAT_ONLY_VALUES = {"tools": (None, []), "tool_choice": (None, "none"),
+                    "response_format": (None, {"type": "text"})}
 
 
-def read_job(body: dict, ids: list[int], default_max_tokens: int, chat: bool = False) -> Job:
-    """The body's settings for a prompt already turned into ids; 400 for any out of range."""
-    for name, plain in PLAIN_VALUES.items():
+def read_job(body: dict, ids: list[int], default_max_tokens: int, chat: bool = False,
+             sampling_defaults: dict | None = None) -> Job:
+    """The body's settings for a prompt already turned into ids; 400 for any out of range.
+    `sampling_defaults`: the model's generation_config.json settings (Model.generation_defaults)."""
+    for name, plain in {**PLAIN_VALUES, **({} if chat else CHAT_ONLY_VALUES)}.items():
         value = body.get(name)
         # (True == 1 and False == 0 in Python: a boolean matches only a boolean)
         if not any(value == p and isinstance(value, bool) == isinstance(p, bool) for p in plain):
@@ -84,9 +96,9 @@ def read_job(body: dict, ids: list[int], default_max_tokens: int, chat: bool = F
                        param="stream_options")
     include_usage = bool(options) and flag(options, "include_usage", "stream_options.")
     cache_prompt = body.get("cache_prompt") is None or flag(body, "cache_prompt")
-    return Job(ids, max_tokens, sampling_of(body), stop_strings(body),
+    return Job(ids, max_tokens, sampling_of(body, sampling_defaults), stop_strings(body),
                [] if flag(body, "ignore_eos") else None, stream, include_usage, cache_prompt,
-               n, logprobs, echo)
+               n, logprobs, echo, chat)
 
 
 def completion_logprobs(body: dict) -> int | None:
@@ -114,27 +126,24 @@ def chat_logprobs(body: dict) -> int | None:
     return top
 
 
-def sampling_of(body: dict) -> Sampling:
-    """The body's sampling settings as one Sampling value (OpenAI's defaults: temperature 1,
-    top_p 1; top_k 0 or -1 keeps all tokens)."""
-    values = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0,
-              "seed": None}
-    for name in values:
-        if body.get(name) is not None:
-            values[name] = body[name]
-    if values["top_k"] == -1 and is_int(values["top_k"]):
-        values["top_k"] = 0                                  # vLLM's "all tokens"
+def sampling_of(body: dict, defaults: dict | None = None) -> Sampling:
+    """The body's sampling settings as one Sampling value; a setting the body leaves out is the
+    model's `defaults` (generation_config.json's), else OpenAI's (temperature 1, top_p 1, no
+    penalties). top_k 0 or -1 keeps all tokens."""
+    given = {name: body.get(name) for name in SAMPLING_FIELDS}
+    if given["top_k"] == -1 and is_int(given["top_k"]):
+        given["top_k"] = 0                                   # vLLM's "all tokens"
     # whole numbers only (keep_top_k cannot take 2.0; numpy's generator, a seed below 0)
     for name in ("top_k", "seed"):
-        value = values[name]
+        value = given[name]
         if value is not None and not (is_int(value) and value >= 0):
             raise ApiError(400, f"{name} is {shown(value)}; it must be an integer >= 0",
                            param=name)
     try:
-        return Sampling(**values)
-    except InputError as e:                                  # "<name> is <value>; allowed ..."
+        return sampling_with_defaults({"temperature": 1.0, **(defaults or {})}, **given)
+    except InputError as e:                                  # "<name> is <value>; ..."
         raise ApiError(400, str(e), param=next(
-            (n for n in values if str(e).startswith(n + " ")), None)) from None
+            (n for n in given if str(e).startswith(n + " ")), None)) from None
 
 
 def stop_strings(body: dict) -> tuple[str, ...]:
