@@ -13,8 +13,9 @@ from qwen_np.apps.loading import load_model, sampling_of
 class TextStream:
     """Prints tokens as text as they arrive, holding back bytes of an unfinished UTF-8 char."""
 
-    def __init__(self, tokenizer, hide_ids=(), out=sys.stdout):
-        self.tokenizer, self.hide, self.out = tokenizer, set(hide_ids), out
+    def __init__(self, tokenizer, hide_ids=(), out=None):
+        self.tokenizer, self.hide = tokenizer, set(hide_ids)
+        self.out = sys.stdout if out is None else out     # (looked up now, not at import)
         self.pending: list[int] = []
 
     def __call__(self, token: int):

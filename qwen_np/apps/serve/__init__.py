@@ -7,7 +7,9 @@ Endpoints (OpenAI's request and response shapes):
     GET  /metrics                 Prometheus's text format (metrics.py; no key needed)
     GET  /v1/models               the one model, under the name it is served as
     POST /v1/completions          a prompt (text or token ids) -> its continuation
-    POST /v1/chat/completions     messages -> the assistant's answer (the model's ChatML)
+    POST /v1/chat/completions     messages (and tools) -> the assistant's answer (the model's
+                                  chat template; reasoning and tool calls apart)
+    POST /tokenize, /detokenize   text or a chat request <-> the token ids the server uses
 
 The flow of one request:
 
@@ -18,21 +20,25 @@ The flow of one request:
          to the running batch at its next turn)
       -> emit(token, finish), called in the batcher's thread, hands each item to the
          request's asyncio.Queue through loop.call_soon_threadsafe
-      -> StopText: the text of the tokens so far (the tokenizer's decode of all of them),
+      -> StopText: the text of the tokens so far (the tokenizer's decode stream),
          released as it becomes final: not while it ends in an unfinished UTF-8 character,
          nor a tail that could be the start of a stop string; a stop string ends the text
          before it and cancels the request in the batcher (its slot is freed)
+      -> for chat, ChatOutput: <think> to reasoning_content, <tool_call> blocks to tool_calls
       -> one JSON response, or server-sent events (`data: {json}` ... `data: [DONE]`)
 
 The modules, in that order:
 
     api_key.py        the `Authorization: Bearer KEY` check
     json_body.py      the body, read within its size limit, as a JSON object
+    chat_request.py   a chat body's messages, tools, tool_choice, response_format and
+                      template arguments, checked
     job.py            the body's fields -> a Job (prompt ids, max_tokens, stops, Sampling, n,
                       logprobs, echo)
     generation.py     the Job's n choices submitted to the batcher; their tokens back on an
                       asyncio.Queue
     stop_text.py      StopText: the text released as it becomes final, and stop strings
+    chat_output.py    a chat answer's text -> reasoning_content, content, tool_calls
     answer.py         OpenAI's response shapes: one JSON object, or server-sent events
     logprobs.py       log-probabilities in OpenAI's chat and completions shapes
     metrics.py        the Prometheus metrics

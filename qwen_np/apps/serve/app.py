@@ -210,7 +210,8 @@ def compile_constraints(grammars: GrammarCompiler, chat: ChatRequest, n: int) ->
     try:
         if tool_choice == "required" or isinstance(tool_choice, dict):
             name = tool_choice["name"] if isinstance(tool_choice, dict) else None
-            return [grammars.tool_calls(chat.tools, name) for _ in range(n)]
+            return [grammars.tool_calls(chat.tools, name, chat.parallel_tool_calls)
+                    for _ in range(n)]
         if chat.response_format["type"] == "json_object":
             return [grammars.json_object() for _ in range(n)]
         return [grammars.json_schema(chat.response_format["schema"],

@@ -11,6 +11,8 @@ decoding is held to. Every malformed field is a 400 naming it.
                                                           "parameters": JSON schema}}]
     tool_choice        "none" | "auto" | "required" | {"type": "function",
                                                        "function": {"name"}}
+    parallel_tool_calls  true (default) | false: with tool_choice "required" or a named
+                       function, one call or more (the grammar's choice is the model's)
     response_format    {"type": "text" | "json_object"} |
                        {"type": "json_schema", "json_schema": {"name", "schema", "strict"}}
     chat_template_kwargs {...}, and enable_thinking (vLLM's and llama-server's)
@@ -48,6 +50,8 @@ class ChatRequest:
     response_format: dict | None       # None: free text
     template_kwargs: dict = field(default_factory=dict)
     reasoning_format: str = "auto"
+    parallel_tool_calls: bool = True   # OpenAI's: with "required" or a named function, one
+                                       # call (false) or one or more (true)
 
     @property
     def tool_names(self) -> list[str]:
@@ -59,7 +63,8 @@ def read_chat_request(body: dict) -> ChatRequest:
     return ChatRequest(read_messages(body.get("messages")), tools,
                        read_tool_choice(body.get("tool_choice"), tools),
                        read_response_format(body.get("response_format")),
-                       read_template_kwargs(body), read_reasoning_format(body))
+                       read_template_kwargs(body), read_reasoning_format(body),
+                       read_parallel_tool_calls(body))
 
 
 def read_messages(messages) -> list[dict]:
@@ -229,6 +234,14 @@ def read_template_kwargs(body: dict) -> dict:
                                param="chat_template_kwargs")
         kwargs.update(given)
     return kwargs
+
+
+def read_parallel_tool_calls(body: dict) -> bool:
+    value = body.get("parallel_tool_calls", True)
+    if not isinstance(value, bool):
+        raise ApiError(400, "parallel_tool_calls must be true or false",
+                       param="parallel_tool_calls")
+    return value
 
 
 def read_reasoning_format(body: dict) -> str:
