@@ -4,6 +4,9 @@ rules; and the streaming classes against the whole-text parse, for every cut of 
 
 from __future__ import annotations
 
+import json
+import os
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -211,3 +214,50 @@ def test_streamed_content_is_sent_before_the_output_ends():
     assert splitter.add("<thi") == []
     assert splitter.add("nk>\nHm</th") == [("reasoning", "\nHm")]
     assert splitter.add("ink>\n\nYes") == [("content", "\n\nYes")]
+
+
+# -- the real default model's answers, recorded by tools/record_tool_answers.py -----------------
+
+def recorded_answers():
+    path = os.path.join(os.path.dirname(__file__), "fixtures", "chat_templates",
+                        "recorded_tool_answers.json")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def test_recorded_answers_parse_as_vllms_hermes_parser_reads_them():
+    """Qwen2.5-Coder-0.5B, given two tools, answers by itself with bare JSON (no
+    <tool_call> tags; once inside a ```json fence): no tool call, the text stays content.
+    Under the tool-call grammar (tool_choice "required") it writes tagged calls, and more,
+    until max_tokens cuts the last one: an unclosed block, incomplete (so, vLLM's
+    all-or-nothing rule, no call at all) except in the Tokyo answer, where the cut falls after
+    the JSON (so its six calls count); cut after its first block, one call."""
+    recorded = recorded_answers()
+    names = [t["function"]["name"] for t in recorded["tools"]]
+    by_question = {}
+    for answer in recorded["answers"]:
+        content, calls = parse_tool_calls(answer["text"], names)
+        if answer["question"] == "What time is it in Tokyo?" and \
+                answer["tool_choice"] == "required":
+            assert content is None and [c["function"]["name"] for c in calls] == \
+                ["get_time"] + ["get_weather"] * 5
+            assert json.loads(calls[-1]["function"]["arguments"]) == {"city": "Tokyo",
+                                                                      "unit": "celsius"}
+        else:
+            assert (content, calls) == (answer["text"], []), answer
+        by_question.setdefault(answer["question"], {})[answer["tool_choice"]] = answer
+    expected_first_calls = {      # read off the recorded texts by hand
+        "What's the weather in Paris right now, in celsius?":
+            ("get_weather", {"city": "Paris", "unit": "celsius"}),
+        "What time is it in Tokyo?": ("get_time", {"zone": "Tokyo"}),
+        "What is the weather in Berlin and the time in New York?":
+            ("get_weather", {"city": "Berlin", "unit": "celsius"}),
+        "Tell me a joke.": ("get_weather", {"city": "New York", "unit": "celsius"})}
+    for question, (name, arguments) in expected_first_calls.items():
+        text = by_question[question]["required"]["text"]
+        first = text[:text.index("</tool_call>") + len("</tool_call>")]
+        content, calls = parse_tool_calls(first, names, id_prefix="call_")
+        assert content is None and len(calls) == 1
+        assert calls[0]["id"] == "call_0" and calls[0]["function"]["name"] == name
+        assert json.loads(calls[0]["function"]["arguments"]) == arguments
+    assert by_question["Tell me a joke."]["auto"]["text"].startswith('{"name": "Joke"')
