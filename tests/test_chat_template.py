@@ -255,3 +255,20 @@ def test_tojson_is_json_dumps_not_jinja_html_escaping():
     assert conversation_text(fmt, [{"role": "user", "content": "x"}], tools) == \
         json.dumps(tools, ensure_ascii=False) + "|" + json.dumps(tools, ensure_ascii=False,
                                                                  indent=2)
+
+
+def test_a_gguf_keeps_named_templates_and_its_special_tokens_as_text():
+    from qwen_np.formats.chat_templates import gguf_chat_templates
+    meta = {"tokenizer.chat_template": "A", "tokenizer.chat_template.tool_use": "B",
+            "tokenizer.ggml.tokens": ["x", "<|endoftext|>", "<|im_end|>"],
+            "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2,
+            "tokenizer.ggml.padding_token_id": 7}           # outside the vocabulary: left out
+    found = gguf_chat_templates(meta, "m.gguf")
+    assert found.templates == {"default": "A", "tool_use": "B"}
+    assert found.special_tokens == {"bos_token": "<|endoftext|>", "eos_token": "<|im_end|>"}
+    assert gguf_chat_templates({"tokenizer.ggml.tokens": []}, "m.gguf") is None
+    fmt = ChatFormat("qwen2", found)
+    assert conversation_text(fmt, [{"role": "user", "content": "x"}]) == "A"
+    assert conversation_text(fmt, [{"role": "user", "content": "x"}], tools=[WEATHER]) == "B"
+    with pytest.raises(Exception, match="is not a string"):
+        gguf_chat_templates({"tokenizer.chat_template": 3}, "m.gguf")
