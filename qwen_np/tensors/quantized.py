@@ -78,7 +78,10 @@ def dequantize_rows(qt: QuantizedTensor, rows, dtype=np.float32, reorder: bool =
     With reorder=False the columns stay in code order (perm applied to x instead, by linear).
     """
     n_in = qt.shape[1]
-    q = unpack_all_codes(qt, rows).astype(dtype)                            # [r, in]
+    # row-major whatever order the codes are stored in (an 8-bit matrix read from a file is a
+    # transposed view; from the prepared cache, row-major): the float matrix's layout decides
+    # the order in which BLAS sums x @ W.T, and so its last bits
+    q = unpack_all_codes(qt, rows).astype(dtype, order="C")                 # [r, in]
     group = np.arange(n_in) // qt.group_size                                # [in]
     scale = qt.scale[rows].astype(dtype)[:, group]                          # [r, in]
     offset = qt.offset[rows].astype(dtype)[:, group]
