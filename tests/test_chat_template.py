@@ -223,6 +223,13 @@ MALICIOUS = {
     "huge power": "{{ 10 ** 100000000 }}",
     "huge output": "{% for i in range(100000) %}{% for j in range(100000) %}xxxxxxxxxx"
                    "{% endfor %}{% endfor %}",
+    "endless loops": "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}"
+                     "{% endfor %}",
+    "quadratic string": "{% set ns = namespace(a='') %}{% for i in range(100000) %}"
+                        "{% set ns.a = ns.a ~ 'x' * 100 %}{% endfor %}",
+    "huge center": "{{ 'x' | center(10**9) }}",
+    "huge lipsum": "{{ lipsum(10**6) }}",
+    "huge slice": "{{ range(10) | slice(10**9) | list }}",
     "raises": "{{ raise_exception('Conversation roles must alternate') }}",
     "syntax": "{% if %}",
     "undefined call": "{{ messages[0].nothing.more() }}",

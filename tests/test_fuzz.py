@@ -134,7 +134,7 @@ def test_the_same_seed_makes_the_same_inputs(tmp_path):
         assert (a.seed, a.fmt, a.mutator, a.description) == (b.seed, b.fmt, b.mutator, b.description)
         assert tree(a.dir, a.dir) == tree(b.dir, b.dir)
     assert len({x.mutator for x in made["a"]}) > 5
-    assert "tiktoken" in {x.fmt for x in made["a"]}
+    assert {"tiktoken", "chat_template", "tokenizer_config"} <= {x.fmt for x in made["a"]}
     other = fuzz.make_input(seeds_a, formats, 8, 0, str(tmp_path / "a" / "other"), MARKER)
     assert other.description != made["a"][0].description or other.seed != made["a"][0].seed
 
@@ -152,6 +152,55 @@ def test_the_tiktoken_seed_holds_the_float_fixtures_vocabulary_as_ranks(tmp_path
     vocab = {t: i for t, i in tok_json["model"]["vocab"].items() if i not in added}
     assert {t: tok.token_id(t) for t in vocab} == {t: i - 3 for t, i in vocab.items()}
     assert fuzz.load_and_generate(seed.path)["new"]
+
+
+def test_the_seeds_carry_the_published_chat_templates_which_mutations_change(tmp_path):
+    from qwen_np.formats.chat_templates import read_chat_templates
+    from qwen_np.formats.gguf import read_gguf
+    published = {}
+    for name in ("qwen2.5-instruct.jinja", "qwen3.jinja"):
+        with open(os.path.join(fixture_path("chat_templates"), name), encoding="utf-8") as f:
+            published[name] = f.read()
+    seeds = {s.name: s for s in fuzz.build_seeds(str(tmp_path / "seeds"))}
+    expected = {"qwen2-f32": ("qwen2.5-instruct.jinja", ""),
+                "qwen2-q4_0": ("qwen2.5-instruct.jinja", ""), "qwen3-f32": ("qwen3.jinja", ""),
+                "qwen2-tied-f32": ("qwen2.5-instruct.jinja", "chat_template.jinja"),
+                "qwen2-untied-bf16-sharded": ("qwen2.5-instruct.jinja",
+                                              "chat_template.json#chat_template"),
+                "qwen3-yarn": ("qwen3.jinja", "tokenizer_config.json#chat_template")}
+    for name, (template, target) in expected.items():
+        seed = seeds[name]
+        assert seed.targets["chat_template"] == [target]
+        assert read_chat_templates(seed.path).templates["default"] == published[template]
+        assert fuzz.load_and_generate(seed.path)["chat_prompt_tokens"] > 100   # the tool's text
+    named = read_chat_templates(seeds["gptq-4bit-g32-sym"].path)
+    assert named.templates == {"default": published["qwen2.5-instruct.jinja"],
+                               "tool_use": published["qwen2.5-instruct.jinja"]}
+    assert named.special_tokens == {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
+    assert "chat_template" not in seeds["qwen3moe-yarn-f32"].targets   # a GGUF with none
+
+    # a GGUF's template mutated: its other metadata and every tensor as they were
+    before, tensors = read_gguf(seeds["qwen3-f32"].path)
+    changed = 0
+    for i in range(200):
+        inp = fuzz.make_input([seeds["qwen3-f32"]], ["chat_template"], 3, i,
+                              str(tmp_path / f"in{i}"), MARKER)
+        if inp.mutator == "fs":
+            continue
+        meta, after = read_gguf(inp.model)
+        templates = {k: v for k, v in meta.items() if k.startswith("tokenizer.chat_template")}
+        assert {k: plain(v) for k, v in meta.items() if k not in templates} == \
+            {k: plain(v) for k, v in before.items() if k != "tokenizer.chat_template"}
+        assert {k: bytes(t.data) for k, t in after.items()} == \
+            {k: bytes(t.data) for k, t in tensors.items()}
+        changed += templates != {"tokenizer.chat_template": before["tokenizer.chat_template"]}
+        shutil.rmtree(tmp_path / f"in{i}")
+    assert changed > 150
+
+
+def plain(value):
+    """A metadata value comparable with ==: arrays as lists."""
+    return value.tolist() if hasattr(value, "tolist") else value
 
 
 def tree(folder, root):
@@ -207,3 +256,5 @@ def test_a_fixed_seed_run_over_every_format_finds_only_clean_errors(tmp_path):
         else r.stdout[-3000:] + r.stderr[-3000:]
     assert f"total: {FUZZ_COUNT} inputs" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
     assert r.returncode == 0, failures
+    for fmt in fuzz.FORMATS:            # chat_template and tokenizer_config among them
+        assert f"\n  {fmt} " in r.stdout, f"no {fmt} inputs"

@@ -9,8 +9,12 @@ Seeds: the test fixtures (float single-file, bf16 sharded, GPTQ 4/8-bit, AWQ, a 
 whose settings are in quantize_config.json as older AutoGPTQ wrote them), the float fixture
 with a qwen.tiktoken (the original Qwen's tokenizer file, made from its tokenizer.json) in
 place of its tokenizer.json, and tiny GGUF files (F32, F16, Q8_0, Q4_0; Qwen2 and Qwen3)
-written at start-up by gguf-py. Input i of --seed S is made by random.Random(f"S/i") alone,
-so the same seed and count give the same inputs. Every file is written under one temporary
+written at start-up by gguf-py. The published chat templates (tests/fixtures/chat_templates/)
+are in each place a checkpoint keeps one: the Qwen2 GGUFs' tokenizer.chat_template is
+Qwen2.5's, the Qwen3 GGUF's Qwen3's; one folder has a chat_template.jinja, one a
+chat_template.json, two a tokenizer_config.json (a string; a named list). Input i of
+--seed S is made by random.Random(f"S/i") alone, so the same seed and count give the same
+inputs. Every file is written under one temporary
 folder; next to each model (outside it) lies a file holding a random marker, which some
 mutations point shard names and symlinks at.
 
@@ -21,13 +25,18 @@ the folder, tokenizer ids past the vocabulary); safetensors header entries and h
 GGUF integer fields (found by walking the header) and metadata entries; qwen.tiktoken lines
 (deleted, repeated, swapped, blank; ranks near, negative, huge or not numbers; tokens with bad
 base64, empty, or new; extra fields; CR/CRLF endings; a line of 10^6 characters; an empty
-file; ranks past the vocabulary); file kinds (FIFO, folder, empty file, symlinks out of the
-folder or to /dev/zero), the model path itself too.
+file; ranks past the vocabulary); chat templates, wherever they are kept (Jinja fragments
+spliced in: unclosed blocks, private attributes, raise_exception, big loops and repetitions,
+unknown filters, include/import/extends of the planted file; tags deleted, repeated or
+swapped; nesting 5-100,000 deep; truncation; bytes; the whole template replaced); file kinds
+(FIFO, folder, empty file, symlinks out of the folder or to /dev/zero), the model path itself
+too.
 
 What a child does: m = qwen_np.load(path); qwen_np.load_tokenizer(path) and m.tokenizer
 encode the same ids (ids [1, 2, 3] when the folder has no tokenizer file);
-m.generate(ids[:8], max_new_tokens=2); decode. With --cli-every N, every Nth input also runs
-`qwen-np run -m PATH -p hi -n 2` in its own child.
+m.chat_prompt_ids([system, user], tools=[one tool], enable_thinking=False) (no tools for a
+model without a template); m.generate(ids[:8], max_new_tokens=2); decode. With
+--cli-every N, every Nth input also runs `qwen-np run -m PATH -p hi -n 2` in its own child.
 
 Outcomes:
     clean      a QwenNpError on one line that names the input (the path, or a file inside it);
@@ -84,6 +93,8 @@ def import_libraries() -> None:
     for k, v in SINGLE_THREAD_ENV.items():
         os.environ.setdefault(k, v)
     sys.path.insert(0, REPO)
+    import jinja2.ext  # noqa: F401 - chat templates (imported where first used)
+    import jinja2.sandbox  # noqa: F401
     import numpy  # noqa: F401
     import tokenizers  # noqa: F401
     import qwen_np.apps.cli  # noqa: F401
@@ -176,7 +187,8 @@ def main(argv=None) -> int:
     root = os.path.realpath(tempfile.mkdtemp(prefix="qwen-np-fuzz-"))
     try:
         t0 = time.monotonic()
-        seeds = build_seeds(root, with_gguf="gguf" in formats)
+        # the GGUF seeds are gguf's, and chat_template's too (their tokenizer.chat_template)
+        seeds = build_seeds(root, with_gguf=bool({"gguf", "chat_template"} & set(formats)))
         import_libraries()
         print(f"[fuzz] {len(seeds)} seeds in {root} ({time.monotonic() - t0:.1f} s)",
               file=sys.stderr)

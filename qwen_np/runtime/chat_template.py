@@ -28,20 +28,28 @@ builds (transformers/utils/chat_template_utils.py, `_cached_compile_jinja_templa
   "tool_calls": null), and a message's reasoning, under any of reasoning_content, thinking or
   reasoning, is given under reasoning_content and thinking both.
 
-Beyond transformers: the output is capped (MAX_PROMPT_CHARS) and so are strings a template
-builds by repetition, so a malicious template cannot exhaust memory.
+Beyond transformers: the output is capped (MAX_PROMPT_CHARS), and so are the time a render
+takes (MAX_RENDER_SECONDS) and strings a template builds by repetition or by a filter's width, so a malicious template cannot exhaust memory, and so is the template's
+own length (MAX_TEMPLATE_CHARS), so that compiling it cannot take minutes.
 """
 
 from __future__ import annotations
 
 import json
 import operator
+import sys
+import time
+from contextlib import contextmanager
 from datetime import datetime
 
 from qwen_np.errors import InputError
 
-MAX_PROMPT_CHARS = 8 << 20            # far beyond any context; a template past it is refused
+MAX_PROMPT_CHARS = 2 << 20            # beyond any context (a token is 3-4 characters); refused past it
+# jinja2 and Python compile a template at about 10 us a character (measured), so a template of
+# 1 MiB takes 10 s; published ones are a few kB. Whatever file or metadata it came from.
+MAX_TEMPLATE_CHARS = 256 << 10
 MAX_REPEATED_CHARS = 1 << 20          # "x" * n and [..] * n in a template
+MAX_RENDER_SECONDS = 2.0              # published templates render in milliseconds
 
 
 class ChatTemplateError(InputError):
@@ -52,11 +60,20 @@ def compile_chat_template(text: str, where: str):
     """The jinja2 Template of `text`, in transformers' environment; ChatTemplateError naming
     `where` (the file) if it does not parse."""
     import jinja2
+    if len(text) > MAX_TEMPLATE_CHARS:
+        raise ChatTemplateError(f"{where}: chat template of {len(text)} characters; at most "
+                                f"{MAX_TEMPLATE_CHARS} are compiled")
     try:
         return template_environment().from_string(text)
     except jinja2.TemplateError as e:
         raise ChatTemplateError(f"{where}: chat template does not compile "
                                 f"({one_line(e)})") from None
+    # blocks or expressions nested past what jinja2's recursive parser, or Python's compiler
+    # of the code jinja2 writes, can take (20 nested loops, 100 indentation levels; its
+    # parser's stack overflow is a MemoryError)
+    except (RecursionError, SyntaxError, MemoryError) as e:
+        raise ChatTemplateError(f"{where}: chat template does not compile: nested too deep "
+                                f"({type(e).__name__}: {one_line(e)})") from None
 
 
 def render_chat_template(template, messages: list[dict], where: str, *, tools=None,
@@ -72,21 +89,47 @@ def render_chat_template(template, messages: list[dict], where: str, *, tools=No
                      add_generation_prompt=add_generation_prompt)
     pieces, length = [], 0
     try:
-        for piece in template.generate(**variables):
-            length += len(piece)
-            if length > MAX_PROMPT_CHARS:
-                raise ChatTemplateError(f"{where}: the chat template wrote more than "
-                                        f"{MAX_PROMPT_CHARS} characters")
-            pieces.append(piece)
+        with time_limit(MAX_RENDER_SECONDS, where):
+            for piece in template.generate(**variables):
+                length += len(piece)
+                if length > MAX_PROMPT_CHARS:
+                    raise ChatTemplateError(f"{where}: the chat template wrote more than "
+                                            f"{MAX_PROMPT_CHARS} characters")
+                pieces.append(piece)
     except ChatTemplateError:
         raise
     except jinja2.TemplateError as e:     # raise_exception(...) included
         raise ChatTemplateError(f"{where}: chat template error: {one_line(e)}") from None
     except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError,
-            OverflowError, RecursionError, MemoryError) as e:
+            OverflowError, RecursionError, MemoryError,
+            AssertionError) as e:     # jinja2's truncate filter asserts on its arguments
         raise ChatTemplateError(f"{where}: chat template failed on these messages "
                                 f"({type(e).__name__}: {one_line(e)})") from None
     return "".join(pieces)
+
+
+@contextmanager
+def time_limit(seconds: float, where: str):
+    """Stop a template that runs past `seconds` (loops nested over range(100000), say): a
+    trace function, in this thread only, checks the clock at each line the template's own
+    code runs (jinja2 compiles a template to Python in frames named "<template>"; the
+    functions it calls are not traced, so a normal render costs little more), and raises
+    ChatTemplateError there once the time is up."""
+    deadline = time.monotonic() + seconds
+
+    def on_line(frame, event, arg):
+        if time.monotonic() > deadline:
+            raise ChatTemplateError(f"{where}: the chat template ran longer than {seconds} s")
+        return on_line
+
+    def on_call(frame, event, arg):
+        return on_line if frame.f_code.co_filename == "<template>" else None
+    previous = sys.gettrace()
+    sys.settrace(on_call)
+    try:
+        yield
+    finally:
+        sys.settrace(previous)
 
 
 def template_environment():
@@ -138,9 +181,32 @@ def template_environment():
     env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True,
                          extensions=[GenerationTag, loopcontrols])
     env.filters["tojson"] = template_tojson
+    for name in SIZED_FILTERS:          # a width or count that would build a huge string
+        env.filters[name] = bounded(env.filters[name], name)
+    env.globals["lipsum"] = bounded(env.globals["lipsum"], "lipsum", limit=1000)
     env.globals.update(raise_exception=template_raise_exception, strftime_now=strftime_now,
                        dict=plain_dict, namespace=Namespace)
     return env
+
+
+SIZED_FILTERS = ("center", "indent", "wordwrap", "truncate", "batch", "slice", "format")
+
+
+def bounded(function, name: str, limit: int = MAX_REPEATED_CHARS):
+    """`function` refusing an integer argument above `limit` ('x' | center(10**9) would
+    build a gigabyte in one call, lipsum(10**6) take minutes, where the time limit, which
+    sees only the template's own lines, cannot stop them)."""
+    def call(*args, **kwargs):
+        import jinja2
+        for value in list(args[1:] if name != "lipsum" else args) + list(kwargs.values()):
+            if isinstance(value, int) and not isinstance(value, bool) and abs(value) > limit:
+                raise jinja2.exceptions.SecurityError(f"{name}({value}) is too large in a "
+                                                      f"chat template")
+        return function(*args, **kwargs)
+    for attribute in ("jinja_pass_arg",):          # pass_context / pass_environment marks
+        if hasattr(function, attribute):
+            setattr(call, attribute, getattr(function, attribute))
+    return call
 
 
 def template_tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):

@@ -18,26 +18,39 @@ from fuzzing.one_input import Input
 
 PROMPT = "def f(x): return x"
 CLI_ARGS = ["-p", "hi", "-n", "2"]
+CHAT = [{"role": "system", "content": "s"}, {"role": "user", "content": PROMPT}]
+TOOLS = [{"type": "function", "function": {
+    "name": "get_time", "description": "The time now in a time zone.",
+    "parameters": {"type": "object", "properties": {"tz": {"type": "string"}},
+                   "required": ["tz"]}}}]
 
 
 def load_and_generate(path: str) -> dict:
-    """What a user does with a model: load, encode, generate, decode. load_tokenizer (the
-    tokenizer alone) runs after load, which builds its tokenizer only when it is first used,
-    so that a mutated tokenizer file reaches load_tokenizer first; its ids must be the
-    model tokenizer's."""
+    """What a user does with a model: load, encode, render a chat prompt, generate, decode.
+    load_tokenizer (the tokenizer alone) runs after load, which builds its tokenizer only
+    when it is first used, so that a mutated tokenizer file reaches load_tokenizer first;
+    its ids must be the model tokenizer's. The chat prompt is the model's chat template
+    rendered with a system and a user turn, a tool and enable_thinking=False, as the server
+    renders a request; a model without a template gets ChatML in code, which cannot be
+    given tools, so it gets none. The prompt's first tokens, decoded, are in the report: a
+    template that read a file (the planted one) would show its marker there, a leak."""
     import qwen_np
     m = qwen_np.load(path, backend="numpy")
     has_tokenizer = not os.path.isdir(path) or any(
         os.path.lexists(os.path.join(path, name)) for name in ("tokenizer.json", "qwen.tiktoken"))
-    ids = [1, 2, 3]
+    ids, chat = [1, 2, 3], []
     if has_tokenizer:
         alone = qwen_np.load_tokenizer(path).encode(PROMPT)
         ids = m.tokenizer.encode(PROMPT)
         if alone != ids:
             raise AssertionError(f"load_tokenizer encodes {alone}, load(...).tokenizer {ids}")
+        tools = TOOLS if m.chat_format.templates is not None else None
+        chat = m.chat_prompt_ids(CHAT, tools=tools, enable_thinking=False)
     new = m.generate(ids[:8], max_new_tokens=2)
     text = m.tokenizer.decode(new) if has_tokenizer else ""
-    return {"new": [int(i) for i in new], "text": text}
+    chat_text = m.tokenizer.decode(chat[:1 << 16]) if chat else ""
+    return {"new": [int(i) for i in new], "text": text, "chat_prompt_tokens": len(chat),
+            "chat_prompt": chat_text}
 
 
 def run_cli(path: str) -> dict:

@@ -14,11 +14,14 @@ def replace_path(path: str) -> None:
         os.unlink(path)
 
 
-def mutate_fs(rng, ctx, target: str) -> str:
+FS_OPS = ["fifo", "directory", "empty", "symlink_outside", "symlink_outside_abs",
+          "symlink_dev_zero", "dangling_symlink", "symlink_loop", "delete", "model_fifo",
+          "model_symlink_outside", "model_other_kind"]
+
+
+def mutate_fs(rng, ctx, target: str, ops=FS_OPS) -> str:
     """The target file (or the model path itself) replaced by something that is not a file."""
-    op = rng.choice(["fifo", "directory", "empty", "symlink_outside", "symlink_outside_abs",
-                     "symlink_dev_zero", "dangling_symlink", "symlink_loop", "delete",
-                     "model_fifo", "model_symlink_outside", "model_other_kind"])
+    op = rng.choice(ops)
     if op.startswith("model_"):
         target = ctx.model
     replace_path(target)

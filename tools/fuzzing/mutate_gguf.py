@@ -152,7 +152,9 @@ GGUF_KEYS = ["general.architecture", "{a}.block_count", "{a}.embedding_length",
              "{a}.feed_forward_length", "{a}.rope.freq_base", "{a}.attention.layer_norm_rms_epsilon",
              "{a}.attention.key_length", "tokenizer.ggml.model", "tokenizer.ggml.pre",
              "tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type",
-             "tokenizer.ggml.eos_token_id", "general.alignment"]
+             "tokenizer.ggml.eos_token_id", "tokenizer.ggml.bos_token_id",
+             "tokenizer.ggml.padding_token_id", "tokenizer.chat_template",
+             "tokenizer.chat_template.tool_use", "general.alignment"]
 GGUF_VALUES = [(4, 0), (4, 1), (4, 2**32 - 1), (4, 3), (10, 2**63), (10, 2**64 - 1), (11, -1),
                (5, -1), (6, float("nan")), (6, 0.0), (6, float("inf")), (12, 1e308), (8, "x"),
                (8, ""), (8, "llama"), (8, "qwen3moe"), (7, True), (9, (0, [])), (9, (8, ["x"])),

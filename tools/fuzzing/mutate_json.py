@@ -1,4 +1,5 @@
-"""JSON mutations (config, generation config, index, quantize config, tokenizer): values
+"""JSON mutations (config, generation config, index, quantize config, tokenizer, tokenizer
+config): values
 replaced, keys deleted or added, known keys given wrong types, deep nesting, shard names
 pointing out of the folder, tokenizer ids past the vocabulary; and dump_json, which writes
 what json.dumps cannot."""
@@ -29,6 +30,10 @@ KNOWN_KEYS = {
                   "model.byte_fallback", "added_tokens", "pre_tokenizer", "normalizer",
                   "decoder", "post_processor", "truncation", "padding", "version"],
     "index": ["weight_map", "metadata", "metadata.total_size"],
+    # what formats/chat_templates.py reads: the template (a string, or a list of {name,
+    # template}) and the special tokens a template may name (a string or an AddedToken object)
+    "tokenizer_config": ["chat_template", "name", "template", "bos_token", "eos_token",
+                         "pad_token", "unk_token", "pad_token.content", "model_max_length"],
 }
 
 

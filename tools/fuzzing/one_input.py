@@ -11,12 +11,13 @@ import stat
 from dataclasses import dataclass
 
 from fuzzing.mutate_bytes import mutate_bytes
-from fuzzing.mutate_files import mutate_fs, replace_path
+from fuzzing.mutate_chat_template import TEMPLATE_MUTATORS, mutate_chat_template
+from fuzzing.mutate_files import FS_OPS, mutate_fs, replace_path
 from fuzzing.mutate_gguf import mutate_gguf_field, mutate_gguf_kv
 from fuzzing.mutate_json import JSON_MUTATORS, dump_json
 from fuzzing.mutate_safetensors import mutate_st_entry, mutate_st_header
 from fuzzing.mutate_tiktoken import TIKTOKEN_MUTATORS
-from fuzzing.seeds import Seed
+from fuzzing.seeds import QWEN3_TEMPLATE, QWEN25_TEMPLATE, Seed, published_template
 
 
 MUTATORS = {
@@ -25,13 +26,18 @@ MUTATORS = {
     "index": ["index_shards", "index_shards", "json_value", "json_keys", "json_known",
               "json_deep", "bytes", "fs"],
 }
-for _fmt in ("config", "generation_config", "quant_config", "tokenizer"):
+for _fmt in ("config", "generation_config", "quant_config", "tokenizer", "tokenizer_config"):
     MUTATORS[_fmt] = ["json_value", "json_keys", "json_known", "json_known", "json_deep",
                       "bytes", "fs"]
 MUTATORS["tokenizer"] += ["tokenizer_ids"]
 MUTATORS["tiktoken"] = [*TIKTOKEN_MUTATORS, "bytes", "fs"]
 MUTATORS["config"] += ["swap"]
 MUTATORS["safetensors"] += ["swap"]
+MUTATORS["chat_template"] = [*TEMPLATE_MUTATORS, "template_splice", "template_splice", "fs"]
+# A model's own files may be symlinks to anywhere (formats/files.py: Hugging Face's cache links
+# them to blobs), and a template file's text is the prompt: the planted file's marker in the
+# prompt, read through chat_template.jinja linked to it, is what the user asked for, no leak.
+TEMPLATE_FS_OPS = [op for op in FS_OPS if op not in ("symlink_outside", "symlink_outside_abs")]
 
 
 @dataclass
@@ -63,7 +69,7 @@ def make_input(seeds: list[Seed], formats: list[str], run_seed: int, index: int,
     seed = rng.choice([s for s in seeds if fmt in s.targets])
     mutator = rng.choice(MUTATORS[fmt])
     target = rng.choice(seed.targets[fmt])
-    if "#" in target and mutator not in JSON_MUTATORS:
+    if "#" in target and mutator not in JSON_MUTATORS and fmt != "chat_template":
         mutator = "json_known"
 
     os.makedirs(dest)
@@ -81,7 +87,10 @@ def make_input(seeds: list[Seed], formats: list[str], run_seed: int, index: int,
         shutil.copyfile(donor, file_path)
         desc = f"replaced by {os.path.relpath(donor, os.path.dirname(seed.path))}"
     elif mutator == "fs":
-        desc = mutate_fs(rng, ctx, file_path)
+        desc = mutate_fs(rng, ctx, file_path, TEMPLATE_FS_OPS if fmt == "chat_template" else FS_OPS)
+    elif mutator in TEMPLATE_MUTATORS:
+        others = [published_template(t) for t in (QWEN25_TEMPLATE, QWEN3_TEMPLATE)]
+        desc = mutate_chat_template(rng, mutator, file_path, target, ctx, others)
     elif mutator in JSON_MUTATORS:
         with open(file_path, encoding="utf-8") as f:
             whole = json.load(f)

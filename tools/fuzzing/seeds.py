@@ -1,6 +1,6 @@
 """The seeds every input is mutated from: copies of the test fixtures, a quantize_config.json
-variant, a qwen.tiktoken folder, and GGUF files written at start-up; which files of each
-a format's mutations may target."""
+variant, a qwen.tiktoken folder, and GGUF files written at start-up; the published chat
+templates given to some of them; which files of each a format's mutations may target."""
 
 from __future__ import annotations
 
@@ -13,13 +13,15 @@ import sys
 from dataclasses import dataclass
 
 from fuzzing.locations import FIXTURES, REPO
+from fuzzing.mutate_chat_template import GGUF_TEMPLATE_KEY
+from fuzzing.mutate_gguf import walk_gguf
 
 
 FORMATS = ("gguf", "safetensors", "index", "config", "generation_config", "quant_config",
-           "tokenizer", "tiktoken")
+           "tokenizer", "tiktoken", "tokenizer_config", "chat_template")
 JSON_FILES = {"config": "config.json", "generation_config": "generation_config.json",
               "index": "model.safetensors.index.json", "quant_config": "quantize_config.json",
-              "tokenizer": "tokenizer.json"}
+              "tokenizer": "tokenizer.json", "tokenizer_config": "tokenizer_config.json"}
 
 # name -> fixture folder
 HF_SEEDS = {
@@ -40,18 +42,47 @@ TOKENIZER_FROM = "qwen2-tied-f32"
 # qwen2-tied-f32 with a qwen.tiktoken made from its tokenizer.json in place of that file
 TIKTOKEN_SEED = "qwen2-tied-f32-tiktoken"
 
+# the published chat templates (tests/fixtures/chat_templates/) and where the seeds hold them:
+# each place a checkpoint may keep one (formats/chat_templates.py), a named list among them
+CHAT_TEMPLATES = os.path.join(FIXTURES, "chat_templates")
+QWEN25_TEMPLATE, QWEN3_TEMPLATE = "qwen2.5-instruct.jinja", "qwen3.jinja"
+JINJA_SEEDS = {"qwen2-tied-f32": QWEN25_TEMPLATE}                  # chat_template.jinja
+TOKENIZER_CONFIG_SEEDS = {"qwen3-yarn": QWEN3_TEMPLATE,           # tokenizer_config.json
+                          "gptq-4bit-g32-sym": [("default", QWEN25_TEMPLATE),
+                                                ("tool_use", QWEN25_TEMPLATE)]}
+CHAT_TEMPLATE_JSON_SEEDS = {"qwen2-untied-bf16-sharded": QWEN25_TEMPLATE}  # chat_template.json
+# GGUF seeds: tokenizer.chat_template (the MoE ones keep none, as a GGUF may)
+GGUF_TEMPLATES = {"qwen2-f32": QWEN25_TEMPLATE, "qwen2-f16": QWEN25_TEMPLATE,
+                  "qwen2-q8_0": QWEN25_TEMPLATE, "qwen2-q4_0": QWEN25_TEMPLATE,
+                  "qwen3-f32": QWEN3_TEMPLATE}
+
 # Run in a separate Python: gguf_writer reads safetensors through torch, which the fuzzing
 # parent should not carry into every forked child. The Q4_0 and F16 files need matrices whose
 # rows are whole 32-element blocks, so they come from a random float model of the quant
-# fixtures' shape (hidden 64, MLP 128).
+# fixtures' shape (hidden 64, MLP 128). gguf-py's own add_chat_template writes each file's
+# tokenizer.chat_template (argv[4]: {file name: template text}), as llama.cpp's converter does.
 GGUF_SEED_SCRIPT = r"""
 import json, os, shutil, sys
 import numpy as np
-tests, fixtures, out = sys.argv[1:4]
+tests, fixtures, out, templates = sys.argv[1:5]
 sys.path.insert(0, tests)
+import gguf
 from gguf import GGMLQuantizationType as T
 from gguf_writer import write_gguf_from_hf
 from safetensors.numpy import save_file
+
+templates = json.loads(templates)
+
+
+class WriterWithTemplate(gguf.GGUFWriter):
+    def write_header_to_file(self, *args, **kwargs):
+        template = templates.get(os.path.basename(str(self.path)))
+        if template:
+            self.add_chat_template(template)
+        super().write_header_to_file(*args, **kwargs)
+
+
+gguf.GGUFWriter = WriterWithTemplate    # what write_gguf_from_hf makes
 
 h64 = os.path.join(out, "float-h64")
 os.makedirs(h64)
@@ -122,9 +153,12 @@ def build_seeds(root: str, with_gguf: bool = True) -> list[Seed]:
     with open(os.path.join(tiktoken, "qwen.tiktoken"), "wb") as f:
         f.write(tiktoken_from_tokenizer_json(os.path.join(tiktoken, "tokenizer.json")))
     os.unlink(os.path.join(tiktoken, "tokenizer.json"))
+    add_chat_templates(seeds_dir)
     if with_gguf:
+        gguf_templates = {f"{name}.gguf": published_template(t)
+                          for name, t in GGUF_TEMPLATES.items()}
         subprocess.run([sys.executable, "-c", GGUF_SEED_SCRIPT, os.path.join(REPO, "tests"),
-                        FIXTURES, seeds_dir], check=True)
+                        FIXTURES, seeds_dir, json.dumps(gguf_templates)], check=True)
     seeds = []
     for name in sorted(os.listdir(seeds_dir)):
         path = os.path.join(seeds_dir, name)
@@ -132,11 +166,50 @@ def build_seeds(root: str, with_gguf: bool = True) -> list[Seed]:
     return seeds
 
 
+def published_template(name: str) -> str:
+    """The text of tests/fixtures/chat_templates/<name>."""
+    with open(os.path.join(CHAT_TEMPLATES, name), encoding="utf-8") as f:
+        return f.read()
+
+
+def add_chat_templates(seeds_dir: str) -> None:
+    """The published templates, each in the place JINJA_SEEDS and the like say;
+    tokenizer_config.json with the special tokens as Qwen's checkpoints write them (eos a
+    string, pad an AddedToken object, bos null)."""
+    for name, template in JINJA_SEEDS.items():
+        with open(os.path.join(seeds_dir, name, "chat_template.jinja"), "w", encoding="utf-8") as f:
+            f.write(published_template(template))
+    for name, template in TOKENIZER_CONFIG_SEEDS.items():
+        value = published_template(template) if isinstance(template, str) else \
+            [{"name": n, "template": published_template(t)} for n, t in template]
+        config = {"bos_token": None, "eos_token": "<|im_end|>",
+                  "pad_token": {"content": "<|endoftext|>", "special": True},
+                  "model_max_length": 131072, "chat_template": value}
+        with open(os.path.join(seeds_dir, name, "tokenizer_config.json"), "w",
+                  encoding="utf-8") as f:
+            json.dump(config, f, indent=2, ensure_ascii=False)
+    for name, template in CHAT_TEMPLATE_JSON_SEEDS.items():
+        with open(os.path.join(seeds_dir, name, "chat_template.json"), "w", encoding="utf-8") as f:
+            json.dump({"chat_template": published_template(template)}, f, indent=2,
+                      ensure_ascii=False)
+
+
 def seed_targets(path: str) -> dict:
     if path.endswith(".gguf"):
-        return {"gguf": [""]}
+        with open(path, "rb") as f:
+            keys = {k for _, _, k in walk_gguf(f.read()).kvs}
+        return {"gguf": [""], **({"chat_template": [""]} if GGUF_TEMPLATE_KEY in keys else {})}
     files = set(os.listdir(path))
     targets = {fmt: [name] for fmt, name in JSON_FILES.items() if name in files}
+    # the template the folder's model uses: chat_template.jinja first (formats/chat_templates.py)
+    if "chat_template.jinja" in files:
+        targets["chat_template"] = ["chat_template.jinja"]
+    elif "chat_template.json" in files:
+        targets["chat_template"] = ["chat_template.json#chat_template"]
+    elif "tokenizer_config.json" in files:
+        with open(os.path.join(path, "tokenizer_config.json"), encoding="utf-8") as f:
+            if "chat_template" in json.load(f):
+                targets["chat_template"] = ["tokenizer_config.json#chat_template"]
     if "qwen.tiktoken" in files:
         targets["tiktoken"] = ["qwen.tiktoken"]
     with open(os.path.join(path, "config.json")) as f:
