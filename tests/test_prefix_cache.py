@@ -46,9 +46,9 @@ def logits_recorder(monkeypatch):
     rows = []
     real = batch.sample_next
 
-    def recording(logits, rng, sampling, previous):
+    def recording(logits, rng, sampling, previous, *generated):
         rows.append(np.array(logits, copy=True))
-        return real(logits, rng, sampling, previous)
+        return real(logits, rng, sampling, previous, *generated)
     monkeypatch.setattr(batch, "sample_next", recording)
     return rows
 
