@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.set_defaults(func=cmd_serve)
 
     qz = sub.add_parser("quantize", help="quantize a float model to a GPTQ int4/int8 checkpoint",
-                        description="Round-to-nearest quantization of every decoder projection, "
+                        description="Round-to-nearest (--method rtn) or calibrated GPTQ "
+                                    "(--method gptq) quantization of every decoder projection, "
                                     "written as a standard GPTQ (v1) checkpoint that GPTQModel, "
                                     "transformers and qwen-np load.")
     qz.add_argument("src", help="a float Hugging Face model folder")
@@ -140,6 +141,22 @@ def build_parser() -> argparse.ArgumentParser:
     qz.add_argument("--checkpoint-format", default="gptq", choices=("gptq", "gptq_v2"),
                     help="gptq (v1, zeros stored minus one; the default) or gptq_v2 (true zeros: "
                          "what GPTQModel wants for --asym checkpoints it did not write itself)")
+    qz.add_argument("--method", default="rtn", choices=("rtn", "gptq"),
+                    help="rtn: round-to-nearest (default); gptq: GPTQ with error feedback, "
+                         "calibrated layer by layer on --calibration (Qwen2/Qwen3, dense or MoE)")
+    qz.add_argument("--calibration", metavar="FILE.txt", default=None,
+                    help="gptq: UTF-8 calibration text (default: the built-in one, the "
+                         "project's own docs and source, Apache-2.0)")
+    qz.add_argument("--samples", type=int, default=128,
+                    help="gptq: at most this many windows of --seq-len tokens (default 128)")
+    qz.add_argument("--seq-len", type=int, default=512,
+                    help="gptq: tokens per calibration sample (default 512)")
+    qz.add_argument("--damp", type=float, default=0.01,
+                    help="gptq: dampening, a fraction of the Hessian's mean diagonal (default 0.01)")
+    qz.add_argument("--act-order", action="store_true",
+                    help="gptq: quantize inputs by descending Hessian diagonal (desc_act)")
+    qz.add_argument("--static-groups", action="store_true",
+                    help="gptq: every group's scale and zero computed before any error feedback")
     qz.set_defaults(func=cmd_quantize)
 
     mem = sub.add_parser("memory", help="bytes of every component and the predicted peak",
@@ -243,6 +260,20 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--per-token", action="store_true",
                     help="with --json: also each scored token's log-probability "
                          "(token_logprobs, float64, tokens 1 .. N-1) and the text's token_ids")
+    kl = pp.add_mutually_exclusive_group()
+    kl.add_argument("--save-logprobs", metavar="BASE.safetensors", default=None,
+                    help="also save each scored token's top log-probabilities (float64) as the "
+                         "base for --kl-divergence; a float64 run of the numpy backend makes "
+                         "the oracle's base (qwen_np/oracle/kl_divergence.py)")
+    kl.add_argument("--kl-divergence", metavar="BASE.safetensors", default=None,
+                    help="compare with a base saved by --save-logprobs over the same text, "
+                         "--ctx and --stride: mean KLD with its uncertainty, median, 99%% and "
+                         "99.9%%, RMS Δp and same top token (llama-perplexity's statistics)")
+    pp.add_argument("--save-top-k", type=count(1), default=128, metavar="K",
+                    help="with --save-logprobs: keep each token's K most likely tokens and the "
+                         "rest's total (12 K + 16 bytes a token; K >= the vocabulary keeps "
+                         "every token and the KLD is exact, else it is a lower bound; "
+                         "default 128)")
     pp.set_defaults(func=cmd_ppl)
     return p
 
@@ -362,9 +393,16 @@ def cmd_quantize(args) -> int:
     from qwen_np.apps.quantize import quantize_folder
     stats = quantize_folder(args.src, args.dst, args.bits, args.group_size, args.sym,
                             progress=progress_bar("quantizing"),
-                            checkpoint_format=args.checkpoint_format)
-    print(f"{args.dst}: {stats['quantized']} matrices quantized to {args.bits} bits "
-          f"(group {args.group_size}, {'sym' if args.sym else 'asym'}); tensors "
+                            checkpoint_format=args.checkpoint_format, method=args.method,
+                            calibration=args.calibration, samples=args.samples,
+                            seq_len=args.seq_len, damp=args.damp, act_order=args.act_order,
+                            static_groups=args.static_groups)
+    calibrated = f", {stats['samples']} x {args.seq_len} calibration tokens" \
+        if "samples" in stats else ""
+    if stats.get("rtn_experts"):
+        calibrated += f"; {stats['rtn_experts']} experts no token reached: rounded to nearest"
+    print(f"{args.dst}: {stats['quantized']} matrices quantized to {args.bits} bits by "
+          f"{args.method} (group {args.group_size}, {'sym' if args.sym else 'asym'}{calibrated}); tensors "
           f"{stats['bytes_in'] / 2**20:.1f} MiB -> {stats['bytes_out'] / 2**20:.1f} MiB")
     return 0
 

@@ -1,5 +1,7 @@
 """The oracle's commands: `qwen-np trace` (every intermediate of one forward pass, saved),
-`qwen-np compare` (two traces, tensor by tensor) and `qwen-np ppl` (perplexity of a text)."""
+`qwen-np compare` (two traces, tensor by tensor) and `qwen-np ppl` (perplexity of a text; with
+--save-logprobs it keeps the base's distributions, with --kl-divergence it compares a model
+with them: oracle/kl_divergence.py)."""
 
 from __future__ import annotations
 
@@ -65,17 +67,44 @@ def cmd_ppl(args) -> int:
         raise InputError(f"{args.text}: cannot read ({e.strerror})") from None
     except UnicodeDecodeError as e:
         raise InputError(f"{args.text}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    base = args.kl_divergence
+    if base is not None:
+        from qwen_np.oracle.kl_divergence import read_base
+        read_base(base)                  # a bad base file fails before the model is loaded
     model = load_model(args)
     ids = model.tokenizer.encode(text)
-    result = perplexity(model.logits, ids, args.ctx, args.stride, progress_bar("ppl"),
-                        per_token=args.per_token)
+    stats = None
+    if base is not None:
+        from qwen_np.oracle.kl_divergence import kl_against
+        result, stats, per_token = kl_against(base, model.logits, ids, args.ctx, args.stride,
+                                              progress_bar("ppl"), per_token=args.per_token)
+        result["kl_divergence"] = stats
+        if args.per_token:
+            result["token_kld"] = per_token["kld"].tolist()
+            result["token_p_diff"] = per_token["p_diff"].tolist()
+    elif args.save_logprobs is not None:
+        from qwen_np.oracle.kl_divergence import save_base
+        meta = {"model": model.source, "backend": args.backend, "dtype": args.dtype,
+                "text": args.text}
+        result = save_base(args.save_logprobs, model.logits, ids, args.ctx, args.stride,
+                           args.save_top_k, meta, progress_bar("ppl"), per_token=args.per_token)
+    else:
+        result = perplexity(model.logits, ids, args.ctx, args.stride, progress_bar("ppl"),
+                            per_token=args.per_token)
     if args.per_token:
         result["token_ids"] = ids
     result.update(text=args.text, model=model.source, backend=args.backend, dtype=args.dtype)
     if args.json:
         print(json.dumps(result))
-    else:
-        print(f"perplexity {result['perplexity']:.4f} (mean NLL {result['nll']:.5f} nats over "
-              f"{result['tokens']} tokens, {result['windows']} windows of {args.ctx}, "
-              f"stride {args.stride})")
+        return 0
+    print(f"perplexity {result['perplexity']:.4f} (mean NLL {result['nll']:.5f} nats over "
+          f"{result['tokens']} tokens, {result['windows']} windows of {args.ctx}, "
+          f"stride {args.stride})")
+    if args.save_logprobs is not None:
+        print(f"{args.save_logprobs}: the base's log-probs of {result['tokens']} tokens, top "
+              f"{result['logprobs_top_k']} of {result['vocab']} each, "
+              f"{os.path.getsize(args.save_logprobs):,} bytes")
+    if stats is not None:
+        from qwen_np.oracle.kl_divergence import format_statistics
+        print(format_statistics(stats))
     return 0

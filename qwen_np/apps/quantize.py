@@ -1,8 +1,10 @@
-"""`qwen-np quantize`: a float Hugging Face folder -> a GPTQ (v1) folder, by round-to-nearest.
+"""`qwen-np quantize`: a float Hugging Face folder -> a GPTQ (v1) folder, by round-to-nearest
+(method "rtn") or by GPTQ calibrated on a text (method "gptq": runtime/calibration.py drives
+tensors/gptq_solver.py layer by layer; Qwen2/Qwen3, dense and MoE).
 
 Every projection of every decoder layer (q, k, v, o, gate, up, down; in an MoE model each
 expert's and the shared expert's gate, up and down, one module per expert as GPTQModel writes
-them) is quantized with `quant.rtn.quantize_rtn`; embeddings, norms, biases, an MoE router
+them) is quantized with `tensors/rtn.py:quantize_rtn` (or GPTQ); embeddings, norms, biases, an MoE router
 and the shared expert's gate, and the LM head stay unquantized, in
 float16 when the source holds float32 (as GPTQ checkpoints store them; bfloat16 stays
 bfloat16). The output is an ordinary GPTQ checkpoint (`qweight`, `qzeros` holding
@@ -20,7 +22,7 @@ import shutil
 import numpy as np
 
 from qwen_np.version import __version__
-from qwen_np.model.config import config_to_hf_dict
+from qwen_np.model.config import config_from_hf_dict, config_to_hf_dict
 from qwen_np.tensors.dense import as_compute
 from qwen_np.errors import FormatError, InputError, UnsupportedModel
 from qwen_np.formats.hf_dir import read_hf_config, read_hf_tensors, unstacked_experts
@@ -30,6 +32,7 @@ from qwen_np.formats.safetensors import write_safetensors
 from qwen_np.tensors.quantized import QuantizedTensor
 from qwen_np.formats.gptq import canonical_codes_to_gptq
 from qwen_np.tensors.rtn import quantize_rtn
+from qwen_np.runtime.calibration import GPTQSettings, calibrate_gptq, calibration_samples
 
 # the decoder projections: Qwen2/Qwen3 names, and the original Qwen's (whose output is then
 # the Qwen-7B-Chat-Int4 layout: c_attn, c_proj, w1, w2 quantized, c_attn keeping its bias)
@@ -49,21 +52,42 @@ def to_float16_if_float32(t, name: str, src: str):
     return t.astype(np.float16)
 
 
-def gptq_quantization_config(bits: int, group_size: int, sym: bool, fmt: str = "gptq") -> dict:
-    return {"quant_method": "gptq", "bits": bits, "group_size": group_size, "desc_act": False,
-            "sym": sym, "static_groups": False, "true_sequential": True, "damp_percent": 0.01,
+# the built-in calibration text: the project's own docs and source (Apache-2.0), see its header
+DEFAULT_CALIBRATION = os.path.join(os.path.dirname(__file__), "calibration_text.txt")
+
+
+def gptq_quantization_config(bits: int, group_size: int, sym: bool, fmt: str = "gptq",
+                             method: str = "rtn", gptq: GPTQSettings | None = None) -> dict:
+    gptq = gptq or GPTQSettings()
+    return {"quant_method": "gptq", "bits": bits, "group_size": group_size,
+            "desc_act": gptq.act_order, "sym": sym, "static_groups": gptq.static_groups,
+            "true_sequential": True, "damp_percent": gptq.damp_percent,
             "checkpoint_format": fmt, "format": fmt, "pack_dtype": "int32",
-            "meta": {"quantizer": [f"qwen-np:{__version__}"], "method": "rtn"}}
+            "meta": {"quantizer": [f"qwen-np:{__version__}"], "method": method}}
 
 
 def quantize_folder(src: str, dst: str, bits: int = 4, group_size: int = 128, sym: bool = True,
-                    progress=None, checkpoint_format: str = "gptq") -> dict:
-    """Quantize src into dst. Returns {"quantized": n, "bytes_in": .., "bytes_out": ..}.
+                    progress=None, checkpoint_format: str = "gptq", method: str = "rtn",
+                    calibration: str | None = None, samples: int = 128, seq_len: int = 512,
+                    damp: float = 0.01, act_order: bool = False,
+                    static_groups: bool = False) -> dict:
+    """Quantize src into dst. Returns {"quantized": n, "bytes_in": .., "bytes_out": ..}
+    (and, for GPTQ, "samples": the calibration samples used, "rtn_experts": the experts no
+    calibration token reached, rounded to nearest).
 
     checkpoint_format "gptq" (v1: zeros stored minus one, what AutoGPTQ and Qwen's published
     checkpoints use) or "gptq_v2" (true zeros; GPTQModel loads asymmetric v1 files only from
     its own quantizer, and v2 from anyone).
+    method "rtn" (round-to-nearest) or "gptq": calibrated on `calibration` (a UTF-8 text
+    file; default the built-in DEFAULT_CALIBRATION), up to `samples` windows of `seq_len`
+    tokens, dampening `damp`, `act_order` (desc_act), `static_groups`.
     """
+    if method not in ("rtn", "gptq"):
+        raise InputError(f"--method {method!r}: rtn or gptq")
+    if not 0 < damp < 1:
+        raise InputError(f"--damp {damp}: a fraction between 0 and 1")
+    if method == "rtn" and (act_order or static_groups or calibration is not None):
+        raise InputError("--calibration, --act-order and --static-groups apply to --method gptq")
     if checkpoint_format not in ("gptq", "gptq_v2"):
         raise UnsupportedModel(f"checkpoint format {checkpoint_format!r} (gptq or gptq_v2)")
     if bits not in (4, 8):
@@ -78,29 +102,53 @@ def quantize_folder(src: str, dst: str, bits: int = 4, group_size: int = 128, sy
         raise FormatError(f"{e.filename or src}: cannot read ({e.strerror})") from None
     names = [n for n in tensors if QUANTIZED.match(n)]
     per_word = 32 // bits
+    for name in names:          # every refusal before any work
+        t = tensors[name]
+        if isinstance(t, QuantizedTensor):
+            raise FormatError(f"{src}: tensor {name} is already quantized ({t.bits}-bit); "
+                              f"quantize reads float models (a quantized source is refused, "
+                              f"not dequantized)")
+        rows, cols = t.shape
+        if rows % per_word or cols % per_word:
+            raise FormatError(f"{src}: tensor {name} {list(t.shape)}: GPTQ needs both sizes to be "
+                              f"multiples of {per_word}")
+    settings = GPTQSettings(bits, group_size, sym, damp, act_order, static_groups)
     out, stats = {}, {"quantized": 0, "bytes_in": 0, "bytes_out": 0}
+    v2 = checkpoint_format == "gptq_v2"
+    solved = {}                 # GPTQ: {weight name: its GPTQ tensors}, packed as they come
+
+    def pack(name, r):
+        parts = canonical_codes_to_gptq(r.q, r.zero, r.scale, bits, group_size, v2)
+        parts["g_idx"] = r.g_idx                        # act-order: groups scattered
+        solved[name] = parts
+    if method == "gptq":
+        ids = calibration_ids(src, calibration)
+        chosen = calibration_samples(ids, samples, seq_len, calibration or DEFAULT_CALIBRATION)
+        stats["samples"] = len(chosen)
+        cfg = config_from_hf_dict(config_json, src)
+        if seq_len > cfg.max_position_embeddings:
+            raise InputError(f"--seq-len {seq_len}: longer than the model's "
+                             f"max_position_embeddings {cfg.max_position_embeddings}")
+        stats["rtn_experts"] = calibrate_gptq(cfg, tensors, chosen, settings, src, progress,
+                                              on_result=pack)[1]
     for name, t in tensors.items():
         stats["bytes_in"] += int(t.nbytes)
         if name not in names:
             out[name] = to_float16_if_float32(t, name, src)
             continue
-        if isinstance(t, QuantizedTensor):
-            raise FormatError(f"{src}: tensor {name} is already quantized ({t.bits}-bit); "
-                              f"quantize reads float models")
-        rows, cols = t.shape
-        if rows % per_word or cols % per_word:
-            raise FormatError(f"{src}: tensor {name} {list(t.shape)}: GPTQ needs both sizes to be "
-                              f"multiples of {per_word}")
-        q, zero, scale = quantize_rtn(as_compute(t, "float32"), bits, group_size, sym)
         module = name[: -len(".weight")]
-        v2 = checkpoint_format == "gptq_v2"
-        for part, arr in canonical_codes_to_gptq(q, zero, scale, bits, group_size, v2).items():
+        if name in solved:
+            parts = solved.pop(name)
+        else:
+            q, zero, scale = quantize_rtn(as_compute(t, "float32"), bits, group_size, sym)
+            parts = canonical_codes_to_gptq(q, zero, scale, bits, group_size, v2)
+        for part, arr in parts.items():
             out[f"{module}.{part}"] = arr
         stats["quantized"] += 1
-        if progress is not None:
+        if progress is not None and method == "rtn":
             progress(stats["quantized"], len(names))
     stats["bytes_out"] = sum(int(a.nbytes) for a in out.values())
-    qcfg = gptq_quantization_config(bits, group_size, sym, checkpoint_format)
+    qcfg = gptq_quantization_config(bits, group_size, sym, checkpoint_format, method, settings)
     config = dict(config_json, quantization_config=qcfg)
     if any(getattr(t, "dtype", None) == np.float16 for t in out.values()):
         config["torch_dtype"] = "float16"
@@ -115,6 +163,20 @@ def quantize_folder(src: str, dst: str, bits: int = 4, group_size: int = 128, sy
     except OSError as e:       # no permission, disk full: the user's to fix, named
         raise FormatError(f"{e.filename or dst}: cannot write ({e.strerror})") from None
     return stats
+
+
+def calibration_ids(src: str, calibration: str | None) -> list[int]:
+    """The calibration text's token ids, by the source model's own tokenizer."""
+    path = calibration or DEFAULT_CALIBRATION
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise FormatError(f"{path}: cannot read the calibration text ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise FormatError(f"{path}: the calibration text is not UTF-8") from None
+    from qwen_np.runtime.tokenizer import load_tokenizer
+    return load_tokenizer(src).encode(text)
 
 
 def read_float_source(src: str):

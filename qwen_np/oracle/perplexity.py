@@ -8,7 +8,9 @@ predicted once, with up to ctx - 1 tokens of context.
              window's tokens begin .. j - 1
     perplexity = exp(sum of -log p(token j | context) / number of targets)
 
-The log-softmax is taken in float64 from the model's logits.
+The log-softmax is taken in float64 from the model's logits. The same windows, and so the same
+scored tokens with the same contexts, feed the KL divergence against a saved base
+(oracle/kl_divergence.py) through `each_window`.
 """
 
 from __future__ import annotations
@@ -37,11 +39,13 @@ def windows(n: int, ctx: int, stride: int):
 
 def perplexity(logits_of: Callable[[list[int]], np.ndarray], ids, ctx: int = 512,
                stride: int = 256, progress: Callable[[int, int], None] | None = None,
-               per_token: bool = False) -> dict:
+               per_token: bool = False,
+               each_window: Callable[[np.ndarray, list[int]], None] | None = None) -> dict:
     """{"perplexity", "nll" (mean, nats), "tokens" (scored), "windows"} of ids under a model
     whose logits_of(window ids) gives [len, V] logits for every position of a pass from
     position 0; with per_token, also "token_logprobs": log p of tokens 1 .. N-1 in order
-    (model/logprobs.py, float64)."""
+    (model/logprobs.py, float64). each_window(logits, targets), if given, sees each window's
+    predicting rows in order: logits [rows, V] float64 and the tokens they predict."""
     ids = [int(i) for i in ids]
     if len(ids) < 2:
         raise InputError(f"perplexity needs at least 2 tokens, the text has {len(ids)}")
@@ -50,6 +54,8 @@ def perplexity(logits_of: Callable[[list[int]], np.ndarray], ids, ctx: int = 512
         logits = np.asarray(logits_of(ids[begin:end]), np.float64)          # [end-begin, V]
         rows = np.arange(first - 1 - begin, end - 1 - begin)                 # predicting rows
         scored = token_logprobs(logits[rows], ids[first:end])               # [rows] log p
+        if each_window is not None:
+            each_window(logits[rows], ids[first:end])
         total -= float(np.sum(scored))
         logprobs += scored.tolist()
         count += len(rows)
