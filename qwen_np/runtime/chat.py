@@ -92,17 +92,20 @@ def fallback_ids(tok: Tokenizer, fmt: ChatFormat, messages: list[dict], tools,
                  add_generation_prompt: bool) -> list[int]:
     """A checkpoint without a template: plain turns (system, user, assistant) only."""
     if tools:
-        raise InputError("this model has no chat template, so it has no way to be given tools")
+        raise InputError(f"{tok.source}: this model has no chat template, so it has no way "
+                         f"to be given tools")
     for i, m in enumerate(messages):
         if m.get("role") not in ("system", "user", "assistant") or \
                 not isinstance(m.get("content"), str):
-            raise InputError(f"messages[{i}]: this model has no chat template; only system, "
-                             f"user and assistant turns with text content can be written")
+            raise InputError(f"{tok.source}: messages[{i}]: this model has no chat template; "
+                             f"only system, user and assistant turns with text content can be "
+                             f"written")
     plain = [{"role": m["role"], "content": m["content"]} for m in messages]
     default_system = DEFAULT_SYSTEM_BY_MODEL_TYPE.get(fmt.model_type)
     if not add_generation_prompt:
         if fmt.model_type == "qwen":
-            raise InputError("the original Qwen's prompt always ends in the assistant's header")
+            raise InputError(f"{tok.source}: the original Qwen's prompt always ends in the "
+                             f"assistant's header")
         return tok.encode(format_chatml(plain, default_system, add_generation_prompt=False))
     return messages_prompt_ids(tok, fmt.model_type, plain, default_system)
 
