@@ -26,16 +26,9 @@ pytest.importorskip("uvicorn")
 jsonschema = pytest.importorskip("jsonschema")
 
 TEMPLATES = os.path.join(FIXTURES, "chat_templates")
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "The weather in a city.",
-    "parameters": {"type": "object", "properties": {
-        "city": {"type": "string", "maxLength": 12},
-        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
-        "required": ["city", "unit"], "additionalProperties": False}}}
-TIME = {"type": "function", "function": {
-    "name": "get_time", "description": "The time in a zone.",
-    "parameters": {"type": "object", "properties": {"zone": {"type": "string", "maxLength": 8}},
-                   "required": ["zone"], "additionalProperties": False}}}
+# the tools the real model's answers were recorded with (tools/record_tool_answers.py)
+with open(os.path.join(TEMPLATES, "recorded_tool_answers.json"), encoding="utf-8") as f:
+    WEATHER, TIME = json.load(f)["tools"]
 
 
 def folder_with_template(tmp_path_factory, fixture: str, template: str) -> str:

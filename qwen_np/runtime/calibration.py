@@ -123,18 +123,8 @@ def quantize_experts(cfg: QwenConfig, be, i: int, layer: LayerWeights, hs: list,
                      settings: GPTQSettings, emit) -> int:
     """A sparse layer's experts, each from the tokens routed to it (the model's own `route`
     over the quantized attention's output); returns how many no token reached (RTN)."""
-    xs = []
-
-    def record(name, x):
-        if name == "post_attention_layernorm":
-            xs.append(np.asarray(x))
-            raise InputSeen
-    for h in hs:
-        try:
-            run_layer(cfg, be, i, layer, h, record)
-        except InputSeen:
-            pass
-    x = np.concatenate(xs)                                               # [N, D] every token
+    x = np.concatenate(list(inputs_of(cfg, be, i, layer, hs, "post_attention_layernorm")))
+    # [N, D] every token
     moe = layer.moe
     logits = be.linear(x, as_compute(moe.router, "float32"))             # [N, E]
     chosen, _ = route(np.asarray(logits), cfg.num_experts_per_tok, cfg.norm_topk_prob)
@@ -189,20 +179,28 @@ def layer_input_hessian(cfg: QwenConfig, be, i: int, layer: LayerWeights, hs: li
                         traced: str) -> HessianSum:
     """X^T X of the input `traced` (a name inside the layer) over every sample."""
     acc = None
+    for x in inputs_of(cfg, be, i, layer, hs, traced):
+        x = x.reshape(x.shape[0], -1)                                    # [T, in]
+        acc = acc or HessianSum.zeros(x.shape[1])
+        acc.add(x)
+    return acc
 
-    def record(name, x):
-        nonlocal acc
-        if name == traced:
-            x = np.asarray(x).reshape(x.shape[0], -1)                      # [T, in]
-            acc = acc or HessianSum.zeros(x.shape[1])
-            acc.add(x)
-            raise InputSeen
+
+def inputs_of(cfg: QwenConfig, be, i: int, layer: LayerWeights, hs: list, traced: str):
+    """Each sample's intermediate `traced` (a name inside layer i), the layer run only as far
+    as it (its recorder stops the pass there)."""
     for h in hs:
+        seen = []
+
+        def record(name, x):
+            if name == traced:
+                seen.append(np.asarray(x))
+                raise InputSeen
         try:
             run_layer(cfg, be, i, layer, h, record)
         except InputSeen:
             pass
-    return acc
+        yield from seen
 
 
 def run_layer(cfg: QwenConfig, be, i: int, layer: LayerWeights, h, record=None):
