@@ -157,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="gptq: quantize inputs by descending Hessian diagonal (desc_act)")
     qz.add_argument("--static-groups", action="store_true",
                     help="gptq: every group's scale and zero computed before any error feedback")
+    qz.add_argument("--keep", action="append", metavar="WIDTH:NAMES", default=[],
+                    help="mixed precision: these matrices at WIDTH bits (4, 8; 16 = not "
+                         "quantized), NAMES comma-separated: lm_head, embed or fragments of "
+                         "module names (e.g. --keep 8:lm_head,v_proj,down_proj); repeatable, "
+                         "the first rule that names a matrix decides")
     qz.set_defaults(func=cmd_quantize)
 
     mem = sub.add_parser("memory", help="bytes of every component and the predicted peak",
@@ -396,7 +401,7 @@ def cmd_quantize(args) -> int:
                             checkpoint_format=args.checkpoint_format, method=args.method,
                             calibration=args.calibration, samples=args.samples,
                             seq_len=args.seq_len, damp=args.damp, act_order=args.act_order,
-                            static_groups=args.static_groups)
+                            static_groups=args.static_groups, keep=args.keep)
     calibrated = f", {stats['samples']} x {args.seq_len} calibration tokens" \
         if "samples" in stats else ""
     if stats.get("rtn_experts"):

@@ -33,6 +33,7 @@ from qwen_np.tensors.quantized import QuantizedTensor
 from qwen_np.formats.gptq import canonical_codes_to_gptq
 from qwen_np.tensors.rtn import quantize_rtn
 from qwen_np.runtime.calibration import GPTQSettings, calibrate_gptq, calibration_samples
+from qwen_np.runtime.mixed_precision import check_gptq_rules, gptq_dynamic, parse_keep, width_of
 
 # the decoder projections: Qwen2/Qwen3 names, and the original Qwen's (whose output is then
 # the Qwen-7B-Chat-Int4 layout: c_attn, c_proj, w1, w2 quantized, c_attn keeping its bias)
@@ -70,7 +71,7 @@ def quantize_folder(src: str, dst: str, bits: int = 4, group_size: int = 128, sy
                     progress=None, checkpoint_format: str = "gptq", method: str = "rtn",
                     calibration: str | None = None, samples: int = 128, seq_len: int = 512,
                     damp: float = 0.01, act_order: bool = False,
-                    static_groups: bool = False) -> dict:
+                    static_groups: bool = False, keep=()) -> dict:
     """Quantize src into dst. Returns {"quantized": n, "bytes_in": .., "bytes_out": ..}
     (and, for GPTQ, "samples": the calibration samples used, "rtn_experts": the experts no
     calibration token reached, rounded to nearest).
@@ -81,7 +82,10 @@ def quantize_folder(src: str, dst: str, bits: int = 4, group_size: int = 128, sy
     method "rtn" (round-to-nearest) or "gptq": calibrated on `calibration` (a UTF-8 text
     file; default the built-in DEFAULT_CALIBRATION), up to `samples` windows of `seq_len`
     tokens, dampening `damp`, `act_order` (desc_act), `static_groups`.
+    keep: mixed precision, `--keep` rules ("8:lm_head,down_proj"; runtime/mixed_precision.py);
+    a quantized LM head is rounded to nearest (GPTQ calibrates the decoder layers only).
     """
+    rules = parse_keep(keep)
     if method not in ("rtn", "gptq"):
         raise InputError(f"--method {method!r}: rtn or gptq")
     if not 0 < damp < 1:
@@ -100,8 +104,18 @@ def quantize_folder(src: str, dst: str, bits: int = 4, group_size: int = 128, sy
         config_json, tensors, write_tokenizer = read_float_source(src)
     except OSError as e:
         raise FormatError(f"{e.filename or src}: cannot read ({e.strerror})") from None
-    names = [n for n in tensors if QUANTIZED.match(n)]
-    per_word = 32 // bits
+    tied = config_json.get("tie_word_embeddings", False) or "lm_head.weight" not in tensors
+    check_gptq_rules(rules, [n[: -len(".weight")] for n in tensors if QUANTIZED.match(n)]
+                     + ["lm_head"], tied)
+    if width_of(rules, "lm_head", 16) != 16 and "lm_head.weight" not in tensors:
+        tensors = dict(tensors, **{"lm_head.weight": tensors["model.embed_tokens.weight"]})
+        config_json = dict(config_json, tie_word_embeddings=False)   # the head is its own now
+        shared_head = tensors["lm_head.weight"].nbytes    # not read twice: not counted twice
+    else:
+        shared_head = 0
+    names = [n for n in tensors if (QUANTIZED.match(n) or n == "lm_head.weight")
+             and width_of(rules, n[: -len(".weight")], 16 if n == "lm_head.weight" else bits)
+             != 16]
     for name in names:          # every refusal before any work
         t = tensors[name]
         if isinstance(t, QuantizedTensor):
@@ -109,16 +123,17 @@ def quantize_folder(src: str, dst: str, bits: int = 4, group_size: int = 128, sy
                               f"quantize reads float models (a quantized source is refused, "
                               f"not dequantized)")
         rows, cols = t.shape
+        per_word = 32 // width_of(rules, name[: -len(".weight")], bits)
         if rows % per_word or cols % per_word:
             raise FormatError(f"{src}: tensor {name} {list(t.shape)}: GPTQ needs both sizes to be "
                               f"multiples of {per_word}")
-    settings = GPTQSettings(bits, group_size, sym, damp, act_order, static_groups)
+    settings = GPTQSettings(bits, group_size, sym, damp, act_order, static_groups, rules)
     out, stats = {}, {"quantized": 0, "bytes_in": 0, "bytes_out": 0}
     v2 = checkpoint_format == "gptq_v2"
     solved = {}                 # GPTQ: {weight name: its GPTQ tensors}, packed as they come
 
     def pack(name, r):
-        parts = canonical_codes_to_gptq(r.q, r.zero, r.scale, bits, group_size, v2)
+        parts = canonical_codes_to_gptq(r.q, r.zero, r.scale, r.bits, group_size, v2)
         parts["g_idx"] = r.g_idx                        # act-order: groups scattered
         solved[name] = parts
     if method == "gptq":
@@ -140,15 +155,20 @@ def quantize_folder(src: str, dst: str, bits: int = 4, group_size: int = 128, sy
         if name in solved:
             parts = solved.pop(name)
         else:
-            q, zero, scale = quantize_rtn(as_compute(t, "float32"), bits, group_size, sym)
-            parts = canonical_codes_to_gptq(q, zero, scale, bits, group_size, v2)
+            width = settings.width(name) if name != "lm_head.weight" else width_of(rules, module, 16)
+            q, zero, scale = quantize_rtn(as_compute(t, "float32"), width, group_size, sym)
+            parts = canonical_codes_to_gptq(q, zero, scale, width, group_size, v2)
         for part, arr in parts.items():
             out[f"{module}.{part}"] = arr
         stats["quantized"] += 1
         if progress is not None and method == "rtn":
             progress(stats["quantized"], len(names))
+    stats["bytes_in"] -= shared_head
     stats["bytes_out"] = sum(int(a.nbytes) for a in out.values())
     qcfg = gptq_quantization_config(bits, group_size, sym, checkpoint_format, method, settings)
+    if rules:
+        qcfg["dynamic"] = gptq_dynamic(rules)
+        qcfg["lm_head"] = "lm_head.weight" in names
     config = dict(config_json, quantization_config=qcfg)
     if any(getattr(t, "dtype", None) == np.float16 for t in out.values()):
         config["torch_dtype"] = "float16"

@@ -5,6 +5,7 @@ canonical `QuantizedTensor` under the module's ordinary `.weight` name."""
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 
@@ -39,9 +40,12 @@ def read_quantization_config(model_dir: str) -> dict | None:
     return q
 
 
-def describe_quantization(q: dict) -> tuple[str, int, int, bool]:
-    """(method, bits, group_size, gptq_v2), checked; errors name the config file and key."""
+def describe_quantization(q: dict, module: str | None = None) -> tuple[str, int, int, bool]:
+    """(method, bits, group_size, gptq_v2), checked; errors name the config file and key.
+    With `module`, GPTQ's per-module overrides (`dynamic`, see module_overrides) apply."""
     src = q.get("_source", "config.json")
+    if module is not None and q.get("dynamic") is not None:
+        q = {**q, **module_overrides(q, module)}
     method = q.get("quant_method")
     method = method.lower() if isinstance(method, str) else method
     if method not in SUPPORTED_METHODS:
@@ -63,6 +67,38 @@ def describe_quantization(q: dict) -> tuple[str, int, int, bool]:
     if method == "awq" and (not isinstance(version, str) or version.lower() != "gemm"):
         raise UnsupportedModel(f"{src}: AWQ version {short_repr(version)} is not supported (gemm)")
     return method, bits, group, fmt == "gptq_v2"
+
+
+def module_overrides(q: dict, module: str) -> dict:
+    """GPTQModel's mixed precision: `dynamic` in quantization_config maps regular expressions
+    over module names to overrides, e.g.
+        {"+:.*down_proj": {"bits": 8}, "-:lm_head": {}}
+    The first pattern that matches the module's full name (re.match) decides: "+:" (or no
+    prefix) overrides bits / group_size; "-:" leaves the module unquantized (it has a float
+    `.weight`, not `.qweight`, so reading it here means the file contradicts its config)."""
+    src = q.get("_source", "config.json")
+    dynamic = q["dynamic"]
+    if not isinstance(dynamic, dict):
+        raise FormatError(f"{src}: quantization_config.dynamic is {short_repr(dynamic)}; "
+                          f"expected an object of pattern: overrides")
+    for pattern, overrides in dynamic.items():
+        negative = pattern.startswith("-:")
+        regex = pattern[2:] if pattern[:2] in ("-:", "+:") else pattern
+        try:
+            matched = re.match(regex, module) is not None
+        except re.error as e:
+            raise FormatError(f"{src}: quantization_config.dynamic pattern {short_repr(pattern)} "
+                              f"is not a regular expression ({e})") from None
+        if not matched:
+            continue
+        if negative:
+            raise FormatError(f"{src}: module {module} is quantized, but quantization_config."
+                              f"dynamic {short_repr(pattern)} excludes it")
+        if not isinstance(overrides, dict):
+            raise FormatError(f"{src}: quantization_config.dynamic[{short_repr(pattern)}] is "
+                              f"{short_repr(overrides)}; expected an object")
+        return {k: v for k, v in overrides.items() if k in ("bits", "group_size")}
+    return {}
 
 
 def checked_parts(module: str, qweight, qzeros, scales, g_idx, source: str):
@@ -101,10 +137,11 @@ def convert_quantized_tensors(tensors: dict, q: dict, expected: dict, source: st
     `expected` maps the model's tensor names to the shapes its config implies. All-zero biases
     on modules that have none (written by AutoGPTQ before 2024) are dropped.
     """
-    method, bits, group, v2 = describe_quantization(q)
+    describe_quantization(q)
     tensors = dict(tensors)
     modules = sorted(n[: -len(".qweight")] for n in tensors if n.endswith(".qweight"))
     for m in modules:
+        method, bits, group, v2 = describe_quantization(q, m)
         parts = ("qweight", "qzeros", "scales") + (("g_idx",) if method == "gptq" else ())
         for p in parts:
             if p != "g_idx" and f"{m}.{p}" not in tensors:

@@ -33,6 +33,7 @@ from qwen_np.model.mlp import mlp_block, route
 from qwen_np.model.kv_cache import new_kv_cache
 from qwen_np.model.tracing import Trace
 from qwen_np.model.weights import LayerWeights, build_weights
+from qwen_np.runtime.mixed_precision import width_of
 from qwen_np.tensors.dense import as_compute
 from qwen_np.tensors.gptq_solver import GPTQResult, HessianSum, prepare_hessian, quantize_gptq
 from qwen_np.tensors.mapped import lookup_rows
@@ -56,6 +57,11 @@ class GPTQSettings:
     damp_percent: float = 0.01
     act_order: bool = False          # GPTQModel's desc_act
     static_groups: bool = False
+    keep: tuple = ()                 # mixed precision: runtime/mixed_precision.py's rules
+
+    def width(self, name: str) -> int:
+        """The bits of weight `name` (16: left in float)."""
+        return width_of(self.keep, name[: -len(".weight")], self.bits)
 
 
 def calibration_samples(ids, n_samples: int, seq_len: int, source: str) -> list[np.ndarray]:
@@ -107,10 +113,13 @@ def calibrate_gptq(cfg: QwenConfig, tensors: dict, samples: list, settings: GPTQ
             hessian = layer_input_hessian(cfg, be, i, layer, hs, traced)
             prep = prepare_hessian(hessian.hessian(), settings.damp_percent, settings.act_order)
             for module, field in modules:
-                r = quantize_gptq(getattr(layer, field), prep, settings.bits,
+                name = f"model.layers.{i}.{module}.weight"
+                if settings.width(name) == 16:              # --keep 16: stays float
+                    continue
+                r = quantize_gptq(getattr(layer, field), prep, settings.width(name),
                                   settings.group_size, settings.sym,
                                   static_groups=settings.static_groups)
-                emit(f"model.layers.{i}.{module}.weight", r)
+                emit(name, r)
                 setattr(layer, field, r.dequantize())       # later stages see the codes
         if not dense:
             unreached += quantize_experts(cfg, be, i, layer, hs, settings, emit)
@@ -141,7 +150,9 @@ def quantize_experts(cfg: QwenConfig, be, i: int, layer: LayerWeights, hs: list,
         if len(tokens) == 0:
             unreached += 1
             for field in ("gate", "up", "down"):
-                emit(f"{prefix}{field}_proj.weight", rtn_result(getattr(ex, field), settings))
+                name = f"{prefix}{field}_proj.weight"
+                if settings.width(name) != 16:
+                    emit(name, rtn_result(getattr(ex, field), settings, settings.width(name)))
             continue
         xe = x[tokens]                                                   # [n_e, D]
         acts = []
@@ -154,20 +165,24 @@ def quantize_experts(cfg: QwenConfig, be, i: int, layer: LayerWeights, hs: list,
             hessian.add(inputs)
             prep = prepare_hessian(hessian.hessian(), settings.damp_percent, settings.act_order)
             for field in fields:
-                r = quantize_gptq(getattr(ex, field), prep, settings.bits, settings.group_size,
-                                  settings.sym, static_groups=settings.static_groups)
-                emit(f"{prefix}{field}_proj.weight", r)
+                name = f"{prefix}{field}_proj.weight"
+                if settings.width(name) == 16:
+                    continue
+                r = quantize_gptq(getattr(ex, field), prep, settings.width(name),
+                                  settings.group_size, settings.sym,
+                                  static_groups=settings.static_groups)
+                emit(name, r)
                 setattr(ex, field, r.dequantize())
     return unreached
 
 
-def rtn_result(w, settings: GPTQSettings) -> GPTQResult:
+def rtn_result(w, settings: GPTQSettings, bits: int) -> GPTQResult:
     """Round-to-nearest (tensors/rtn.py) as a GPTQResult: for an expert GPTQ has no inputs for."""
-    q, zero, scale = quantize_rtn(w, settings.bits, settings.group_size, settings.sym)
+    q, zero, scale = quantize_rtn(w, bits, settings.group_size, settings.sym)
     n_in = w.shape[1]
     g = n_in if settings.group_size in (-1, 0) else settings.group_size
     return GPTQResult(q=q, zero=zero, scale=scale, g_idx=(np.arange(n_in) // g).astype(np.int32),
-                      bits=settings.bits, group_size=settings.group_size)
+                      bits=bits, group_size=settings.group_size)
 
 
 class InputSeen(Exception):
