@@ -128,3 +128,24 @@ def test_reader_refuses_dynamic_that_contradicts_the_file(tmp_path):
     edit_config(dst, lambda q: q.update(dynamic={}))      # 8-bit words read as 4-bit: refused
     with pytest.raises(FormatError, match=r"down_proj.qweight has shape \[20, 48\]; 4-bit"):
         read_hf_dir(dst)
+
+
+def test_gptqmodel_reads_the_widths_qwen_np_wrote():
+    """tools/make_mixed_gptq_fixture.py: GPTQModel 7.7.0 loaded a `--keep` file (4 bits,
+    layer 0's q_proj float16, lm_head and down_proj at 8 bits) and ran it; its dequantized
+    weights and logits are the reference."""
+    import hashlib
+    d = fixture_path("quant/qwen-np-mixed-4bit-g32")
+    ref = np.load(d + ".reference.npz")
+    with open(os.path.join(d, "model.safetensors"), "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == str(ref["sha256"])
+    tensors = read_hf_dir(d)[1]
+    for key in ref.files:
+        if key.startswith("dequant."):
+            module = key[len("dequant."):]
+            t = tensors[module + ".weight"]
+            assert t.bits == (8 if module == "lm_head" or "down_proj" in module else 4)
+            assert np.array_equal(dequantize(t), ref[key]), module
+    assert not isinstance(tensors["model.layers.0.self_attn.q_proj.weight"], QuantizedTensor)
+    logits = qwen_np.load(d, prepared_cache=False).logits(ref["ids"])
+    assert rel_err(logits, ref["logits"]) < 1e-5
