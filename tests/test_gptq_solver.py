@@ -39,14 +39,14 @@ def test_identity_hessian_is_round_to_nearest(sym):
     w = rng.standard_normal((16, 64)).astype(np.float32)
     x = np.linalg.qr(rng.standard_normal((64, 64)))[0] * 3.0   # orthogonal rows, X^T X = 9 I
     r = quantize_gptq(w, hessian_of(x), 4, 32, sym)
-    np.testing.assert_allclose(r.dequantize(), rtn_same_grid(w, 4, 32, sym), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(r.solved(), rtn_same_grid(w, 4, 32, sym), rtol=0, atol=1e-6)
 
 
 def test_first_column_is_round_to_nearest_for_any_hessian():
     rng = np.random.default_rng(1)
     w = rng.standard_normal((24, 96)).astype(np.float32)
     r = quantize_gptq(w, hessian_of(correlated_inputs(rng, 400, 96)), 4, 32)
-    np.testing.assert_allclose(r.dequantize()[:, 0], rtn_same_grid(w, 4, 32, True)[:, 0],
+    np.testing.assert_allclose(r.solved()[:, 0], rtn_same_grid(w, 4, 32, True)[:, 0],
                                atol=1e-6)
 
 

@@ -16,8 +16,9 @@ GPTQModel's looper runs it.
 
 The layer is the model's own (model/forward.py:decoder_layer, on the NumPy reference in
 float32); its inputs are read through the pass's trace under their Hugging Face names. A
-quantized matrix goes back into the layer as the floats its codes stand for, so later stages
-and layers see exactly what the checkpoint will compute.
+quantized matrix goes back into the layer as GPTQ solved it (its codes on the exact scale, as
+the reference does; the file's float16 scales give the same floats to within 2^-11), so later
+stages and layers see the codes.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def calibrate_gptq(cfg: QwenConfig, tensors: dict, samples: list, settings: GPTQ
                                   settings.group_size, settings.sym,
                                   static_groups=settings.static_groups)
                 emit(name, r)
-                setattr(layer, field, r.dequantize())       # later stages see the codes
+                setattr(layer, field, r.solved())           # later stages see the codes
         if not dense:
             unreached += quantize_experts(cfg, be, i, layer, hs, settings, emit)
         hs = [run_layer(cfg, be, i, layer, h) for h in hs]               # the next layer's input
@@ -172,7 +173,7 @@ def quantize_experts(cfg: QwenConfig, be, i: int, layer: LayerWeights, hs: list,
                                   settings.group_size, settings.sym,
                                   static_groups=settings.static_groups)
                 emit(name, r)
-                setattr(ex, field, r.dequantize())
+                setattr(ex, field, r.solved())
     return unreached
 
 

@@ -38,10 +38,16 @@ maxq = 2^bits - 1:
     scale = (xmax - xmin) / maxq
     zero  = (maxq + 1) / 2 symmetric, round(-xmin / scale) asymmetric
     q = clamp(round(w / scale) + zero, 0, maxq);   w ~ scale * (q - zero)
-Two differences, both for the checkpoint: the scale is rounded to float16 (nearest, as
-GPTQModel's packer stores it) when it is found, so the codes the error feedback saw are the
-codes written; and an asymmetric zero of 0 (an all-non-negative group) becomes zero 1 with
-scale max(x) / (maxq - 1), as tensors/rtn.py does, because GPTQ v1 files store zero - 1.
+The scale keeps its float64 value while GPTQ runs and is rounded to float16 (nearest) only for
+the file, as GPTQModel's packer does; the quotients w / scale and -xmin / scale are computed in
+float32, as the reference computes them (steps_float32), because a symmetric grid puts each
+group's most negative weight exactly on a tie (-(maxq + 1) / 2 steps), as an asymmetric one
+does the zero of a group whose extremes are opposite, and float32 and float64 arithmetic decide
+such ties differently; a code decided otherwise changes the error feedback of the rest of its
+row, and a zero every code of its group.
+One difference, for the checkpoint: an asymmetric zero of 0 (an all-non-negative group)
+becomes zero 1 with scale max(x) / (maxq - 1), as tensors/rtn.py does, because GPTQ v1 files
+store zero - 1.
 
 A last group shorter than group_size (in not a multiple of it) is allowed, as in quantize_rtn
 and GPTQModel: its scale comes from its own columns.
@@ -91,9 +97,10 @@ class GPTQResult:
 
     q      uint8 [out, in]   codes, in the input's order
     zero   uint8 [out, G]    zero points
-    scale  float16 [out, G]
+    scale  float16 [out, G]  as written
     g_idx  int32 [in]        group of each input: i // group_size, or scattered (act-order)
     W[o, i] ~ scale[o, g_idx[i]] * (q[o, i] - zero[o, g_idx[i]])
+    exact_scale  float64 [out, G] or None: the scale GPTQ quantized with, before float16
     """
     q: np.ndarray
     zero: np.ndarray
@@ -101,12 +108,23 @@ class GPTQResult:
     g_idx: np.ndarray
     bits: int
     group_size: int         # as given (-1: per channel)
+    exact_scale: np.ndarray | None = None
 
     def dequantize(self) -> np.ndarray:
         """The float32 matrix [out, in] the codes stand for."""
         s = self.scale.astype(np.float32)[:, self.g_idx]
         z = self.zero.astype(np.float32)[:, self.g_idx]
         return s * (self.q.astype(np.float32) - z)
+
+    def solved(self) -> np.ndarray:
+        """The float32 matrix [out, in] GPTQ's error feedback assumed: the codes on the exact
+        scale. The reference puts this back into the layer; the file's float16 scale gives it
+        to within a relative 2^-11 (dequantize)."""
+        if self.exact_scale is None:
+            return self.dequantize()
+        s = self.exact_scale[:, self.g_idx]
+        z = self.zero.astype(np.float64)[:, self.g_idx]
+        return (s * (self.q - z)).astype(np.float32)
 
     def to_quantized(self) -> QuantizedTensor:
         """The canonical form: columns sorted by group (stable), the order kept as perm, as
@@ -126,8 +144,8 @@ class GPTQResult:
 
 
 def find_params(x: np.ndarray, bits: int, sym: bool):
-    """GPTQModel's grid for the columns x [out, n] of one group: (scale float16 [out],
-    zero [out] integers as float64). The module docstring gives the rules."""
+    """GPTQModel's grid for the columns x [out, n] of one group: (scale [out], zero [out]
+    integers), both float64. The module docstring gives the rules."""
     maxq = (1 << bits) - 1
     x = np.asarray(x, np.float64)
     xmin = np.minimum(x.min(1), 0.0)                                      # [out]
@@ -141,11 +159,11 @@ def find_params(x: np.ndarray, bits: int, sym: bool):
     if sym:
         zero = np.full(scale.shape, (maxq + 1) / 2)
     else:
-        zero = np.round(-xmin / scale)
+        zero = np.round(steps_float32(-xmin, scale))
         v1 = zero == 0                        # all non-negative: v1 files cannot store zero 0
         scale = np.where(v1, xmax / (maxq - 1), scale)
         zero = np.where(v1, 1.0, zero)
-    return float16_scale(scale), zero
+    return scale, zero
 
 
 def float16_scale(scale: np.ndarray) -> np.ndarray:
@@ -154,11 +172,17 @@ def float16_scale(scale: np.ndarray) -> np.ndarray:
     return np.where(s16 == 0, np.float16(2.0 ** -24), s16)
 
 
-def quantize_column(w: np.ndarray, scale16: np.ndarray, zero: np.ndarray, bits: int):
-    """(codes, dequantized values) of one column w [out] on the grid (scale, zero) [out]."""
-    s = scale16.astype(np.float64)
-    q = np.clip(np.round(w / s) + zero, 0, (1 << bits) - 1)
-    return q, s * (q - zero)
+def quantize_column(w: np.ndarray, scale: np.ndarray, zero: np.ndarray, bits: int):
+    """(codes, dequantized values) of one column w [out] on the grid (scale, zero) [out]; the
+    quotient in float32 (the module docstring says why)."""
+    q = np.clip(np.round(steps_float32(w, scale)) + zero, 0, (1 << bits) - 1)
+    return q, np.asarray(scale, np.float64) * (q - zero)
+
+
+def steps_float32(x: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """x / scale computed in float32 (returned as float64), as the reference divides: where
+    the exact quotient is a tie (k + 0.5), float32's rounding decides it as GPTQModel's does."""
+    return (np.asarray(x, np.float32) / np.asarray(scale, np.float32)).astype(np.float64)
 
 
 @dataclass
@@ -216,7 +240,7 @@ def quantize_gptq(w, h, bits: int = 4, group_size: int = 128, sym: bool = True,
 
     # 7. column by column in lazy blocks
     Q = np.zeros((out, n_in))                                            # codes, permuted order
-    scales = np.zeros((out, n_groups), np.float16)                       # [out, G]
+    scales = np.zeros((out, n_groups))                                   # [out, G]
     zeros = np.zeros((out, n_groups))
     grid = channel
     for b0 in range(0, n_in, block_size):
@@ -254,8 +278,8 @@ def quantize_gptq(w, h, bits: int = 4, group_size: int = 128, sym: bool = True,
     else:
         g_idx = (np.arange(n_in) // g)[inv]           # group = position in act-order // g
     return GPTQResult(q=Q[:, inv].astype(np.uint8), zero=zeros.astype(np.uint8),
-                      scale=scales.astype(np.float16), g_idx=g_idx.astype(np.int32),
-                      bits=bits, group_size=group_size)
+                      scale=float16_scale(scales), g_idx=g_idx.astype(np.int32),
+                      bits=bits, group_size=group_size, exact_scale=scales)
 
 
 def upper_cholesky_of_inverse(H: np.ndarray, damp_percent: float) -> np.ndarray:
