@@ -135,7 +135,7 @@ def test_gptqmodel_reads_the_widths_qwen_np_wrote():
     layer 0's q_proj float16, lm_head and down_proj at 8 bits) and ran it; its dequantized
     weights and logits are the reference."""
     import hashlib
-    d = fixture_path("quant/qwen-np-mixed-4bit-g32")
+    d = fixture_path("mixed/qwen-np-mixed-4bit-g32")
     ref = np.load(d + ".reference.npz")
     with open(os.path.join(d, "model.safetensors"), "rb") as f:
         assert hashlib.sha256(f.read()).hexdigest() == str(ref["sha256"])

@@ -1,4 +1,4 @@
-"""Regenerate tests/fixtures/quant/qwen-np-mixed-4bit-g32: a `qwen-np quantize --keep` file
+"""Regenerate tests/fixtures/mixed/qwen-np-mixed-4bit-g32: a `qwen-np quantize --keep` file
 (mixed precision written as GPTQModel's `dynamic` overrides, a quantized LM head) loaded and
 run by GPTQModel, so that the test can check that GPTQModel reads each module's width as
 qwen-np wrote it.
@@ -8,7 +8,7 @@ on torch 2.13.0 CPU); then
 
     GPTQMODEL_CPU_WORKERS=2 python tools/make_mixed_gptq_fixture.py
 
-Writes tests/fixtures/quant/qwen-np-mixed-4bit-g32/ and its .reference.npz: `ids`, `logits`
+Writes tests/fixtures/mixed/qwen-np-mixed-4bit-g32/ and its .reference.npz: `ids`, `logits`
 (GPTQModel's forward pass, float32), `dequant.<module>` (GPTQModel's dequantized weights
 [out, in]) for the modules in MODULES, and `sha256` of the model.safetensors GPTQModel ran.
 """
@@ -37,6 +37,7 @@ def main():
     os.chdir(tempfile.mkdtemp(prefix="qwen-np-quant-logs-"))   # GPTQModel writes logs/ here
     src = tempfile.mkdtemp(prefix="qwen-np-src-")
     mq.make_source(src)
+    mq.OUT = os.path.join(os.path.dirname(mq.OUT), "mixed")         # mq.save writes there
     d = os.path.join(mq.OUT, NAME)
     shutil.rmtree(d, ignore_errors=True)
     quantize_folder(src, d, bits=4, group_size=32, keep=KEEP)

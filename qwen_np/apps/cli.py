@@ -141,9 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     qz.add_argument("--checkpoint-format", default="gptq", choices=("gptq", "gptq_v2"),
                     help="gptq (v1, zeros stored minus one; the default) or gptq_v2 (true zeros: "
                          "what GPTQModel wants for --asym checkpoints it did not write itself)")
-    qz.add_argument("--method", default="rtn", choices=("rtn", "gptq"),
+    qz.add_argument("--method", default="rtn", choices=("rtn", "gptq", "awq"),
                     help="rtn: round-to-nearest (default); gptq: GPTQ with error feedback, "
-                         "calibrated layer by layer on --calibration (Qwen2/Qwen3, dense or MoE)")
+                         "calibrated layer by layer on --calibration (Qwen2/Qwen3, dense or MoE); "
+                         "awq: AWQ's activation-aware scales and clipping (dense Qwen2/Qwen3, "
+                         "4 bits, zero points), written as an AutoAWQ GEMM checkpoint")
     qz.add_argument("--calibration", metavar="FILE.txt", default=None,
                     help="gptq: UTF-8 calibration text (default: the built-in one, the "
                          "project's own docs and source, Apache-2.0)")
@@ -395,6 +397,9 @@ def cmd_serve(args) -> int:
 
 
 def cmd_quantize(args) -> int:
+    if args.method == "awq":
+        from qwen_np.apps.quantize_awq import cmd_quantize_awq
+        return cmd_quantize_awq(args)
     from qwen_np.apps.quantize import quantize_folder
     stats = quantize_folder(args.src, args.dst, args.bits, args.group_size, args.sym,
                             progress=progress_bar("quantizing"),

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from qwen_np.errors import FormatError
-from qwen_np.tensors.packing import pack_codes, unpack_int32_words
+from qwen_np.tensors.packing import pack_codes, pack_int32_words, unpack_int32_words
 from qwen_np.tensors.quantized import QuantizedTensor, smallest_exact_float
 
 AWQ_ORDER = np.array([0, 2, 4, 6, 1, 3, 5, 7])   # nibble k -> column offset
@@ -32,6 +32,22 @@ def unpack_awq(words: np.ndarray) -> np.ndarray:
     cols = np.empty_like(by_nibble)
     cols[:, :, AWQ_ORDER] = by_nibble                                    # column ORDER[k] <- nibble k
     return cols.reshape(rows, n)
+
+
+def pack_awq(codes: np.ndarray) -> np.ndarray:
+    """Inverse of unpack_awq: uint8 codes [rows, out] in true column order -> int32
+    [rows, out/8], column 8c + ORDER[k] into nibble k of word c."""
+    rows, n = codes.shape
+    by_column = np.asarray(codes, np.uint8).reshape(rows, n // 8, 8)
+    return pack_int32_words(by_column[:, :, AWQ_ORDER].reshape(rows, n), 4, axis=1)
+
+
+def awq_from_codes(q: np.ndarray, zero: np.ndarray, scale16: np.ndarray) -> dict[str, np.ndarray]:
+    """Codes q [out, in], true zero points [out, G] and float16 scales [out, G] (from
+    tensors/awq_grid.py) -> the three AWQ GEMM tensors (qweight, qzeros, scales)."""
+    return {"qweight": pack_awq(np.ascontiguousarray(q.T)),                   # [in, out/8]
+            "qzeros": pack_awq(np.ascontiguousarray(zero.T)),                 # [G, out/8]
+            "scales": np.ascontiguousarray(scale16.T.astype(np.float16))}    # [G, out]
 
 
 def awq_to_canonical(name: str, qweight, qzeros, scales, bits: int, group_size: int,
