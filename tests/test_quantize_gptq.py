@@ -107,6 +107,24 @@ def test_builtin_calibration_text_states_its_licence():
 # the held-out text's perplexity is reported, and the KL divergence from the float model's
 # next-token distributions, which is what quantizing 2 layers of 24 moves measurably
 # (perplexity moves by less than its noise on a few hundred tokens), must be lower for GPTQ.
+#
+# Why perplexity is not asserted, and why this stays out of CI (measured with 4 layers
+# quantized, calibration 8 x 256 tokens, 511 scored tokens of textwrap.py and of
+# statistics.py, the numba backend; perplexity float / RTN / GPTQ, mean KL RTN / GPTQ):
+#   sym   textwrap    6.832 / 6.832 / 6.859   KL 0.0133 / 0.0160
+#   sym   statistics  4.401 / 4.455 / 4.420   KL 0.0143 / 0.0116
+#   asym  textwrap    6.832 / 6.878 / 6.915   KL 0.0081 / 0.0079
+#   asym  statistics  4.401 / 4.438 / 4.450   KL 0.0074 / 0.0082
+# The sign flips with the text and with sym/asym (the per-token NLL difference is within
+# 0.8 standard errors in every case), and 4 layers already cost ~4.5 CPU-minutes (GPTQ
+# ~30 CPU-seconds a layer, mostly down_proj's 4864-wide solve; scoring ~20 CPU-seconds per
+# model per 512 tokens). A cause, seen layer by layer: a few samples are the first windows
+# of the calibration text (README.md's prose), and GPTQ fits them at the held-out code's
+# expense: layer 0's up_proj output error on textwrap.py, RTN 24.3, GPTQ 29.1 (on the
+# calibration windows 24.8 vs 5.4; with damp 0.1, 19.9); down_proj 0.44 vs 0.56 (0.40 with
+# damp 0.1); q_proj 4.1 vs 2.0. This test as it stands (2 layers, 16 x 256, 255 scored tokens):
+# perplexity 8.657 / 8.540 / 8.721, KL mean 0.00707 / 0.00514, median 0.00216 / 0.00169;
+# 180 CPU-seconds.
 
 REAL = os.path.expanduser("~/.cache/qwen-np/Qwen2.5-Coder-0.5B-Instruct-Q4_K_M.gguf")
 LAYERS = 2
@@ -245,3 +263,16 @@ def test_moe_experts_calibrated_by_their_tokens(tmp_path, fixture):
     m = qwen_np.load(str(tmp_path / "many"), prepared_cache=False)
     assert np.all(np.isfinite(m.logits(ids)))
     assert rel_err(m.logits(ids), qwen_np.load(src, prepared_cache=False).logits(ids)) < 1.0
+
+
+def test_calibration_windows_spread_over_the_text():
+    from qwen_np.runtime.calibration import calibration_samples
+    ids = np.arange(1000)
+    starts = [int(w[0]) for w in calibration_samples(ids, 4, 100, "t")]
+    assert starts == [0, 300, 600, 900]                  # first at the start, last at the end
+    assert [len(w) for w in calibration_samples(ids, 4, 100, "t")] == [100] * 4
+    assert [int(w[0]) for w in calibration_samples(ids, 50, 100, "t")] == \
+        list(range(0, 1000, 100))                        # as many as fit: back to back
+    assert [int(w[0]) for w in calibration_samples(ids, 1, 100, "t")] == [0]
+    with pytest.raises(InputError, match="t: the calibration text is 99 tokens"):
+        calibration_samples(ids[:99], 1, 100, "t")

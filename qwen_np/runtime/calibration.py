@@ -66,7 +66,10 @@ class GPTQSettings:
 
 
 def calibration_samples(ids, n_samples: int, seq_len: int, source: str) -> list[np.ndarray]:
-    """Up to n_samples consecutive windows of seq_len token ids from the calibration text."""
+    """Up to n_samples windows of seq_len token ids, spread evenly over the whole calibration
+    text (not overlapping; the first at its start, the last at its end): a few samples then
+    see all of a mixed text (prose and code), as the reference quantizers' random windows over
+    a dataset do, not only its opening pages."""
     if seq_len < 1 or n_samples < 1:
         raise InputError(f"--samples {n_samples}, --seq-len {seq_len}: both must be positive")
     ids = np.asarray(ids, np.int64)
@@ -74,7 +77,9 @@ def calibration_samples(ids, n_samples: int, seq_len: int, source: str) -> list[
     if n == 0:
         raise InputError(f"{source}: the calibration text is {len(ids)} tokens, shorter than "
                          f"one sample of --seq-len {seq_len}")
-    return [ids[k * seq_len:(k + 1) * seq_len] for k in range(n)]
+    last = len(ids) - seq_len                       # the last window's start
+    starts = [k * last // (n - 1) for k in range(n)] if n > 1 else [0]
+    return [ids[s:s + seq_len] for s in starts]
 
 
 def calibrate_gptq(cfg: QwenConfig, tensors: dict, samples: list, settings: GPTQSettings,
