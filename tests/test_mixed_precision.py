@@ -149,3 +149,11 @@ def test_gptqmodel_reads_the_widths_qwen_np_wrote():
     assert not isinstance(tensors["model.layers.0.self_attn.q_proj.weight"], QuantizedTensor)
     logits = qwen_np.load(d, prepared_cache=False).logits(ref["ids"])
     assert rel_err(logits, ref["logits"]) < 1e-5
+
+
+def test_keep_is_refused_for_gguf_and_awq_output(tmp_path, capsys):
+    for argv in (["--type", "Q8_0"], ["--method", "awq"]):
+        dst = str(tmp_path / ("x.gguf" if "--type" in argv else "x"))
+        assert main(["quantize", SRC, dst, "--keep", "8:lm_head"] + argv) != 0
+        err = capsys.readouterr().err.strip()
+        assert "--keep" in err and "\n" not in err

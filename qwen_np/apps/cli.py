@@ -129,7 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "written as a standard GPTQ (v1) checkpoint that GPTQModel, "
                                     "transformers and qwen-np load.")
     qz.add_argument("src", help="a float Hugging Face model folder")
-    qz.add_argument("dst", help="the output folder")
+    qz.add_argument("dst", help="the output folder (or DST.gguf with --type)")
+    qz.add_argument("--type", default=None, metavar="T",
+                    help="write a GGUF file that llama.cpp runs: Q4_0, Q5_0, Q8_0, Q4_K, Q5_K, "
+                         "Q6_K (every matrix that type) or Q4_K_M (llama.cpp's mix)")
     qz.add_argument("--bits", type=int, default=4, choices=(4, 8), help="code width (default 4)")
     qz.add_argument("--group-size", type=int, default=128,
                     help="inputs per scale/zero (default 128; -1 = one group per output channel)")
@@ -397,6 +400,9 @@ def cmd_serve(args) -> int:
 
 
 def cmd_quantize(args) -> int:
+    if getattr(args, "type", None) is not None or args.dst.endswith(".gguf"):
+        from qwen_np.apps.quantize_gguf import cmd_quantize_gguf
+        return cmd_quantize_gguf(args)
     if args.method == "awq":
         from qwen_np.apps.quantize_awq import cmd_quantize_awq
         return cmd_quantize_awq(args)
