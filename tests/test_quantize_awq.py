@@ -13,6 +13,7 @@ import pytest
 import awq_tiny_model as tiny
 import qwen_np
 from conftest import fixture_path, rel_err
+from test_quantize_gptq import REAL, log_softmax
 from qwen_np.apps.cli import main
 from qwen_np.apps.quantize_awq import quantize_folder_awq
 from qwen_np.errors import FormatError, InputError, UnsupportedModel
@@ -211,13 +212,6 @@ def test_awq_checkpoint_beats_rtn_in_kl_divergence_on_held_out_ids(tmp_path):
 
 # --- the real model (slow): 2 layers of Qwen2.5-Coder-0.5B, KL divergence on held-out text ---
 
-REAL = os.path.expanduser("~/.cache/qwen-np/Qwen2.5-Coder-0.5B-Instruct-Q4_K_M.gguf")
-
-
-def log_softmax(z):
-    z = np.asarray(z, np.float64)
-    z = z - z.max(1, keepdims=True)
-    return z - np.log(np.exp(z).sum(1, keepdims=True))
 
 
 @pytest.mark.real_model

@@ -98,12 +98,7 @@ def quantize_folder(src: str, dst: str, bits: int = 4, group_size: int = 128, sy
         raise UnsupportedModel(f"--bits {bits}: GPTQ output supports 4 or 8 bits")
     if group_size != -1 and group_size < 1:
         raise InputError(f"--group-size {group_size}: a positive number of inputs, or -1")
-    if os.path.abspath(src) == os.path.abspath(dst):
-        raise FormatError(f"{dst}: the output folder must differ from the input")
-    try:
-        config_json, tensors, write_tokenizer = read_float_source(src)
-    except OSError as e:
-        raise FormatError(f"{e.filename or src}: cannot read ({e.strerror})") from None
+    config_json, tensors, write_tokenizer = read_float_source_for(src, dst)
     tied = config_json.get("tie_word_embeddings", False) or "lm_head.weight" not in tensors
     check_gptq_rules(rules, [n[: -len(".weight")] for n in tensors if QUANTIZED.match(n)]
                      + ["lm_head"], tied)
@@ -197,6 +192,16 @@ def calibration_ids(src: str, calibration: str | None) -> list[int]:
         raise FormatError(f"{path}: the calibration text is not UTF-8") from None
     from qwen_np.runtime.tokenizer import load_tokenizer
     return load_tokenizer(src).encode(text)
+
+
+def read_float_source_for(src: str, dst: str):
+    """read_float_source, for writing dst: the two must differ; read errors name the file."""
+    if os.path.abspath(src) == os.path.abspath(dst):
+        raise FormatError(f"{dst}: the output folder must differ from the input")
+    try:
+        return read_float_source(src)
+    except OSError as e:
+        raise FormatError(f"{e.filename or src}: cannot read ({e.strerror})") from None
 
 
 def read_float_source(src: str):

@@ -20,7 +20,7 @@ import os
 import numpy as np
 
 from qwen_np.apps.quantize import (DEFAULT_CALIBRATION, QUANTIZED, calibration_ids,
-                                   read_float_source, to_float16_if_float32)
+                                   read_float_source_for, to_float16_if_float32)
 from qwen_np.errors import FormatError, InputError, UnsupportedModel
 from qwen_np.formats.awq import awq_from_codes
 from qwen_np.formats.safetensors import write_safetensors
@@ -48,12 +48,7 @@ def quantize_folder_awq(src: str, dst: str, group_size: int = 128, bits: int = 4
         raise UnsupportedModel(f"--bits {bits}: AWQ GEMM checkpoints hold 4-bit codes")
     if group_size < 1:
         raise InputError(f"--group-size {group_size}: AWQ needs a positive group size")
-    if os.path.abspath(src) == os.path.abspath(dst):
-        raise FormatError(f"{dst}: the output folder must differ from the input")
-    try:
-        config_json, tensors, write_tokenizer = read_float_source(src)
-    except OSError as e:
-        raise FormatError(f"{e.filename or src}: cannot read ({e.strerror})") from None
+    config_json, tensors, write_tokenizer = read_float_source_for(src, dst)
     names = [n for n in tensors if QUANTIZED.match(n)]
     for name in names:
         if isinstance(tensors[name], QuantizedTensor):
