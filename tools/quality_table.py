@@ -192,7 +192,8 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--only", nargs="*", default=None,
-                    help="only the rows whose label contains one of these, in this order")
+                    help="only the rows whose label contains one of these (ending in $: "
+                         "ends with it), in this order")
     ap.add_argument("--backend", default="numba")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
@@ -224,7 +225,8 @@ def main(argv=None) -> int:
             ("float32 dequantization of the GGUF (the base)", f32, None)]
     rows += [(label, os.path.join(out, name), options) for label, name, options in ROWS]
     if args.only:                                  # those rows, in the order asked
-        rows = [r for o in args.only for r in rows if o.lower() in r[0].lower()]
+        rows = [r for o in args.only for r in rows if o.rstrip("$").lower() in r[0].lower()
+                and (not o.endswith("$") or r[0].lower().endswith(o[:-1].lower()))]
         rows = [r for i, r in enumerate(rows) if r not in rows[:i]]
     results = []
     for label, path, options in rows:
@@ -252,8 +254,8 @@ def main(argv=None) -> int:
         k = r["kl_divergence"]
         made = (f"{r['quantize_seconds']:.0f} s | {r['quantize_rss'] / 2**20:,.0f} MiB"
                 if "quantize_seconds" in r else "- | -")
-        print(f"| {r['label']} | {r['bytes'] / 1e6:,.0f} MB | {k['kld_mean']:.5f} ± "
-              f"{k['kld_mean_unc']:.5f} | {k['kld_p99']:.4f} | {k['same_top_pct']:.2f}% | "
+        print(f"| {r['label']} | {r['bytes'] / 1e6:,.0f} MB | {k['kld_mean']:.3g} ± "
+              f"{k['kld_mean_unc']:.2g} | {k['kld_p99']:.3g} | {k['same_top_pct']:.2f}% | "
               f"{r['perplexity']:.4f} | {made} |")
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
