@@ -5,6 +5,7 @@ GGUF block types qwen-np writes).
 
     python tools/quality_table.py [--out DIR] [--keep] [--ctx 512] [--stride 256]
                                   [--tokens 2048] [--samples 16] [--seq-len 512]
+                                  [--calibration stdlib|builtin]
                                   [--only SUBSTRING ...] [--backend numba] [--threads 2]
 
 The base: no float Qwen2.5-Coder-0.5B checkpoint is reachable from these machines (they reach
@@ -23,8 +24,10 @@ qwen_np/oracle/perplexity.py) against the base's saved top-k log-probs
 (qwen_np/oracle/kl_divergence.py, top 256 and the rest's mass).
 
 Each model is made by the `qwen-np quantize` command line in a fresh process (its wall time and
-peak RSS are the "quantize" columns; GPTQ and AWQ calibrate on the built-in calibration text,
---samples windows of --seq-len tokens) and scored in another (peak RSS = its VmHWM). Everything
+peak RSS are the "quantize" columns; GPTQ and AWQ calibrate on --samples windows of --seq-len
+tokens of other standard-library modules, CALIBRATION_FILES, with --calibration stdlib, the
+default, or of qwen-np's built-in calibration text with --calibration builtin; one row always
+uses the built-in text, as a user who gives no --calibration gets) and scored in another (peak RSS = its VmHWM). Everything
 is written under --out (default: a temporary folder), removed at the end unless --keep; with
 --keep, a later run into the same --out reuses the base, the models and the scores already
 there (so the rows can be made over several runs; the printed table is always the whole).
@@ -50,6 +53,10 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 
 STDLIB_FILES = ["textwrap.py", "heapq.py", "bisect.py", "fnmatch.py", "colorsys.py", "shlex.py",
                 "graphlib.py", "statistics.py"]
+# GPTQ's and AWQ's calibration text (--calibration stdlib): other modules, none of the above
+CALIBRATION_FILES = ["argparse.py", "dataclasses.py", "difflib.py", "pprint.py", "string.py",
+                     "csv.py", "fractions.py", "functools.py", "contextlib.py", "enum.py",
+                     "calendar.py", "configparser.py", "gettext.py", "ipaddress.py"]
 
 SCORE = r"""
 import json, sys, time
@@ -82,7 +89,8 @@ for line in open("/proc/self/status"):
 sys.exit(rc)
 """
 
-# (label, output name, `qwen-np quantize` options); "{cal}" stands for the calibration options
+# (label, output name, `qwen-np quantize` options); "{cal}" stands for the calibration options,
+# "{builtin}" for the same on the built-in calibration text
 MIX = "8:lm_head,v_proj,down_proj"
 ROWS = [(f"{m.upper()} 4-bit g{g} {'sym' if sym else 'asym'}{' act-order' if act else ''}",
          f"{m}{'-act' if act else ''}-g{g}-{'sym' if sym else 'asym'}",
@@ -93,7 +101,9 @@ ROWS = [(f"{m.upper()} 4-bit g{g} {'sym' if sym else 'asym'}{' act-order' if act
 ROWS += [(f"AWQ 4-bit g{g} asym (zero point), 2 x 512 calibration tokens", f"awq-g{g}",
           ["--method", "awq", "--group-size", str(g), "{cal}", "--samples", "2"])
          for g in (128, 32)]             # AWQ's search costs ~10x GPTQ's per token here
-ROWS += [("RTN 8-bit g128 sym", "rtn8-g128", ["--bits", "8"]),
+ROWS += [("GPTQ 4-bit g128 sym, the built-in calibration text", "gptq-g128-sym-builtin",
+          ["--method", "gptq", "{builtin}"]),
+         ("RTN 8-bit g128 sym", "rtn8-g128", ["--bits", "8"]),
          ("GPTQ 8-bit g128 sym", "gptq8-g128", ["--bits", "8", "--method", "gptq", "{cal}"]),
          (f"mixed: RTN 4-bit g128 asym, --keep {MIX}", "mixed-rtn",
           ["--asym", "--keep", MIX]),
@@ -103,10 +113,11 @@ ROWS += [(f"GGUF {t} written by qwen-np", f"{t}.gguf", ["--type", t])
          for t in ("Q4_0", "Q4_K", "Q4_K_M", "Q5_K", "Q6_K", "Q8_0")]
 
 
-def stdlib_text() -> tuple[str, str]:
+def stdlib_text(files=STDLIB_FILES) -> tuple[str, str]:
+    """The named standard-library modules of the running Python, concatenated; its sha256."""
     lib = sysconfig.get_paths()["stdlib"]
     parts = []
-    for name in STDLIB_FILES:
+    for name in files:
         with open(os.path.join(lib, name), encoding="utf-8") as f:
             parts.append(f.read())
     text = "\n".join(parts)
@@ -172,8 +183,10 @@ def score(path, ids_file, args, base, kv="-", save=False) -> dict:
 
 def quantize(src, dst, options, args) -> dict:
     """Run `qwen-np quantize src dst options` in a fresh process: its seconds and peak RSS."""
-    cal = ["--samples", str(args.samples), "--seq-len", str(args.seq_len)]
-    argv = [src, dst] + [a for o in options for a in (cal if o == "{cal}" else [o])]
+    builtin = ["--samples", str(args.samples), "--seq-len", str(args.seq_len)]
+    cal = builtin + (["--calibration", args.calibration_file] if args.calibration_file else [])
+    argv = [src, dst] + [a for o in options
+                         for a in {"{cal}": cal, "{builtin}": builtin}.get(o, [o])]
     r = subprocess.run([sys.executable, "-c", QUANTIZE] + argv, capture_output=True, text=True)
     if r.returncode:
         raise SystemExit(f"qwen-np quantize {' '.join(argv)} failed:\n{r.stderr[-3000:]}")
@@ -194,6 +207,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="*", default=None,
                     help="only the rows whose label contains one of these (ending in $: "
                          "ends with it), in this order")
+    ap.add_argument("--calibration", choices=("stdlib", "builtin"), default="stdlib",
+                    help="GPTQ's and AWQ's calibration text: CALIBRATION_FILES, or the built-in")
     ap.add_argument("--backend", default="numba")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
@@ -207,10 +222,17 @@ def main(argv=None) -> int:
     ids_file = os.path.join(out, "ids.json")
     with open(ids_file, "w") as f:
         json.dump(ids, f)
+    args.calibration_file, cal_note = None, "the built-in text"
+    if args.calibration == "stdlib":
+        cal_text, cal_sha = stdlib_text(CALIBRATION_FILES)
+        args.calibration_file = os.path.join(out, "calibration.txt")
+        with open(args.calibration_file, "w", encoding="utf-8") as f:
+            f.write(cal_text)
+        cal_note = f"{', '.join(CALIBRATION_FILES)} (sha256 {cal_sha[:16]}...)"
     print(f"text: {', '.join(STDLIB_FILES)} from Python {sys.version.split()[0]}'s standard "
           f"library, sha256 {sha[:16]}..., {len(ids)} tokens; ctx {args.ctx}, stride "
           f"{args.stride}, backend {args.backend}, {args.threads} threads; calibration "
-          f"{args.samples} x {args.seq_len} tokens", flush=True)
+          f"{args.samples} x {args.seq_len} tokens of {cal_note}", flush=True)
 
     f32 = os.path.join(out, "float32")
     if not os.path.exists(os.path.join(f32, "model.safetensors")):
