@@ -164,20 +164,29 @@ def quantize_folder(src: str, dst: str, bits: int = 4, group_size: int = 128, sy
     if rules:
         qcfg["dynamic"] = gptq_dynamic(rules)
         qcfg["lm_head"] = "lm_head.weight" in names
+    write_checkpoint(dst, out, config_json, qcfg, write_tokenizer,
+                     {"quantize_config.json": {k: v for k, v in qcfg.items()
+                                               if k != "quant_method"}})
+    return stats
+
+
+def write_checkpoint(dst: str, out: dict, config_json: dict, qcfg: dict, write_tokenizer,
+                     extra_json: dict | None = None) -> None:
+    """The folder: model.safetensors (out), config.json (the source's, with qcfg as its
+    quantization_config, torch_dtype float16 where a tensor is), extra_json's files, and the
+    tokenizer."""
     config = dict(config_json, quantization_config=qcfg)
     if any(getattr(t, "dtype", None) == np.float16 for t in out.values()):
         config["torch_dtype"] = "float16"
     try:
         os.makedirs(dst, exist_ok=True)
         write_safetensors(os.path.join(dst, "model.safetensors"), out, {"format": "pt"})
-        with open(os.path.join(dst, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(config, f, indent=2)
-        with open(os.path.join(dst, "quantize_config.json"), "w", encoding="utf-8") as f:
-            json.dump({k: v for k, v in qcfg.items() if k != "quant_method"}, f, indent=2)
+        for name, content in {"config.json": config, **(extra_json or {})}.items():
+            with open(os.path.join(dst, name), "w", encoding="utf-8") as f:
+                json.dump(content, f, indent=2)
         write_tokenizer(dst)
     except OSError as e:       # no permission, disk full: the user's to fix, named
         raise FormatError(f"{e.filename or dst}: cannot write ({e.strerror})") from None
-    return stats
 
 
 def calibration_ids(src: str, calibration: str | None) -> list[int]:

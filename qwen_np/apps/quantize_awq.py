@@ -14,16 +14,13 @@ transformers, AutoAWQ and qwen-np (formats/hf_quantized.py) read.
 
 from __future__ import annotations
 
-import json
-import os
-
 import numpy as np
 
 from qwen_np.apps.quantize import (DEFAULT_CALIBRATION, QUANTIZED, calibration_ids,
-                                   read_float_source_for, to_float16_if_float32)
+                                   read_float_source_for, to_float16_if_float32,
+                                   write_checkpoint)
 from qwen_np.errors import FormatError, InputError, UnsupportedModel
 from qwen_np.formats.awq import awq_from_codes
-from qwen_np.formats.safetensors import write_safetensors
 from qwen_np.model.config import config_from_hf_dict
 from qwen_np.runtime.awq_calibration import AWQSettings, calibrate_awq, check_awq_shapes
 from qwen_np.runtime.calibration import calibration_samples
@@ -81,17 +78,7 @@ def quantize_folder_awq(src: str, dst: str, group_size: int = 128, bits: int = 4
         else:
             out[name] = to_float16_if_float32(calib.folded.get(name, t), name, src)
     stats["bytes_out"] = sum(int(a.nbytes) for a in out.values())
-    config = dict(config_json, quantization_config=awq_quantization_config(group_size))
-    if any(getattr(t, "dtype", None) == np.float16 for t in out.values()):
-        config["torch_dtype"] = "float16"
-    try:
-        os.makedirs(dst, exist_ok=True)
-        write_safetensors(os.path.join(dst, "model.safetensors"), out, {"format": "pt"})
-        with open(os.path.join(dst, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(config, f, indent=2)
-        write_tokenizer(dst)
-    except OSError as e:
-        raise FormatError(f"{e.filename or dst}: cannot write ({e.strerror})") from None
+    write_checkpoint(dst, out, config_json, awq_quantization_config(group_size), write_tokenizer)
     return stats
 
 
