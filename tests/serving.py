@@ -147,7 +147,7 @@ class StandInBatcher:
         self.full, self.raises, self.fails, self.cancelled = full, raises, fails, []
 
     def submit(self, ids, max_new_tokens, sampling, stop_ids=None, emit=None, cache_prompt=True,
-               logprobs=None, prompt_logprobs=False, constraint=None):
+               logprobs=None, prompt_logprobs=False, constraint=None, prompt_lookup=None):
         from qwen_np.runtime.batch import QueueFull
         if self.full:
             raise QueueFull("all 1 slots are taken and 0 requests wait for one (at most 0); "

@@ -32,9 +32,10 @@ def test_chat_rerenders_each_turn_and_reuses_the_common_prefix(qwen3_folder, mon
     real_generate = load_module.Model.generate
 
     def spy(self, ids, max_new_tokens=64, sampling=None, stream=None, stop_ids=None,
-            cache=None):
+            cache=None, **kwargs):
         calls.append((list(ids), cache.length))
-        return real_generate(self, ids, max_new_tokens, sampling, stream, stop_ids, cache)
+        return real_generate(self, ids, max_new_tokens, sampling, stream, stop_ids, cache,
+                             **kwargs)
     monkeypatch.setattr(load_module.Model, "generate", spy)
     lines = iter(["What is 2+2?", "And 3+3?"])
 

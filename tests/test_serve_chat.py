@@ -285,7 +285,8 @@ class ScriptedBatcher:
         self.ids = ids
 
     def submit(self, ids, max_new_tokens, sampling, stop_ids=None, emit=None,
-               cache_prompt=True, logprobs=None, prompt_logprobs=False, constraint=None):
+               cache_prompt=True, logprobs=None, prompt_logprobs=False, constraint=None,
+               prompt_lookup=None):
         request = SimpleNamespace(finish=None, generated=[], error=None, emit=emit,
                                   cached_tokens=0, logprobs=None)
 

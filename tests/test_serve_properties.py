@@ -93,7 +93,8 @@ class AnsweringBatcher:
         return {"hits": 0, "tokens": 0, "evictions": 0, "bytes": 0, "saved": 0}
 
     def submit(self, ids, max_new_tokens, sampling, stop_ids=None, emit=None,
-               cache_prompt=True, logprobs=None, prompt_logprobs=False, constraint=None):
+               cache_prompt=True, logprobs=None, prompt_logprobs=False, constraint=None,
+               prompt_lookup=None):
         from qwen_np.runtime.batch import logprob_entries
         if len(ids) >= self.context:
             raise InputError(f"the prompt is {len(ids)} tokens; the context holds "
@@ -147,6 +148,7 @@ fields = {
         "include_usage": st.one_of(st.booleans(), json_values)}), json_values),
     "ignore_eos": st.one_of(st.booleans(), json_values),
     "cache_prompt": st.one_of(st.booleans(), json_values),
+    "prompt_lookup": st.one_of(st.integers(-2, 40), json_values),
     "n": json_values, "logprobs": json_values, "top_logprobs": json_values,
     "echo": json_values, "logit_bias": json_values, "tools": json_values,
     "response_format": json_values, "model": json_values, "user": json_values,

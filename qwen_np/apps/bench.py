@@ -33,11 +33,15 @@ LLAMA_CPP = r"""
 import json, sys, time
 import numpy as np
 import llama_cpp
-path, P, G, threads, text = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+path, P, G, threads, text, K = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], int(sys.argv[6])
 t0 = time.perf_counter()
-llm = llama_cpp.Llama(model_path=path, n_ctx=max(512, P + G + 1), n_batch=max(512, P),
+draft = None
+if K:
+    from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+    draft = LlamaPromptLookupDecoding(num_pred_tokens=K)
+llm = llama_cpp.Llama(model_path=path, n_ctx=max(512, P + G + 1 + K), n_batch=max(512, P),
                       n_ubatch=max(512, P), n_threads=threads, n_threads_batch=threads,
-                      verbose=False, logits_all=False)
+                      verbose=False, logits_all=False, draft_model=draft)
 load_s = time.perf_counter() - t0
 nv = llm.n_vocab()
 def argmax_last():  # with logits_all=False llm.scores stays empty: read the C logits row
@@ -45,16 +49,27 @@ def argmax_last():  # with logits_all=False llm.scores stays empty: read the C l
 base = llm.tokenize(text.encode(), add_bos=False)
 prompt = (base * (P // len(base) + 1))[:P]
 t = time.perf_counter()
-llm.eval(prompt)
-tok = argmax_last()
-prefill_s = time.perf_counter() - t
-first_token_at = time.time()
-gen = [tok]
-t = time.perf_counter()
-for _ in range(G):
-    llm.eval([tok])
+if K:   # llama-cpp-python's own loop, drafting with prompt lookup (greedy: top_k 1)
+    gen = []
+    for tok in llm.generate(prompt, top_k=1, temp=0.0, reset=True):
+        gen.append(tok)
+        if len(gen) == 1:
+            prefill_s = time.perf_counter() - t
+            first_token_at = time.time()
+            t = time.perf_counter()
+        if len(gen) == G + 1:
+            break
+else:
+    llm.eval(prompt)
     tok = argmax_last()
-    gen.append(tok)
+    prefill_s = time.perf_counter() - t
+    first_token_at = time.time()
+    gen = [tok]
+    t = time.perf_counter()
+    for _ in range(G):
+        llm.eval([tok])
+        tok = argmax_last()
+        gen.append(tok)
 decode_s = time.perf_counter() - t
 hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
 print(json.dumps({"system": "llama.cpp (llama-cpp-python " + llama_cpp.__version__ + ")",
@@ -65,8 +80,10 @@ print(json.dumps({"system": "llama.cpp (llama-cpp-python " + llama_cpp.__version
 
 
 def measure_here(path: str, backend: str, threads: int | None, P: int, G: int,
-                 kv_cache: str | None = None, prepared_cache: bool | None = None) -> dict:
-    """Run in this (fresh) process: load, prefill P tokens, decode G tokens."""
+                 kv_cache: str | None = None, prepared_cache: bool | None = None,
+                 prompt_lookup: int = 0) -> dict:
+    """Run in this (fresh) process: load, prefill P tokens, decode G tokens (with
+    prompt_lookup = K, through the generation loop's drafts)."""
     import time
 
     import numpy as np
@@ -75,6 +92,7 @@ def measure_here(path: str, backend: str, threads: int | None, P: int, G: int,
     from qwen_np.apps.memory import decode_bytes_per_token
     from qwen_np.runtime.process_memory import rss_bytes
     from qwen_np.model.forward import forward
+    from qwen_np.runtime.generate import generate
     t0 = time.perf_counter()
     model = load(path, backend=backend, threads=threads, kv_cache=kv_cache,
                  prepared_cache=prepared_cache)
@@ -91,7 +109,10 @@ def measure_here(path: str, backend: str, threads: int | None, P: int, G: int,
     first_token_at = time.time()
     gen = [tok]
     t = time.perf_counter()
-    for _ in range(G):
+    if prompt_lookup:           # tok's pass, then the loop's (drafting from the prompt too)
+        gen += generate(cfg, w, be, [tok], G, stop_ids=(), cache=cache,
+                        prompt_lookup=prompt_lookup, cached_ids=prompt)
+    for _ in range(0 if prompt_lookup else G):
         tok = int(np.argmax(be.to_numpy(forward(cfg, w, be, [tok], cache, last_only=True))[-1]))
         gen.append(tok)
     decode_s = time.perf_counter() - t
@@ -117,13 +138,14 @@ def run_json(cmd: list[str]) -> dict:
 
 def bench(path: str, backend: str, threads: int | None, P: int, G: int, vs: str | None,
           llama_python: str, kv_cache: str | None = None,
-          prepared_cache: bool | None = None) -> list[dict]:
+          prepared_cache: bool | None = None, prompt_lookup: int = 0) -> list[dict]:
     ours = run_json([sys.executable, "-m", "qwen_np.apps.bench", path, backend, str(threads or 0),
-                     str(P), str(G), kv_cache or "", "0" if prepared_cache is False else ""])
+                     str(P), str(G), kv_cache or "", "0" if prepared_cache is False else "",
+                     str(prompt_lookup)])
     rows = [ours]
     if vs == "llama.cpp":
         rows.append(run_json([llama_python, "-c", LLAMA_CPP, path, str(P), str(G),
-                              str(threads or os.cpu_count()), TEXT]))
+                              str(threads or os.cpu_count()), TEXT, str(prompt_lookup)]))
     return rows
 
 
@@ -163,16 +185,18 @@ def cmd_bench(args) -> int:
                               f"llama-cpp-python as tools/README.md says, or pass --llama-python)")
     try:
         rows = bench(path, args.backend, args.threads, args.prompt_tokens, args.gen_tokens,
-                     args.vs, args.llama_python, args.kv_cache, args.prepared_cache)
+                     args.vs, args.llama_python, args.kv_cache, args.prepared_cache,
+                     args.prompt_lookup)
     except RuntimeError as e:
         raise QwenNpError(str(e)) from None
     print(f"{path}: {args.prompt_tokens}-token prompt, {args.gen_tokens} decoded tokens, "
-          f"threads {args.threads or os.cpu_count()}")
+          f"threads {args.threads or os.cpu_count()}"
+          + (f", prompt lookup {args.prompt_lookup}" if args.prompt_lookup else ""))
     print(format_table(rows, args.prompt_tokens))
     return 0
 
 
 if __name__ == "__main__":   # the measuring child process
-    path, backend, threads, P, G, kv, no_cache = sys.argv[1:8]
+    path, backend, threads, P, G, kv, no_cache, lookup = sys.argv[1:9]
     print(json.dumps(measure_here(path, backend, int(threads) or None, int(P), int(G), kv or None,
-                                  False if no_cache == "0" else None)))
+                                  False if no_cache == "0" else None, int(lookup))))

@@ -19,6 +19,7 @@ from qwen_np.apps.memory import cmd_memory
 from qwen_np.apps.oracle_cmds import cmd_compare, cmd_ppl, cmd_trace
 from qwen_np.apps.run import cmd_chat, cmd_run
 from qwen_np.errors import QwenNpError
+from qwen_np.runtime.prompt_lookup import MAX_PROMPT_LOOKUP
 
 BACKEND_CHOICES = ("auto", "numpy", "numba", "cupy")
 KV_CACHE_CHOICES = ("float32", "float16", "int8")
@@ -118,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="bytes of evicted prompt prefixes kept for reuse by later requests "
                          "(0: none kept; a free slot still offers its own prefix). Default "
                          "134217728 (128 MiB)")
+    add_prompt_lookup_arg(sv)
     sv.add_argument("--shutdown-grace", type=float, default=5.0,
                     help="on SIGTERM or Ctrl-C, seconds the open requests get to finish before "
                          "they are cancelled (each still ends well-formed; default 5)")
@@ -212,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--gen-tokens", type=count(1), default=64, help="decoded tokens (default 64)")
     be.add_argument("--vs", choices=("llama.cpp",), default=None,
                     help="also measure llama.cpp via llama-cpp-python (see tools/README.md)")
+    add_prompt_lookup_arg(be)
     be.add_argument("--llama-python", default=sys.executable,
                     help="a Python that can import llama_cpp (default: this one)")
     be.set_defaults(func=cmd_bench)
@@ -288,9 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def count(minimum: int):
-    """An argparse type: an integer of at least `minimum` (a bad value is argparse's usage
-    error, exit status 2)."""
+def count(minimum: int, maximum: int | None = None):
+    """An argparse type: an integer of at least `minimum` (and at most `maximum`; a bad value
+    is argparse's usage error, exit status 2)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -298,6 +301,8 @@ def count(minimum: int):
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{value} is less than {minimum}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{value} is more than {maximum}")
         return value
     return parse
 
@@ -378,6 +383,15 @@ def add_sampling_args(p, default_max_new=64):
                    help="subtract this times each token's count so far, -2..2 (0 = off, the "
                         "default)")
     p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    add_prompt_lookup_arg(p)
+
+
+def add_prompt_lookup_arg(p):
+    p.add_argument("--prompt-lookup", type=count(0, MAX_PROMPT_LOOKUP), default=0, metavar="K",
+                   help="speculative decoding: up to K tokens a step drafted from the text so "
+                        "far and checked in one pass; greedy output is the same, faster where "
+                        "the answer repeats the prompt (0 = off, the default; at most "
+                        f"{MAX_PROMPT_LOOKUP})")
 
 
 def cmd_serve(args) -> int:
@@ -393,7 +407,8 @@ def cmd_serve(args) -> int:
     settings = ServerSettings(args.host, args.port, args.api_key, args.max_batch, args.context,
                               args.max_waiting, origins, args.log_level, args.max_connections,
                               args.header_timeout, args.body_timeout,
-                              max(0.0, args.shutdown_grace), args.prefix_cache_bytes)
+                              max(0.0, args.shutdown_grace), args.prefix_cache_bytes,
+                              args.prompt_lookup)
     model = load_model(args)
     name = args.model_name or os.path.basename(os.path.normpath(model.source))
     return run_server(model, name, settings)

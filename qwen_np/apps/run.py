@@ -44,7 +44,7 @@ def cmd_run(args) -> int:
         sys.stdout.write(args.prompt)
     stream = TextStream(tok, model.stop_ids())
     model.generate(ids, max_new_tokens=args.max_new_tokens, sampling=sampling,
-                   stream=stream)
+                   stream=stream, prompt_lookup=args.prompt_lookup)
     stream.flush()
     sys.stdout.write("\n")
     return 0
@@ -101,7 +101,8 @@ def cmd_chat(args) -> int:
         cache.length, cached = keep, cached[:keep]
         stream = TextStream(tok, stop)
         new = model.generate(ids[keep:], max_new_tokens=min(args.max_new_tokens, room),
-                             cache=cache, stream=stream, sampling=sampling)
+                             cache=cache, stream=stream, sampling=sampling,
+                             prompt_lookup=args.prompt_lookup, cached_ids=ids[:keep])
         stream.flush()
         cached = ids + new[:-1]                  # the last token was sampled, never run
         answer = new[:-1] if new and new[-1] in stop else new

@@ -82,18 +82,34 @@ def forward(cfg: QwenConfig, w: ModelWeights, be, ids, cache: KVCache | None = N
 
 
 def decode_step(cfg: QwenConfig, w: ModelWeights, be, tokens, slots: KVSlots, slot_ids):
-    """Logits [B, V] of the next token of B sequences decoded together: tokens[b] follows
+    """Logits [B, V] of the next tokens of sequences decoded together: tokens[b] follows
     the slot_ids[b] slot's cached positions (each slot at its own length, prefilled by
-    `forward` through slots.caches[slot]). Each row equals forward's logits for that token
-    alone."""
-    caches = [slots.caches[s] for s in slot_ids]
-    for c in caches:
-        if c.length >= c.max_tokens:
+    `forward` through slots.caches[slot]). A slot named k times takes k consecutive tokens
+    (a token and the drafts that follow it: runtime/batch.py's prompt lookup), in the order
+    given. Each row equals forward's logits for that token decoded alone."""
+    for s in set(slot_ids):
+        c, n = slots.caches[s], list(slot_ids).count(s)
+        if c.length + n > c.max_tokens:
             raise CacheFull(f"KV cache slot holds {c.max_tokens} positions; "
-                            f"{c.length + 1} were asked for")
+                            f"{c.length + n} were asked for")
     logits = transformer(cfg, w, tokens, rows_ops(cfg, be, slots, slot_ids), NO_TRACE)
-    for c in caches:
-        c.length += 1
+    for s in slot_ids:
+        slots.caches[s].length += 1
+    return logits
+
+
+def forward_as_decoded(cfg: QwenConfig, w: ModelWeights, be, ids, cache: KVCache):
+    """Logits [T, V] of the T tokens `ids` that follow the cache's positions, row t bit for
+    bit what `forward` gives for ids[t] decoded alone after ids[:t]: one pass checks the
+    drafted tokens of speculative decoding (runtime/generate.py) as plain decoding would have
+    computed them. The cache then holds all T positions; the caller cuts `cache.length` back
+    to the tokens it keeps."""
+    T = len(ids)
+    if cache.length + T > cache.max_tokens:
+        raise CacheFull(f"KV cache holds {cache.max_tokens} positions; "
+                        f"{cache.length + T} were asked for")
+    logits = transformer(cfg, w, ids, decoded_rows_ops(cfg, be, cache, T), NO_TRACE)
+    cache.length += T
     return logits
 
 
@@ -161,8 +177,9 @@ def project_qkv(cfg: QwenConfig, layer: LayerWeights, x, ops: PassOps, trace):
 
 @dataclass(slots=True)
 class PassOps:
-    """What a pass does its own way: T tokens of one sequence (chunk_ops) or one token of
-    each of B sequences (rows_ops; T = B)."""
+    """What a pass does its own way: T tokens of one sequence (chunk_ops), the same as if
+    decoded one at a time (decoded_rows_ops), or one token of each of B sequences (rows_ops;
+    T = B)."""
     be: object            # the backend
     linear: Callable      # (x [T, in], w, bias=None) -> [T, out]: be.linear or be.linear_rows
     rope: Callable        # (q, k) -> (q, k) turned to the pass's positions
@@ -186,11 +203,33 @@ def chunk_ops(cfg: QwenConfig, be, cache: KVCache, T: int) -> PassOps:
                    logn_factor(cfg, be, positions))
 
 
+def decoded_rows_ops(cfg: QwenConfig, be, cache: KVCache, T: int) -> PassOps:
+    """The ops of T tokens at positions cache.length, cache.length + 1, ... of one sequence,
+    each computed as a one-token pass at its position computes it: the products row by row
+    (be.linear_rows, each row as be.linear alone), and each token's keys stored, then its
+    query attending over the cache up to itself, as chunk_ops does for T = 1."""
+    start = cache.length
+    positions = np.arange(start, start + T)                          # [T]
+    inv_freq = config_inv_freq(cfg, ntk_rope_base(cfg, cache.ntk_alpha))
+
+    def attend(i, q, k, v):
+        out = be.zeros(q.shape)                                      # [T, H, Dh]
+        for t in range(T):
+            write_kv(cache, i, start + t, k[t:t + 1], v[t:t + 1])
+            k_t, v_t = read_kv(cache, i, start + t + 1)              # [start + t + 1, Hkv, Dh]
+            out[t:t + 1] = be.attention(q[t:t + 1], k_t, v_t, start + t)
+        return out
+    return PassOps(be, be.linear_rows, rope_at(cfg, be, positions, inv_freq), attend,
+                   logn_factor(cfg, be, positions))
+
+
 def rows_ops(cfg: QwenConfig, be, slots: KVSlots, slot_ids) -> PassOps:
-    """The ops of one new token of each of B sequences: row b is at the next position of
-    slot slot_ids[b] and attends over that slot, with its own sequence's RoPE frequencies."""
+    """The ops of B new tokens of sequences decoded together: row b is at the next position
+    of slot slot_ids[b] (the one after, for the second row of the same slot, and so on) and
+    attends over that slot up to itself, with its own sequence's RoPE frequencies."""
     caches = [slots.caches[s] for s in slot_ids]
-    positions = np.array([c.length for c in caches])                 # [B]
+    before = [list(slot_ids[:b]).count(s) for b, s in enumerate(slot_ids)]   # same slot's rows
+    positions = np.array([c.length + n for c, n in zip(caches, before)])  # [B]
     lengths = positions + 1
     alphas = [c.ntk_alpha for c in caches]
     if len(set(alphas)) == 1:

@@ -166,6 +166,38 @@ def sample_next(logits, rng: np.random.Generator, sampling: Sampling = GREEDY,
     holding NaN (a model that computed garbage) are a QwenNpError, not a draw."""
     if sampling.greedy:                  # the argmax as the logits are (float32 -> float64
         return int(np.argmax(logits))    # would change no order, so it is not done)
+    logits = sampling_logits(logits, sampling, previous_ids, generated_ids)
+    if sampling.temperature <= 0:
+        return int(np.argmax(logits))
+    return int(rng.choice(logits.size, p=softmax(logits)))
+
+
+def accept_or_sample(logits, draft: int, rng: np.random.Generator, sampling: Sampling = GREEDY,
+                     previous_ids=(), generated_ids=None) -> int:
+    """The token from logits [V] where a draft guessed `draft` (prompt lookup: a guess with
+    certainty, q(draft) = 1). Speculative sampling's rule (Leviathan et al. 2023, Chen et
+    al. 2023) for such a draft: keep it with probability p(draft), else draw from p with
+    the draft taken out, renormalized. Then
+
+        P(draft) = p(draft),   P(x) = (1 - p(draft)) * p(x) / (1 - p(draft)) = p(x),
+
+    the distribution sample_next draws from, though not the same draw for a seed. Greedy
+    settings (and temperature 0 with penalties) give the argmax, as sample_next does."""
+    if sampling.greedy:
+        return int(np.argmax(logits))
+    logits = sampling_logits(logits, sampling, previous_ids, generated_ids)
+    if sampling.temperature <= 0:
+        return int(np.argmax(logits))
+    p = softmax(logits)                                              # [V] float64
+    if rng.random() < p[draft]:
+        return int(draft)
+    p[draft] = 0.0                  # p(draft) < 1 here, so some other token has mass
+    return int(rng.choice(p.size, p=p / p.sum()))
+
+
+def sampling_logits(logits, sampling: Sampling, previous_ids=(), generated_ids=None):
+    """logits [V] in float64 after the penalties, then (temperature > 0) the temperature,
+    min-p, top-k and top-p: the draw is from softmax of these (sample_next)."""
     logits = np.asarray(logits, dtype=np.float64)
     if np.isnan(logits).any() or logits.max() == -np.inf:
         raise QwenNpError("the model's logits hold NaN (or are all -inf): nothing to sample")
@@ -174,7 +206,6 @@ def sample_next(logits, rng: np.random.Generator, sampling: Sampling = GREEDY,
     logits = apply_presence_frequency_penalties(logits, generated, sampling.presence_penalty,
                                                 sampling.frequency_penalty)
     if sampling.temperature <= 0:
-        return int(np.argmax(logits))
+        return logits
     logits = keep_min_p(divide_by_temperature(logits, sampling.temperature), sampling.min_p)
-    logits = keep_top_p(keep_top_k(logits, sampling.top_k), sampling.top_p)
-    return int(rng.choice(logits.size, p=softmax(logits)))
+    return keep_top_p(keep_top_k(logits, sampling.top_k), sampling.top_p)

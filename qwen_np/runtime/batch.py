@@ -8,7 +8,9 @@ Each turn of the loop:
     2. one chunk of one new sequence's prompt (prefill_chunk tokens) goes through the model,
        through its slot's cache; after its last chunk its first token is chosen
     3. every sequence past its prompt decodes one token, all in one pass (model.decode_step:
-       each weight is read once for the whole batch)
+       each weight is read once for the whole batch); a request with prompt lookup adds the
+       tokens drafted from its text (runtime/prompt_lookup.py) as rows of the same pass and
+       keeps those its sampler agrees with
 
 so a request that arrives while others decode joins at the next turn, and a long prompt holds
 the running streams up for one chunk at a time, not for the whole prompt. A sequence's tokens
@@ -37,7 +39,8 @@ from qwen_np.errors import InputError, QwenNpError
 from qwen_np.runtime.process_memory import release_free_heap
 from qwen_np.model.forward import decode_step, forward
 from qwen_np.model.logprobs import token_logprobs, top_logprobs
-from qwen_np.model.sampling import GREEDY, Sampling, sample_next
+from qwen_np.model.sampling import GREEDY, Sampling, accept_or_sample, sample_next
+from qwen_np.runtime.prompt_lookup import MAX_PROMPT_LOOKUP, lookup_draft
 from qwen_np.runtime.prefix_cache import PrefixStore, restore_prefix, usable_prefix, whole_chunks
 
 
@@ -80,6 +83,7 @@ class Request:
     prompt_token_logprobs: list = field(default_factory=list)  # per prompt token 1..: same
     constraint: object = None      # runtime/constraint.py's Constraint: only tokens its
                                    # grammar allows are sampled; None: any token
+    prompt_lookup: int = 0         # tokens drafted a step from its text (0: none)
 
     @property
     def decoding(self) -> bool:
@@ -90,10 +94,14 @@ class Batcher:
     """The loop of continuous batching over one model (see the module docstring)."""
 
     def __init__(self, model, max_batch: int = 8, context: int = 2048,
-                 prefill_chunk: int = 128, max_waiting: int = 64, prefix_cache_bytes: int = 0):
-        if max_batch < 1 or context < 2 or prefill_chunk < 1 or max_waiting < 0:
+                 prefill_chunk: int = 128, max_waiting: int = 64, prefix_cache_bytes: int = 0,
+                 prompt_lookup: int = 0):
+        if max_batch < 1 or context < 2 or prefill_chunk < 1 or max_waiting < 0 \
+                or not 0 <= prompt_lookup <= MAX_PROMPT_LOOKUP:
             raise InputError(f"max_batch {max_batch}, context {context}, prefill_chunk "
-                             f"{prefill_chunk}, max_waiting {max_waiting}: out of range")
+                             f"{prefill_chunk}, max_waiting {max_waiting}, prompt_lookup "
+                             f"{prompt_lookup}: out of range")
+        self.prompt_lookup = prompt_lookup   # drafted tokens a step, for requests not saying
         self.model = model
         self.context = context
         self.prefill_chunk = prefill_chunk
@@ -119,7 +127,8 @@ class Batcher:
     def submit(self, ids, max_new_tokens: int, sampling: Sampling = GREEDY, stop_ids=None,
                emit: Callable[[int | None, str | None], None] = lambda t, f: None,
                cache_prompt: bool = True, logprobs: int | None = None,
-               prompt_logprobs: bool = False, constraint=None) -> Request:
+               prompt_logprobs: bool = False, constraint=None,
+               prompt_lookup: int | None = None) -> Request:
         """Queue a sequence. A prompt that leaves no room in a slot for one new token is an
         InputError; a full waiting line is QueueFull. With cache_prompt False it prefills its
         whole prompt, reusing no cached prefix. With `logprobs` (k), each new token's
@@ -128,7 +137,10 @@ class Batcher:
         request.prompt_token_logprobs (its whole prompt is then prefilled), and
         max_new_tokens may be 0 (the prompt scored, nothing generated). With a `constraint`
         (runtime/constraint.py, a fresh one per request) each token is sampled from the
-        tokens its grammar allows; the request ends "stop" once its output is complete."""
+        tokens its grammar allows; the request ends "stop" once its output is complete.
+        `prompt_lookup` (k): up to k tokens a step drafted from its text and checked in the
+        same pass (runtime/generate.py's rule: greedy output unchanged); None: the
+        batcher's own setting."""
         if self.closing or self.draining:
             raise Closed("the server is stopping; it takes no new requests")
         ids = self.model._check_ids(ids)
@@ -137,12 +149,18 @@ class Batcher:
                              f"{self.context}, and one more is needed for the answer")
         if max_new_tokens < (0 if prompt_logprobs else 1):
             raise InputError(f"max_tokens is {max_new_tokens}; it must be at least 1")
+        if prompt_lookup is None:
+            prompt_lookup = self.prompt_lookup
+        if isinstance(prompt_lookup, bool) or not isinstance(prompt_lookup, int) \
+                or not 0 <= prompt_lookup <= MAX_PROMPT_LOOKUP:
+            raise InputError(f"prompt_lookup is {prompt_lookup!r}; it must be an integer "
+                             f"from 0 (off) to {MAX_PROMPT_LOOKUP}")
         stop = self.model.stop_ids() if stop_ids is None else stop_ids
         request = Request(ids, min(max_new_tokens, self.context - len(ids)), sampling,
                           frozenset(int(i) for i in stop), emit, rng=sampling.generator(),
                           cache_prompt=cache_prompt and not prompt_logprobs,
                           logprobs=logprobs, prompt_logprobs=prompt_logprobs,
-                          constraint=constraint)
+                          constraint=constraint, prompt_lookup=prompt_lookup)
         with self.lock:
             # (requests waiting for the next turn take the free slots first)
             queued = len(self.waiting) - len(self.free)       # those left without a slot
@@ -361,23 +379,55 @@ class Batcher:
             self.take(request, m.backend.to_numpy(logits)[-1])
 
     def decode(self, batch: list[Request]) -> None:
+        """One pass: each request's last token, and after it the tokens drafted for it."""
         m = self.model
-        tokens = [r.generated[-1] for r in batch]
+        drafts = [self.draft_of(r) for r in batch]
+        tokens = [t for r, d in zip(batch, drafts) for t in [r.generated[-1]] + d]
+        slot_ids = [r.slot for r, d in zip(batch, drafts) for _ in range(1 + len(d))]
         logits = m.backend.to_numpy(decode_step(m.config, m.weights, m.backend, tokens,
-                                                self.slots, [r.slot for r in batch]))
-        for request, row in zip(batch, logits):      # a request's sampling fails it alone
-            self.guarded([request], lambda: self.take(request, row))
+                                                self.slots, slot_ids))
+        at = 0
+        for request, draft in zip(batch, drafts):    # a request's sampling fails it alone
+            rows, at = logits[at:at + 1 + len(draft)], at + 1 + len(draft)
+            self.guarded([request], lambda: self.take_drafted(request, rows, draft))
 
-    def take(self, request: Request, logits) -> None:
-        """Choose the request's next token from its logits [V], emit it or end the request.
-        A constrained request samples from a copy with the tokens its grammar forbids at
-        -inf; its logprobs stay the model's own (as vLLM's default, raw_logprobs), and a
-        stop token its grammar allows ends it as one of its stop ids would."""
+    def draft_of(self, request: Request) -> list[int]:
+        """The tokens prompt lookup drafts after the request's last, as many as its budget
+        and its slot leave room for (runtime/generate.py's bound)."""
+        if not request.prompt_lookup:
+            return []
+        room = min(request.max_new_tokens - len(request.generated) - 1,
+                   self.context - self.slots.caches[request.slot].length - 1)
+        return lookup_draft(request.ids + request.generated, min(request.prompt_lookup, room))
+
+    def take_drafted(self, request: Request, rows, draft: list[int]) -> None:
+        """Tokens from rows [1 + d, V] (row j follows draft[:j]): the drafts the sampler
+        keeps, then its own token; the slot's cache is cut back to what those tokens left."""
+        cache = self.slots.caches[request.slot]
+        start = cache.length - len(rows)
+        for j, row in enumerate(rows):
+            cache.length = start + 1 + j         # what the cache holds before row j's token
+            guess = draft[j] if j < len(draft) else None
+            token = self.take(request, row, guess)
+            if request.finish is not None or token != guess:
+                break
+
+    def take(self, request: Request, logits, draft: int | None = None) -> int:
+        """Choose the request's next token from its logits [V], emit it or end the request;
+        the token. A constrained request samples from a copy with the tokens its grammar
+        forbids at -inf; its logprobs stay the model's own (as vLLM's default, raw_logprobs),
+        and a stop token its grammar allows ends it as one of its stop ids would. `draft`:
+        the token prompt lookup guessed here (model/sampling.py:accept_or_sample)."""
         model_logits, constraint = logits, request.constraint
         if constraint is not None:
             logits = constraint.mask(logits)
-        token = sample_next(logits, request.rng, request.sampling, request.ids + request.generated,
-                            request.generated)
+        history = request.ids + request.generated
+        if draft is None:
+            token = sample_next(logits, request.rng, request.sampling, history,
+                                request.generated)
+        else:
+            token = accept_or_sample(logits, draft, request.rng, request.sampling, history,
+                                     request.generated)
         if constraint is not None:
             constraint.accept(token)
         if request.logprobs is not None:
@@ -386,14 +436,15 @@ class Batcher:
         request.generated.append(token)
         if token in request.stop_ids or (constraint is not None and token in constraint.stop_ids):
             self.end(request, "stop")
-            return
+            return token
         deliver(request, token, None)
         if constraint is not None and constraint.finished:    # only a stop token may follow
             self.end(request, "stop")
-            return
+            return token
         cache_full = self.slots.caches[request.slot].length + 1 > self.context
         if len(request.generated) >= request.max_new_tokens or cache_full:
             self.end(request, "length")
+        return token
 
     def guarded(self, requests: list[Request], step: Callable[[], None]) -> None:
         """Run a step; if it fails, its requests end with "error" and the loop goes on."""

@@ -97,15 +97,19 @@ class Model:
 
     def generate(self, ids, max_new_tokens: int = 64, sampling: Sampling = GREEDY,
                  stream: Callable[[int], None] | None = None, stop_ids=None,
-                 cache=None) -> list[int]:
+                 cache=None, prompt_lookup: int = 0, cached_ids=()) -> list[int]:
         """New ids only; stops on the model's EOS tokens (or `stop_ids`) or max_new_tokens.
-        `sampling` (model/sampling.py): greedy unless told otherwise."""
+        `sampling` (model/sampling.py): greedy unless told otherwise. `prompt_lookup` = k:
+        speculative decoding with up to k tokens drafted from the text so far (greedy: the
+        same tokens; runtime/generate.py). `cached_ids`: the ids `cache` already holds
+        (an earlier turn), read by the repetition penalty and prompt lookup."""
         ids = self._check_ids(ids)
         if cache is None:
             cache = self.new_cache(len(ids) + max(max_new_tokens, 0))
         return generate_loop(self.config, self.weights, self.backend, ids, max_new_tokens,
                              sampling, self.stop_ids() if stop_ids is None else stop_ids,
-                             stream, cache)
+                             stream, cache, prompt_lookup=prompt_lookup,
+                             cached_ids=cached_ids)
 
     def _check_ids(self, ids) -> list[int]:
         ids = [int(i) for i in ids]

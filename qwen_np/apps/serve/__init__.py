@@ -86,6 +86,7 @@ class ServerSettings:
     body_timeout: float = BODY_TIMEOUT_SECONDS
     shutdown_grace: float = 5.0     # on SIGTERM / Ctrl-C, open requests get this long
     prefix_cache_bytes: int = 128 << 20   # evicted prompt prefixes kept for reuse, at most
+    prompt_lookup: int = 0          # drafted tokens a step for requests that do not say
 
 
 def run_server(model, model_name: str, settings: ServerSettings = ServerSettings()) -> int:
@@ -104,6 +105,7 @@ def run_server(model, model_name: str, settings: ServerSettings = ServerSettings
     import uvicorn
     model.tokenizer                                  # no tokenizer: a one-line error now
     batcher = Batcher(model, max_batch=settings.max_batch, context=settings.context,
+                      prompt_lookup=settings.prompt_lookup,
                       max_waiting=settings.max_waiting,
                       prefix_cache_bytes=settings.prefix_cache_bytes)
     sock = listening_socket(settings.host, settings.port)

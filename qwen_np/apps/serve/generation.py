@@ -78,7 +78,8 @@ def start_generation(batcher: Batcher, job: Job, prompt_param: str, tokenizer):
                                      emitter(i), cache_prompt=job.cache_prompt,
                                      logprobs=job.logprobs,
                                      prompt_logprobs=job.echo and job.logprobs is not None,
-                                     constraint=constraint)
+                                     constraint=constraint,
+                                     prompt_lookup=job.prompt_lookup)
             output = ChatOutput(job.split_reasoning, job.tool_names,
                                 f"call_{secrets.token_hex(6)}_") if job.chat else None
             choices.append(Choice(i, request, StopText(tokenizer, job.stop), output=output))

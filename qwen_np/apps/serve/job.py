@@ -8,8 +8,10 @@ the context leaves. `n` choices (at most MAX_CHOICES) are decoded
 as separate rows of the batch, seeded apart (seed, seed + 1, ...). Log-probabilities:
 completions' `logprobs` (an integer 0..20: that many alternatives) with `echo` (the prompt's
 own, and max_tokens may be 0), chat's `logprobs: true` with `top_logprobs` (0..20). Beyond OpenAI's fields the server reads
-`top_k`, `min_p`, `repetition_penalty` and `ignore_eos` (vLLM's names), and `cache_prompt`
-(llama-server's: false prefills the whole prompt, reusing no cached prefix). Unknown fields
+`top_k`, `min_p`, `repetition_penalty` and `ignore_eos` (vLLM's names), `cache_prompt`
+(llama-server's: false prefills the whole prompt, reusing no cached prefix) and
+`prompt_lookup` (0..32 tokens drafted a step from the text so far; greedy output is the
+same, only faster where the answer repeats the prompt). Unknown fields
 are ignored;
 fields asking for what the server does not do (best_of, logit_bias, tools) are a 400.
 """
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from qwen_np.apps.serve.openai_errors import ApiError
 from qwen_np.errors import InputError
 from qwen_np.model.sampling import Sampling, sampling_with_defaults
+from qwen_np.runtime.prompt_lookup import MAX_PROMPT_LOOKUP
 
 MAX_STOP_STRINGS = 4               # OpenAI's limit
 MAX_CHOICES = 16                   # n
@@ -49,6 +52,7 @@ class Job:
     split_reasoning: bool = False    # chat: <think> ... </think> to reasoning_content
     tool_names: tuple | None = None  # chat: tool calls parsed out of the answer (None: none)
     constraints: list | None = None  # one runtime/constraint.Constraint per choice
+    prompt_lookup: int | None = None  # drafted tokens a step (None: the server's --prompt-lookup)
 
 
 # fields whose only accepted values ask for nothing the server does not do
@@ -96,9 +100,13 @@ def read_job(body: dict, ids: list[int], default_max_tokens: int, chat: bool = F
                        param="stream_options")
     include_usage = bool(options) and flag(options, "include_usage", "stream_options.")
     cache_prompt = body.get("cache_prompt") is None or flag(body, "cache_prompt")
+    lookup = body.get("prompt_lookup")
+    if lookup is not None and not (is_int(lookup) and 0 <= lookup <= MAX_PROMPT_LOOKUP):
+        raise ApiError(400, f"prompt_lookup is {shown(lookup)}; it must be an integer from 0 "
+                            f"(off) to {MAX_PROMPT_LOOKUP}", param="prompt_lookup")
     return Job(ids, max_tokens, sampling_of(body, sampling_defaults), stop_strings(body),
                [] if flag(body, "ignore_eos") else None, stream, include_usage, cache_prompt,
-               n, logprobs, echo, chat)
+               n, logprobs, echo, chat, prompt_lookup=lookup)
 
 
 def completion_logprobs(body: dict) -> int | None:
