@@ -44,6 +44,19 @@ def run_all(batcher, requests, timeout=120):
     assert all(r.finish is not None for r in requests)
 
 
+class Collect:
+    """An emit callback that keeps what it is given."""
+
+    def __init__(self):
+        self.tokens, self.finish = [], []
+
+    def __call__(self, token, finish):
+        if token is not None:
+            self.tokens.append(token)
+        else:
+            self.finish.append(finish)
+
+
 def rel_err(a, b) -> float:
     """max |a - b| / max |b|: the relative error the acceptance criteria speak of."""
     import numpy as np

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import FIXTURE_MODELS, fixture_path, run_all
+from conftest import FIXTURE_MODELS, Collect, fixture_path, run_all
 from qwen_np.runtime.batch import Batcher, Closed, QueueFull
 from qwen_np.model.kv_cache import new_kv_slots
 from qwen_np.errors import CacheFull, InputError
@@ -82,19 +82,6 @@ def test_a_decode_step_into_a_full_slot_is_refused_before_anything_is_written():
         decode_step(m.config, m.weights, m.backend, [7, 8], slots, [0, 1])
     assert all(np.array_equal(a, b) for a, b in zip(slots.k, before))
     assert [c.length for c in slots.caches] == [1, 4]
-
-
-class Collect:
-    """An emit callback that keeps what it is given."""
-
-    def __init__(self):
-        self.tokens, self.finish = [], []
-
-    def __call__(self, token, finish):
-        if token is not None:
-            self.tokens.append(token)
-        else:
-            self.finish.append(finish)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import FIXTURE_MODELS, FIXTURES, fixture_path
+from conftest import FIXTURE_MODELS, FIXTURES, Collect, fixture_path
 from qwen_np.apps.fetch import default_model_path, is_fetched
 from qwen_np.errors import CacheFull, InputError
 from qwen_np.model.forward import forward, forward_as_decoded
@@ -256,19 +256,6 @@ def test_real_gguf_greedy_tokens_are_the_same_with_prompt_lookup(monkeypatch):
     got = m.generate(ids, max_new_tokens=60, stop_ids=[], prompt_lookup=10)
     assert got == plain
     assert count.single + count.checks < 40, (count.single, count.checks)
-
-
-class Collect:
-    """An emit callback that keeps what it is given."""
-
-    def __init__(self):
-        self.tokens, self.finish = [], []
-
-    def __call__(self, token, finish):
-        if token is not None:
-            self.tokens.append(token)
-        else:
-            self.finish.append(finish)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
