@@ -179,10 +179,49 @@ def test_a_cache_with_no_room_for_drafts_decodes_plainly():
                       prompt_lookup=10) == want
 
 
-def test_a_negative_prompt_lookup_is_refused():
+def test_a_prompt_lookup_out_of_range_is_refused():
     m = load("qwen2-tied-f32", "numpy")
-    with pytest.raises(InputError, match="prompt_lookup is -1"):
-        m.generate(PROMPT, max_new_tokens=4, prompt_lookup=-1)
+    for bad in (-1, 33):
+        with pytest.raises(InputError, match=f"prompt_lookup is {bad}"):
+            m.generate(PROMPT, max_new_tokens=4, prompt_lookup=bad)
+
+
+@pytest.mark.parametrize("lookup", [0, 4])
+def test_a_turn_after_cached_ids_decodes_as_the_whole_text_would(lookup):
+    """A second turn (chat): the cache holds the first part, generate gets the rest and the
+    cached ids. At temperature 0 with a repetition penalty (which reads the whole text) its
+    tokens are those of the whole text decoded in one call; with prompt lookup, drafts come
+    from the cached part too. Without cached_ids the penalty misses the first part and the
+    output differs (the check that this test can fail)."""
+    m = load("qwen2-untied-bf16-sharded", "numpy")
+    first, rest = PROMPT[:10], [11, 12, 5, 6]
+    sampling = Sampling(repetition_penalty=1.8)
+    whole = m.generate(first + rest, max_new_tokens=20, stop_ids=[], sampling=sampling)
+
+    def second_turn(cached_ids, k):
+        cache = m.new_cache(64)
+        forward(m.config, m.weights, m.backend, first, cache)
+        return m.generate(rest, max_new_tokens=20, stop_ids=[], sampling=sampling,
+                          cache=cache, cached_ids=cached_ids, prompt_lookup=k)
+    assert second_turn(first, lookup) == whole
+    assert second_turn((), 0) != whole
+
+
+def test_bench_measures_the_same_tokens_with_prompt_lookup():
+    """`qwen-np bench --prompt-lookup K`: the measuring child decodes the same greedy ids
+    through the drafting loop, and the command prints its setting."""
+    from qwen_np.apps.bench import measure_here
+    import subprocess
+    import sys
+    name = fixture_path("qwen2-untied-bf16-sharded")
+    plain = measure_here(name, "numpy", None, 12, 14, prepared_cache=False)
+    drafted = measure_here(name, "numpy", None, 12, 14, prepared_cache=False, prompt_lookup=4)
+    assert drafted["ids"] == plain["ids"] and len(plain["ids"]) == 15
+    r = subprocess.run([sys.executable, "-m", "qwen_np", "bench", "-m", name, "--backend",
+                        "numpy", "--prompt-tokens", "12", "--gen-tokens", "6",
+                        "--prompt-lookup", "4"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "prompt lookup 4" in r.stdout and "| qwen-np (numpy) |" in r.stdout
 
 
 def hand_softmax(logits):

@@ -9,7 +9,7 @@ from qwen_np.model.kv_cache import new_kv_cache
 from qwen_np.errors import InputError
 from qwen_np.model.forward import forward, forward_as_decoded
 from qwen_np.model.sampling import GREEDY, Sampling, accept_or_sample, sample_next
-from qwen_np.runtime.prompt_lookup import lookup_draft
+from qwen_np.runtime.prompt_lookup import MAX_PROMPT_LOOKUP, lookup_draft
 
 
 PREFILL_CHUNK = 512   # prompt tokens per forward pass: bounds the activations of a long prompt
@@ -42,8 +42,9 @@ def generate(cfg, weights, be, ids, max_new_tokens: int = 64, sampling: Sampling
         raise InputError(f"max_new_tokens is {max_new_tokens}; it cannot be negative")
     if prefill_chunk < 1:
         raise InputError(f"prefill_chunk is {prefill_chunk}; it must be at least 1")
-    if prompt_lookup < 0:
-        raise InputError(f"prompt_lookup is {prompt_lookup}; it must be 0 (off) or more")
+    if not 0 <= prompt_lookup <= MAX_PROMPT_LOOKUP:
+        raise InputError(f"prompt_lookup is {prompt_lookup}; it must be 0 (off) to "
+                         f"{MAX_PROMPT_LOOKUP}")
     if cache is None:
         cache = new_kv_cache(cfg, len(ids) + max_new_tokens, be)
     rng = sampling.generator()
