@@ -271,6 +271,76 @@ def test_version_format_code_or_layout_change_invalidates(gguf_model, change, ne
     reloads(gguf_model, capsys, monkeypatch, needle=needle)
 
 
+def modules_run_by_cold_loads(loads) -> set[str]:
+    """The qwen-np modules whose functions run (outside any module's import) while each
+    (path, backend) of `loads` is loaded cold and its cache file written."""
+    import sys
+    seen = set()
+    here = sys._getframe()              # the frames below this one are pytest's
+
+    def in_an_import(frame) -> bool:
+        while frame is not None and frame is not here:
+            if frame.f_code.co_name == "<module>":
+                return True
+            frame = frame.f_back
+        return False
+
+    def profile(frame, event, arg):
+        name = frame.f_globals.get("__name__", "")
+        if event == "call" and name.startswith("qwen_np") and not in_an_import(frame):
+            seen.add(name)
+
+    for path, backend in loads:
+        sys.setprofile(profile)
+        try:
+            qwen_np.load(path, backend=backend, prepared_cache=True)
+        finally:
+            sys.setprofile(None)
+    return seen
+
+
+def test_the_code_stamp_names_every_module_that_reads_or_prepares_a_model(gguf_model,
+                                                                           gguf_other_types):
+    """Every module a cold load runs shapes the cache file, so its text must be in the code
+    stamp (sources.LAYOUT_CODE): GGUF, Hugging Face (sharded, GPTQ with act-order, AWQ,
+    8-bit, MoE, mixed), original Qwen, both cached backends."""
+    loads = [(gguf_model, "numpy"), (gguf_model, "numba"), (gguf_other_types, "numba")]
+    loads += [(fixture_path(f), b) for f, b in [
+        ("qwen2-untied-bf16-sharded", "numba"), ("qwen2-tied-f32", "numpy"),
+        ("quant/gptqmodel-4bit-g32-descact-asym", "numba"),
+        ("quant/autoawq-4bit-g32-gemm", "numpy"), ("quant/gptqmodel-8bit-g64-sym", "numba"),
+        ("moe/gptqmodel-qwen3moe-4bit-g32-sym", "numba"),
+        ("mixed/qwen-np-mixed-4bit-g32", "numba"), ("qwen1/qwen1-bf16-rotary-half", "numba"),
+        ("qwen1/qwen1-gptq-int4", "numpy")]]
+    ran = modules_run_by_cold_loads(loads)
+    assert "qwen_np.formats.gguf" in ran and "qwen_np.backends.numba.tiles" in ran  # it traces
+    assert ran - set(sources.LAYOUT_CODE) == set()
+
+
+def test_the_code_stamp_follows_the_text_not_the_mtime(tmp_path, monkeypatch):
+    import sys
+    module = tmp_path / "layout_probe.py"
+    module.write_text("LANES = 16\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sources, "LAYOUT_CODE", ("layout_probe",))
+    first = sources.code_stamp()
+    os.utime(module, ns=(10**18, 10**18))          # touched (a checkout): the same text
+    assert sources.code_stamp() == first
+    module.write_text("LANES = 32\n")
+    assert sources.code_stamp() != first
+    sys.modules.pop("layout_probe", None)
+
+
+def test_an_edit_outside_the_loading_code_keeps_the_cache(gguf_model, capsys, monkeypatch):
+    """The kernels and the forward pass are not in the stamp: a cache file made before an
+    edit to them is still a hit."""
+    from qwen_np.backends.numba import tile_kernels
+    from qwen_np.model import forward
+    assert {tile_kernels.__name__, forward.__name__} & set(sources.LAYOUT_CODE) == set()
+    qwen_np.load(gguf_model, backend="numba")
+    reloads(gguf_model, capsys, monkeypatch, backend="numba")
+
+
 def test_numba_layout_version_invalidates(gguf_model, capsys, monkeypatch):
     from qwen_np.backends.numba.backend import NumbaBackend
     qwen_np.load(gguf_model, backend="numba")

@@ -8,7 +8,7 @@ file per model, backend and dtype; a later `load` maps that file and is done.
 
     file_format.py       the file's layout (drawn there); writing a file, rebuilding a model
     sources.py           the key: the model's source files hashed (a stat index spares
-                         hashing them again) and qwen-np's own code stamped
+                         hashing them again) and the loading code's text stamped
     array_reader.py      reading the arrays into place in threads, checking each crc32
     tokenizer_store.py   what is stored of the tokenizer, and building it again
 

@@ -4,16 +4,18 @@ and qwen-np's own code), and the stat index that spares hashing an unchanged sou
 The key, which a file must match to be used ("never trusted without checking"; the other
 checks on open are listed in __init__.py):
 
-    KEY = {"format": CACHE_FORMAT, "qwen-np": version, "code": stamp of qwen-np's own sources,
+    KEY = {"format": CACHE_FORMAT, "qwen-np": version,
+           "code": a stamp of the code that reads and prepares a model (LAYOUT_CODE),
            "backend": "numba", "dtype": "float32", "layout": the backend's prepared layout,
            "sources": {file name: sha256, or null where the file is absent}}
 
 The sources are, for a GGUF, the file; for a Hugging Face folder, every file the loader may
 read (config.json, generation_config.json, quantize_config.json, the safetensors file or
 index and shards, tokenizer.json or qwen.tiktoken), absent ones included, so that a file
-appearing counts too. The code stamp digests the (name, size, mtime) of the package's .py
-files, so that an edited checkout never reads what older code wrote (the version alone would
-not change).
+appearing counts too. The code stamp digests the text of the modules that read and prepare a
+model (LAYOUT_CODE), so that a checkout whose loading code was edited never reads what older
+code wrote (the version alone would not change), while an edit anywhere else (the kernels,
+the forward pass, the server) keeps the 548 MB file of the real model valid.
 
 Hashing the real GGUF (491 MB) takes 0.26 s, too much for every start, so `sources.json` in
 the cache folder maps each source's real path to its (size, mtime_ns, ctime_ns, inode,
@@ -120,18 +122,40 @@ class StatIndex:
             pass
 
 
+# The modules whose functions run while a model is read and prepared: what a cache file holds
+# is what they make, so the code stamp digests their text, and only theirs (tests/
+# test_prepared_cache.py traces cold loads of every kind of model and fails when a module not
+# named here runs). An edit to the kernels, the forward pass, the server or the tools leaves
+# every cache file valid; the kernels' reading of a backend's prepared form is the backend's
+# `prepared_layout` version, a part of the key of its own.
+LAYOUT_CODE = (
+    "qwen_np.formats.awq", "qwen_np.formats.files", "qwen_np.formats.generation_config",
+    "qwen_np.formats.gguf", "qwen_np.formats.gguf_blocks", "qwen_np.formats.gguf_qwen",
+    "qwen_np.formats.gptq", "qwen_np.formats.hf_dir", "qwen_np.formats.hf_quantized",
+    "qwen_np.formats.open", "qwen_np.formats.qwen_v1", "qwen_np.formats.safetensors",
+    "qwen_np.model.config", "qwen_np.model.kv_cache", "qwen_np.model.sampling",
+    "qwen_np.model.weights",
+    "qwen_np.tensors.dense", "qwen_np.tensors.mapped", "qwen_np.tensors.packing",
+    "qwen_np.tensors.quantized",
+    "qwen_np.runtime.cache_folder", "qwen_np.runtime.load", "qwen_np.runtime.process_memory",
+    "qwen_np.runtime.tokenizer", "qwen_np.runtime.prepared",
+    "qwen_np.runtime.prepared.array_reader", "qwen_np.runtime.prepared.file_format",
+    "qwen_np.runtime.prepared.sources", "qwen_np.runtime.prepared.tokenizer_store",
+    "qwen_np.backends", "qwen_np.backends.process_settings",
+    "qwen_np.backends.numpy.backend", "qwen_np.backends.numba.backend",
+    "qwen_np.backends.numba.floats", "qwen_np.backends.numba.tiles",
+)
+
+
 def code_stamp() -> str:
-    """A digest of the (name, size, mtime_ns) of qwen-np's .py files, its backends' included."""
-    from qwen_np import backends
+    """A digest of the text of the LAYOUT_CODE modules (their bytes, not their mtimes: a
+    checkout or a touch that leaves them as they were keeps every cache file valid)."""
+    import importlib.util
     h = hashlib.sha256()
-    package = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))   # qwen_np/
-    for folder in (package, os.path.dirname(backends.__file__)):
-        for root, dirs, files in os.walk(folder):
-            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-            for name in sorted(f for f in files if f.endswith(".py")):
-                st = os.stat(os.path.join(root, name))
-                rel = os.path.relpath(os.path.join(root, name), folder)
-                h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    for name in LAYOUT_CODE:
+        spec = importlib.util.find_spec(name)
+        with open(spec.origin, "rb") as f:
+            h.update(f"{name}\0".encode() + hashlib.sha256(f.read()).digest())
     return h.hexdigest()[:16]
 
 
