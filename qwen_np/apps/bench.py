@@ -11,6 +11,15 @@ interpreter's start, the imports and the load count for both sides. qwen-np's in
 two-token warm-up pass (which loads the JIT-compiled kernels before the prefill is timed).
 "weights read / token (MiB)" is what one decoded token reads of qwen-np's weights
 (memory.decode_bytes_per_token: an MoE model's token reads k of each sparse layer's E experts).
+
+These machines are noisy (one prefill swings 2x within minutes), so --vs llama.cpp runs 5
+pairs by default (--pairs N), interleaved, a fresh process each: qwen-np, llama.cpp, qwen-np,
+llama.cpp, ... The table gives each column's median, and the ratio as the median of the
+pairs' own ratios with their range. Under it: the CPU (lscpu's model name, family, model and
+ISA flags), and for each side its threads and the code it runs: Numba's target CPU and vector
+features and OpenBLAS's core type for qwen-np, llama.cpp's own system-info line for it. An
+AVX2-only comparison on an AVX-512 machine sets NUMBA_CPU_NAME/NUMBA_CPU_FEATURES and gives
+--llama-python an AVX2-only llama.cpp build (tools/README.md); both lines then show it.
 """
 
 from __future__ import annotations
@@ -72,7 +81,10 @@ else:
         gen.append(tok)
 decode_s = time.perf_counter() - t
 hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
+isa = llama_cpp.llama_print_system_info().decode(errors="replace")
 print(json.dumps({"system": "llama.cpp (llama-cpp-python " + llama_cpp.__version__ + ")",
+                  "isa": " ".join(p.strip().replace(" = 1", "") for p in isa.replace("CPU :", "").split("|")
+                                  if p.strip().endswith("= 1")), "threads": threads,
                   "load_s": load_s, "prefill_tok_s": P / prefill_s, "ttft_s": prefill_s,
                   "decode_tok_s": G / decode_s, "peak_rss_mib": int(hwm) / 1024,
                   "first_token_at": first_token_at, "ids": gen[:16]}))
@@ -117,7 +129,8 @@ def measure_here(path: str, backend: str, threads: int | None, P: int, G: int,
         gen.append(tok)
     decode_s = time.perf_counter() - t
     label = be.name if kv_cache is None else f"{be.name}, KV cache {kv_cache}"
-    return {"system": f"qwen-np ({label})", "load_s": load_s, "prefill_tok_s": P / prefill_s,
+    return {"system": f"qwen-np ({label})", "isa": code_target(be.name),
+            "threads": threads or os.cpu_count(), "load_s": load_s, "prefill_tok_s": P / prefill_s,
             "ttft_s": prefill_s, "decode_tok_s": G / decode_s,
             "peak_rss_mib": (rss_bytes("VmHWM") or 0) / 2**20, "first_token_at": first_token_at,
             "read_mib": decode_bytes_per_token(cfg, w) / 2**20, "ids": gen[:16]}
@@ -136,36 +149,98 @@ def run_json(cmd: list[str]) -> dict:
     return row
 
 
+ISA_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+             "avx_vnni", "avx512_bf16")
+
+
+def cpu_description() -> str:
+    """`lscpu`'s model name, family and model, and which of ISA_FLAGS the CPU has
+    (/proc/cpuinfo, the file lscpu reads)."""
+    info = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
+                if not line.strip():
+                    break
+    except OSError:
+        return "CPU: unknown (no /proc/cpuinfo)"
+    flags = set(info.get("flags", "").split())
+    return (f"CPU: {info.get('model name', '?')} (family {info.get('cpu family', '?')}, model "
+            f"{info.get('model', '?')}), {os.cpu_count()} logical CPUs; ISA: "
+            + " ".join(f for f in ISA_FLAGS if f in flags))
+
+
+def code_target(backend: str) -> str:
+    """What the kernels were compiled for: Numba's CPU name and its vector features (what
+    NUMBA_CPU_NAME / NUMBA_CPU_FEATURES say, else the host's), and OpenBLAS's core type."""
+    blas = "OpenBLAS core " + os.environ.get("OPENBLAS_CORETYPE", "detected at run time")
+    if backend != "numba":
+        return blas
+    import llvmlite.binding as llvm
+    import numba
+    name = numba.config.CPU_NAME or llvm.get_host_cpu_name()
+    features = numba.config.CPU_FEATURES or llvm.get_host_cpu_features().flatten()
+    on = [f[1:] for f in features.split(",") if f[:1] == "+" and f[1:].startswith(
+        ("avx", "fma", "f16c"))]
+    return f"Numba {name}: " + " ".join(sorted(on)) + "; " + blas
+
+
 def bench(path: str, backend: str, threads: int | None, P: int, G: int, vs: str | None,
           llama_python: str, kv_cache: str | None = None,
-          prepared_cache: bool | None = None, prompt_lookup: int = 0) -> list[dict]:
-    ours = run_json([sys.executable, "-m", "qwen_np.apps.bench", path, backend, str(threads or 0),
-                     str(P), str(G), kv_cache or "", "0" if prepared_cache is False else "",
-                     str(prompt_lookup)])
-    rows = [ours]
-    if vs == "llama.cpp":
-        rows.append(run_json([llama_python, "-c", LLAMA_CPP, path, str(P), str(G),
-                              str(threads or os.cpu_count()), TEXT, str(prompt_lookup)]))
-    return rows
+          prepared_cache: bool | None = None, prompt_lookup: int = 0,
+          pairs: int = 1) -> list[list[dict]]:
+    """`pairs` rounds, each a fresh qwen-np process and then (with vs) a fresh llama.cpp one:
+    A B A B ..., so that the machine's slow minutes fall on both sides alike."""
+    ours = [sys.executable, "-m", "qwen_np.apps.bench", path, backend, str(threads or 0),
+            str(P), str(G), kv_cache or "", "0" if prepared_cache is False else "",
+            str(prompt_lookup)]
+    theirs = [llama_python, "-c", LLAMA_CPP, path, str(P), str(G),
+              str(threads or os.cpu_count()), TEXT, str(prompt_lookup)]
+    return [[run_json(ours)] + ([run_json(theirs)] if vs == "llama.cpp" else [])
+            for _ in range(pairs)]
 
 
-def format_table(rows: list[dict], P: int) -> str:
-    cols = [("load_s", "load (s)", ".2f"), ("prefill_tok_s", f"prefill {P} tok (tok/s)", ".1f"),
-            ("ttft_s", "first token (s)", ".2f"),
-            ("start_to_first_s", "start to first token (s)", ".2f"),
-            ("decode_tok_s", "decode (tok/s)", ".2f"),
-            ("peak_rss_mib", "peak RSS (MiB)", ".0f"),
-            ("read_mib", "weights read / token (MiB)", ".1f")]
+COLUMNS = [("load_s", "load (s)", ".2f"), ("prefill_tok_s", "prefill {P} tok (tok/s)", ".1f"),
+           ("ttft_s", "first token (s)", ".2f"),
+           ("start_to_first_s", "start to first token (s)", ".2f"),
+           ("decode_tok_s", "decode (tok/s)", ".2f"), ("peak_rss_mib", "peak RSS (MiB)", ".0f"),
+           ("read_mib", "weights read / token (MiB)", ".1f")]
+
+
+def median(values: list[float]) -> float:
+    v = sorted(values)
+    n = len(v)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+
+
+def format_table(rounds: list[list[dict]], P: int) -> str:
+    """One row per system: each column's median over the rounds (with more than one); then
+    the ratio qwen-np / llama.cpp: the median of the rounds' own ratios, and their range."""
+    cols = [(k, title.format(P=P), f) for k, title, f in COLUMNS]
     lines = ["| system | " + " | ".join(c[1] for c in cols) + " |",
              "| --- |" + " --- |" * len(cols)]
-    for r in rows:
-        lines.append(f"| {r['system']} | " + " | ".join(
-            format(r[k], f) if k in r else "-" for k, _, f in cols) + " |")
-    if len(rows) == 2:
-        a, b = rows
-        lines.append("| ratio qwen-np / llama.cpp | " + " | ".join(
-            f"{a[k] / b[k]:.3f}" if k in a and k in b else "-" for k, _, _ in cols) + " |")
-        lines.append(f"\nsame greedy ids (first 16): {a['ids'] == b['ids']}")
+    systems = list(zip(*rounds))          # [system][round]
+    for runs in systems:
+        lines.append(f"| {runs[0]['system']} | " + " | ".join(
+            format(median([r[k] for r in runs]), f) if k in runs[0] else "-"
+            for k, _, f in cols) + " |")
+    if len(systems) == 2:
+        def ratio(k):
+            if k not in systems[0][0] or k not in systems[1][0]:
+                return "-"
+            r = [a[k] / b[k] for a, b in rounds]
+            return f"{median(r):.3f}" + (f" ({min(r):.3f}-{max(r):.3f})" if len(r) > 1 else "")
+        name = "ratio qwen-np / llama.cpp" + (" (median of the pairs, range)"
+                                               if len(rounds) > 1 else "")
+        lines.append(f"| {name} | " + " | ".join(ratio(k) for k, _, _ in cols) + " |")
+        same = all(a["ids"] == b["ids"] for a, b in rounds)
+        lines.append(f"\nsame greedy ids (first 16): {same}")
+    lines.append("")
+    for runs in systems:
+        lines.append(f"{runs[0]['system']}: {runs[0].get('threads', '?')} threads; "
+                     f"{runs[0].get('isa', '?')}")
     return "\n".join(lines)
 
 
@@ -184,15 +259,18 @@ def cmd_bench(args) -> int:
             raise QwenNpError(f"{args.llama_python}: cannot import llama_cpp (install "
                               f"llama-cpp-python as tools/README.md says, or pass --llama-python)")
     try:
-        rows = bench(path, args.backend, args.threads, args.prompt_tokens, args.gen_tokens,
-                     args.vs, args.llama_python, args.kv_cache, args.prepared_cache,
-                     args.prompt_lookup)
+        pairs = args.pairs if args.pairs is not None else 5 if args.vs else 1
+        rounds = bench(path, args.backend, args.threads, args.prompt_tokens, args.gen_tokens,
+                       args.vs, args.llama_python, args.kv_cache, args.prepared_cache,
+                       args.prompt_lookup, pairs)
     except RuntimeError as e:
         raise QwenNpError(str(e)) from None
     print(f"{path}: {args.prompt_tokens}-token prompt, {args.gen_tokens} decoded tokens, "
           f"threads {args.threads or os.cpu_count()}"
-          + (f", prompt lookup {args.prompt_lookup}" if args.prompt_lookup else ""))
-    print(format_table(rows, args.prompt_tokens))
+          + (f", prompt lookup {args.prompt_lookup}" if args.prompt_lookup else "")
+          + (f", {pairs} {'pairs' if args.vs else 'rounds'} (medians)" if pairs > 1 else ""))
+    print(cpu_description())
+    print(format_table(rounds, args.prompt_tokens))
     return 0
 
 

@@ -215,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--vs", choices=("llama.cpp",), default=None,
                     help="also measure llama.cpp via llama-cpp-python (see tools/README.md)")
     add_prompt_lookup_arg(be)
+    be.add_argument("--pairs", type=count(1), default=None,
+                    help="rounds, each a fresh process per side, interleaved (A B A B ...); "
+                         "the table gives medians and the ratios' range (default 5 with --vs, "
+                         "else 1)")
     be.add_argument("--llama-python", default=sys.executable,
                     help="a Python that can import llama_cpp (default: this one)")
     be.set_defaults(func=cmd_bench)
