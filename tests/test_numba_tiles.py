@@ -135,7 +135,7 @@ def test_prepared_matrix_against_the_reference(nb, name, T):
 
 
 @pytest.mark.parametrize("name", sorted(MATS))
-@pytest.mark.parametrize("B", [2, 3, 4, 5, 8])
+@pytest.mark.parametrize("B", [2, 3, 4, 5, 6, 8])
 def test_rows_of_a_decode_step_are_each_the_one_token_product_bit_for_bit(nb, name, B):
     """linear_rows (the rows_* kernels: B sequences' rows, each tile read once for all) gives
     each row exactly what linear gives for that row alone (the gemv_* kernels), extreme

@@ -447,9 +447,11 @@ def gemv_tiles(x, w: RowTiles) -> np.ndarray:
 
 def rows_tiles(x, w: RowTiles) -> np.ndarray:
     """Rows of B sequences through a row-tiled matrix, each row as gemv_tiles computes it:
-    [B, in] -> [B, out]. x is padded with zero rows to a multiple of 4."""
+    [B, in] -> [B, out]. An odd B gets a zero row (the kernel takes four rows a pass, then
+    two)."""
     B = x.shape[0]
-    x = padded_to_block(x)
+    if B % 2:
+        x = np.concatenate([x, np.zeros((1, x.shape[1]), np.float32)])
     y = np.empty((x.shape[0], w.codes.shape[0] * LANES), np.float32)
     arrays, group = tile_operands(w)
     TILE_KERNELS[w.bits][1](*arrays, x, group, y)

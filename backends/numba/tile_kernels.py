@@ -45,6 +45,7 @@ from qwen_np.backends.numba.tiles import LANES
 U8 = np.uint8
 U64 = np.uint64
 BLOCK = 4       # tokens (rows) a step, in rows and gemm
+PAIR = 2        # rows of the rows kernel's last pass when two are left
 
 
 # -- sums on the stack, prefetching, group sums ---------------------------------------------------
@@ -72,6 +73,7 @@ def _stack_float32(typingctx, size):
 
 
 BLOCK_LANES = BLOCK * LANES
+PAIR_LANES = PAIR * LANES
 STEP_CODES = 8                      # the most codes a step decodes (5 bits)
 STEP_LANES = STEP_CODES * LANES
 
@@ -90,6 +92,16 @@ def stack_block():
     """[4, 16] float32 zeros on the stack: token (row) i's sum in lane r at [i, r]."""
     a = numba.carray(_stack_float32(BLOCK_LANES), (BLOCK, LANES))
     for i in range(BLOCK):
+        for r in range(LANES):
+            a[i, r] = 0.0
+    return a
+
+
+@njit(inline="always")
+def stack_pair():
+    """[2, 16] float32 zeros on the stack: row i's sum in lane r at [i, r]."""
+    a = numba.carray(_stack_float32(PAIR_LANES), (PAIR, LANES))
+    for i in range(PAIR):
         for r in range(LANES):
             a[i, r] = 0.0
     return a
@@ -344,9 +356,9 @@ def add_group(acc, s, scale, offset, xsum, t, g, lanes):
 
 @njit(inline="always")
 def add_block_group(acc, s, scale, offset, xsum, t, g, t0, lanes):
-    """The end of group g for four tokens: acc[i] += s[i] * scale + offset * xsum[t0 + i, g];
-    then s is zeroed for the next group."""
-    for i in range(BLOCK):
+    """The end of group g for four tokens (or two: s [2, 16]): acc[i] += s[i] * scale +
+    offset * xsum[t0 + i, g]; then s is zeroed for the next group."""
+    for i in range(s.shape[0]):
         xs = xsum[t0 + i, g]
         for r in range(lanes):
             acc[i, r] += s[i, r] * as_f32(scale[t, g, r]) + as_f32(offset[t, g, r]) * xs
@@ -355,8 +367,8 @@ def add_block_group(acc, s, scale, offset, xsum, t, g, t0, lanes):
 
 @njit(inline="always")
 def store_block(acc, out, t, t0):
-    """out[t0 + i, 16t + r] = acc[i, r] for the four tokens i."""
-    for i in range(BLOCK):
+    """out[t0 + i, 16t + r] = acc[i, r] for the four (or two) tokens i."""
+    for i in range(acc.shape[0]):
         for r in range(LANES):
             out[t0 + i, t * LANES + r] = acc[i, r]
 
@@ -411,17 +423,25 @@ def gemv(codes, high, scale, offset, x, bytes_per_group, out):
 # lane instead of one: every product and sum of a row is the one-token kernel's, in its
 # order (the same dot of the same step), so a row's result is the one-token result, bit for
 # bit (tested). A job is a tile, and its codes are read once for all the rows: four rows a
-# pass, the passes after the first finding the tile's codes in the core's cache. x is [N, in]
-# with N a multiple of 4 (zero rows pad it), xsum [N, G] each row's group sums as group_sums
-# makes them.
+# pass, the passes after the first finding the tile's codes in the core's cache; when two
+# rows are left, a pass of two. x is [N, in] with N even (a zero row pads an odd N), xsum
+# [N, G] each row's group sums as group_sums makes them.
+# Measured with tools/bench_rows.py (one thread, AMD EPYC Zen 3, AVX2, 4-, 5-, 6- and 8-bit
+# tiles of 4864 x 896 and 896 x 4864; times over N one-token products, medians of 11
+# interleaved rounds): two rows in a four-row pass (two of them zero) cost 1.01-1.16x of two
+# one-token products, in a pass of two 0.62-0.64x; six rows in two four-row passes
+# 0.68-0.78x, in one of four and one of two 0.53-0.61x; four rows 0.52-0.59x.
 
 def rows(codes, high, scale, offset, x, bytes_per_group, out):
-    """gemv for each row of x [N, in] (N a multiple of 4) -> out [N, 16 T]."""
+    """gemv for each row of x [N, in] (N even) -> out [N, 16 T]: four rows a pass while four
+    are left, then two."""
     T, m, lanes = codes.shape
+    N = x.shape[0]
+    fours = N - N % BLOCK
     xsum = rows_group_sums(x, CODES_PER_BYTE * bytes_per_group, scale.shape[1])
     flat = codes.reshape(-1)
     for t in prange(T):
-        for t0 in range(0, x.shape[0], BLOCK):
+        for t0 in range(0, fours, BLOCK):
             x0, x1, x2, x3 = x[t0], x[t0 + 1], x[t0 + 2], x[t0 + 3]
             acc = stack_block()
             s = stack_block()
@@ -448,6 +468,33 @@ def rows(codes, high, scale, offset, x, bytes_per_group, out):
                             s[1, r] += q * x1[j]
                             s[2, r] += q * x2[j]
                             s[3, r] += q * x3[j]
+                        j += 1
+                add_block_group(acc, s, scale, offset, xsum, t, g, t0, lanes)
+            store_block(acc, out, t, t0)
+        if fours < N:                       # two rows left: the same, two rows a lane
+            t0 = fours
+            x0, x1 = x[t0], x[t0 + 1]
+            acc = stack_pair()
+            s = stack_pair()
+            for g in range(scale.shape[1]):
+                j = g * bytes_per_group
+                end = min(m, j + bytes_per_group)
+                if PREFETCH:
+                    if t0 == 0:
+                        prefetch_ahead(flat, (t * m + j) * LANES, (end - j) * LANES)
+                while j + STEP <= end:
+                    c = CODES_PER_BYTE * j
+                    for r in range(LANES):
+                        q = decode_step(codes, high, t, j, r)
+                        s[0, r] += dot(q, x0, c)
+                        s[1, r] += dot(q, x1, c)
+                    j += STEP
+                if BYTE_TAIL:
+                    while j < end:
+                        for r in range(LANES):
+                            q = byte_code(codes, t, j, r)
+                            s[0, r] += q * x0[j]
+                            s[1, r] += q * x1[j]
                         j += 1
                 add_block_group(acc, s, scale, offset, xsum, t, g, t0, lanes)
             store_block(acc, out, t, t0)
