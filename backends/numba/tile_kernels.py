@@ -430,7 +430,7 @@ def gemv(codes, high, scale, offset, x, bytes_per_group, out):
 # tiles of 4864 x 896 and 896 x 4864; times over N one-token products, medians of 11
 # interleaved rounds): two rows in a four-row pass (two of them zero) cost 1.01-1.16x of two
 # one-token products, in a pass of two 0.62-0.64x; six rows in two four-row passes
-# 0.68-0.78x, in one of four and one of two 0.53-0.61x; four rows 0.52-0.59x.
+# 0.68-0.78x, in one of four and one of two 0.53-0.61x; four rows 0.52-0.58x.
 
 def rows(codes, high, scale, offset, x, bytes_per_group, out):
     """gemv for each row of x [N, in] (N even) -> out [N, 16 T]: four rows a pass while four
